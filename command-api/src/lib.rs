@@ -1,0 +1,94 @@
+//! Tillstream's HTTP write side.
+//!
+//! Every route turns an authenticated request into one domain command and runs it through
+//! [`pipeline::run`]: load → decide → append, with `If-Match`, `Idempotency-Key`, an `ETag`
+//! and an `X-Consistency-Token` on the answer. No SQL lives in handlers.
+//!
+//! - [`routes`]: the handlers, one module per resource.
+//! - [`body`], [`context`]: extractors for the JSON body and the command's context.
+//! - [`pipeline`]: executing a command and shaping its response; [`idempotency`]: stored
+//!   responses for repeated keys; [`error`]: failures as problem+json.
+
+pub mod body;
+pub mod context;
+pub mod error;
+pub mod idempotency;
+pub mod pipeline;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
+use axum::routing::{post, put};
+use eventstore::EventStore;
+use platform::http::{Readiness, operational_routes, track_metrics};
+use platform::identity::JwtVerifier;
+use platform::problem::Problem;
+
+use crate::body::MAX_BODY_BYTES;
+use crate::routes::{carts, orders, products};
+
+/// Where the command API listens unless `TILL_COMMAND_API_ADDR` says otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8081";
+
+pub fn listen_addr() -> SocketAddr {
+    std::env::var("TILL_COMMAND_API_ADDR")
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| DEFAULT_ADDR.parse().expect("valid default address"))
+}
+
+/// Shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: EventStore,
+    pub verifier: Arc<JwtVerifier>,
+}
+
+impl FromRef<AppState> for Arc<JwtVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+/// Every route of the write side, plus `/livez`, `/readyz` and `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let readiness = Readiness::default().postgres(state.store.pool().clone());
+    let commands = Router::new()
+        .route("/v1/products", post(products::create))
+        .route("/v1/products/{id}/price", post(products::change_price))
+        .route("/v1/products/{id}/stock", post(products::adjust_stock))
+        .route("/v1/products/{id}/discontinue", post(products::discontinue))
+        .route("/v1/carts", post(carts::create))
+        .route("/v1/carts/{id}/items", post(carts::add_item))
+        .route(
+            "/v1/carts/{id}/items/{product_id}",
+            put(carts::change_quantity).delete(carts::remove_item),
+        )
+        .route("/v1/carts/{id}/checkout", post(carts::checkout))
+        .route("/v1/orders/{id}/pay", post(orders::pay))
+        .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/orders/{id}/ship", post(orders::ship))
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    Router::new()
+        .merge(commands)
+        .merge(operational_routes(readiness))
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            )
+            .with_detail("this route does not take this method")
+        })
+        .fallback(|| async {
+            Problem::not_found("route-not-found", "no such route").into_response()
+        })
+        .layer(from_fn_with_state("command-api", track_metrics))
+}

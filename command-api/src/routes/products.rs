@@ -1,0 +1,181 @@
+//! Catalog commands (admin only): create a product, change its price, adjust its stock,
+//! discontinue it.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use domain::product::{NewProduct, Product, ProductCommand};
+use domain::values::{Category, Description, MAX_UNITS, Money, ProductId, ProductName, Sku};
+use platform::identity::Admin;
+use platform::problem::Problem;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::body::CommandBody;
+use crate::context::CommandContext;
+use crate::error::invalid;
+use crate::pipeline::{Reply, run};
+use crate::routes::path_id;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceBody {
+    pub amount: i64,
+    pub currency: String,
+}
+
+impl PriceBody {
+    fn parse(&self) -> Result<Money, Problem> {
+        Money::price(self.amount, &self.currency).map_err(|e| {
+            let field = if e.field == "currency" {
+                "price.currency"
+            } else {
+                e.field
+            };
+            Problem::invalid_field(field, e.reason)
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    pub sku: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub category: String,
+    pub price: PriceBody,
+    pub stock: i64,
+}
+
+impl CreateProduct {
+    fn parse(&self) -> Result<NewProduct, Problem> {
+        let sku = Sku::parse(&self.sku).map_err(invalid)?;
+        let stock = u32::try_from(self.stock)
+            .ok()
+            .filter(|s| *s <= MAX_UNITS)
+            .ok_or_else(|| {
+                Problem::invalid_field("stock", format!("must be between 0 and {MAX_UNITS}"))
+            })?;
+        Ok(NewProduct {
+            product_id: ProductId::for_sku(&sku),
+            sku,
+            name: ProductName::parse(&self.name).map_err(invalid)?,
+            description: Description::parse(&self.description).map_err(invalid)?,
+            category: Category::parse(&self.category).map_err(invalid)?,
+            price: self.price.parse()?,
+            stock,
+        })
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    ctx: CommandContext,
+    body: CommandBody<CreateProduct>,
+) -> Response {
+    let new = match body.value.parse() {
+        Ok(new) => new,
+        Err(problem) => return problem.into_response(),
+    };
+    let product_id = new.product_id;
+    run::<Product>(
+        &state,
+        &ctx,
+        &body.request_hash,
+        product_id.stream_id(),
+        ProductCommand::Create(new),
+        |_| {
+            Reply::created(
+                json!({ "product_id": product_id }),
+                format!("/v1/products/{product_id}"),
+            )
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePrice {
+    pub price: PriceBody,
+}
+
+pub async fn change_price(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+    ctx: CommandContext,
+    body: CommandBody<ChangePrice>,
+) -> Response {
+    let (product_id, price) = match (path_id(&id, "product"), body.value.price.parse()) {
+        (Ok(id), Ok(price)) => (ProductId(id), price),
+        (Err(p), _) | (_, Err(p)) => return p.into_response(),
+    };
+    run::<Product>(
+        &state,
+        &ctx,
+        &body.request_hash,
+        product_id.stream_id(),
+        ProductCommand::ChangePrice { price },
+        |_| Reply::ok(json!({ "product_id": product_id })),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustStock {
+    /// Units to add (positive) or remove (negative).
+    pub delta: i64,
+}
+
+pub async fn adjust_stock(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+    ctx: CommandContext,
+    body: CommandBody<AdjustStock>,
+) -> Response {
+    let product_id = match path_id(&id, "product") {
+        Ok(id) => ProductId(id),
+        Err(p) => return p.into_response(),
+    };
+    run::<Product>(
+        &state,
+        &ctx,
+        &body.request_hash,
+        product_id.stream_id(),
+        ProductCommand::AdjustStock {
+            delta: body.value.delta,
+        },
+        |done| {
+            let available = done.state.0.as_ref().map_or(0, |p| p.available);
+            Reply::ok(json!({ "product_id": product_id, "available": available }))
+        },
+    )
+    .await
+}
+
+pub async fn discontinue(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+    ctx: CommandContext,
+) -> Response {
+    let product_id = match path_id(&id, "product") {
+        Ok(id) => ProductId(id),
+        Err(p) => return p.into_response(),
+    };
+    run::<Product>(
+        &state,
+        &ctx,
+        &ctx.bodiless_request_hash,
+        product_id.stream_id(),
+        ProductCommand::Discontinue,
+        |_| Reply::ok(json!({ "product_id": product_id })),
+    )
+    .await
+}

@@ -1,0 +1,499 @@
+//! The order and its lifecycle.
+//!
+//! ```text
+//! Placed ─▶ StockReserved ─▶ AwaitingPayment ─▶ PaymentPending ─▶ Paid ─▶ Shipped
+//!   │                          │        ▲            │              │
+//!   ▼                          │        └─ PaymentDeclined ◀────────┘(declined)
+//! Rejected (no stock)          ▼                                    ▼
+//!                    Expired (unpaid at deadline)       Cancelled ─▶ Refunded (if it was paid)
+//! ```
+//!
+//! Cancel is allowed from every state before shipping except while a payment is with the
+//! provider (its outcome must be known first). Every other move is a rejection.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::cart::CartLine;
+use crate::values::{Actor, CartId, CustomerId, InvalidValue, Money, OrderId, PaymentId};
+use crate::{Aggregate, event_types, rejection_codes};
+
+/// An opaque token from the payment provider's client-side form, 1 to 256 visible characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PaymentToken(String);
+
+impl PaymentToken {
+    pub const MAX_CHARS: usize = 256;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let valid = !raw.is_empty()
+            && raw.len() <= Self::MAX_CHARS
+            && raw.bytes().all(|b| b.is_ascii_graphic());
+        if !valid {
+            return Err(InvalidValue::new(
+                "payment_token",
+                "must be 1 to 256 visible ASCII characters",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Placed,
+    StockReserved,
+    AwaitingPayment,
+    PaymentPending,
+    PaymentDeclined,
+    Paid,
+    Shipped,
+    Rejected,
+    Expired,
+    Cancelled,
+    Refunded,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Placed => "placed",
+            Self::StockReserved => "stock_reserved",
+            Self::AwaitingPayment => "awaiting_payment",
+            Self::PaymentPending => "payment_pending",
+            Self::PaymentDeclined => "payment_declined",
+            Self::Paid => "paid",
+            Self::Shipped => "shipped",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+            Self::Refunded => "refunded",
+        }
+    }
+
+    /// Whether the order still holds stock that a cancel or expiry must give back.
+    pub fn holds_stock(self) -> bool {
+        matches!(
+            self,
+            Self::Placed
+                | Self::StockReserved
+                | Self::AwaitingPayment
+                | Self::PaymentPending
+                | Self::PaymentDeclined
+                | Self::Paid
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderCommand {
+    /// Places the order from a checked-out cart, with prices re-checked against the catalog.
+    Place {
+        order_id: OrderId,
+        cart_id: CartId,
+        customer_id: CustomerId,
+        lines: Vec<CartLine>,
+    },
+    /// Every line's stock is held; the order now waits for payment until `pay_by`.
+    ConfirmStockReserved {
+        pay_by: DateTime<Utc>,
+    },
+    /// A line could not be reserved.
+    Reject {
+        reason: String,
+    },
+    RequestPayment {
+        actor: Actor,
+        payment_id: PaymentId,
+        token: PaymentToken,
+    },
+    RecordPaymentCaptured {
+        payment_id: PaymentId,
+    },
+    RecordPaymentDeclined {
+        payment_id: PaymentId,
+        reason: String,
+    },
+    /// The payment deadline passed; `now` is the clock reading of whoever fires it.
+    Expire {
+        now: DateTime<Utc>,
+    },
+    Cancel {
+        actor: Actor,
+        reason: String,
+    },
+    RecordRefund {
+        payment_id: PaymentId,
+    },
+    Ship {
+        actor: Actor,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum OrderEvent {
+    OrderPlaced {
+        order_id: OrderId,
+        cart_id: CartId,
+        customer_id: CustomerId,
+        lines: Vec<CartLine>,
+        total: Money,
+    },
+    OrderStockReserved {
+        order_id: OrderId,
+    },
+    OrderAwaitingPayment {
+        order_id: OrderId,
+        pay_by: DateTime<Utc>,
+    },
+    OrderRejected {
+        order_id: OrderId,
+        reason: String,
+    },
+    OrderPaymentRequested {
+        order_id: OrderId,
+        customer_id: CustomerId,
+        payment_id: PaymentId,
+        amount: Money,
+        token: PaymentToken,
+    },
+    OrderPaid {
+        order_id: OrderId,
+        payment_id: PaymentId,
+        amount: Money,
+    },
+    OrderPaymentDeclined {
+        order_id: OrderId,
+        payment_id: PaymentId,
+        reason: String,
+    },
+    OrderExpired {
+        order_id: OrderId,
+        pay_by: DateTime<Utc>,
+    },
+    /// `refund` names the captured payment to give back, if the order was paid.
+    OrderCancelled {
+        order_id: OrderId,
+        by: CustomerId,
+        reason: String,
+        refund: Option<PaymentId>,
+    },
+    OrderRefunded {
+        order_id: OrderId,
+        payment_id: PaymentId,
+        amount: Money,
+    },
+    OrderShipped {
+        order_id: OrderId,
+    },
+}
+
+event_types!(OrderEvent {
+    OrderPlaced,
+    OrderStockReserved,
+    OrderAwaitingPayment,
+    OrderRejected,
+    OrderPaymentRequested,
+    OrderPaid,
+    OrderPaymentDeclined,
+    OrderExpired,
+    OrderCancelled,
+    OrderRefunded,
+    OrderShipped,
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderRejection {
+    #[error("order not found")]
+    NotFound,
+    #[error("an order with this id already exists")]
+    AlreadyExists,
+    #[error("an order needs at least one line")]
+    NoLines,
+    #[error("the order lines do not share one currency")]
+    MixedCurrencies,
+    #[error("an order whose total is zero cannot be paid")]
+    ZeroTotal,
+    #[error("cannot {action} an order that is {status}", status = status.as_str())]
+    IllegalTransition {
+        action: &'static str,
+        status: OrderStatus,
+    },
+    #[error("a payment for this order is already in progress")]
+    PaymentInProgress,
+    #[error("the payment {0} is not this order's current payment")]
+    UnknownPayment(PaymentId),
+    #[error("the payment deadline {0} has not passed")]
+    DeadlineNotReached(DateTime<Utc>),
+    #[error("only the order's owner may do this")]
+    NotOwner,
+    #[error("only an admin may do this")]
+    AdminOnly,
+}
+
+rejection_codes!(OrderRejection {
+    NotFound => (NotFound, "order-not-found"),
+    AlreadyExists => (InvalidState, "order-exists"),
+    NoLines => (Unprocessable, "order-without-lines"),
+    MixedCurrencies => (Unprocessable, "currency-mismatch"),
+    ZeroTotal => (Unprocessable, "zero-total"),
+    IllegalTransition => (InvalidState, "illegal-order-transition"),
+    PaymentInProgress => (InvalidState, "payment-in-progress"),
+    UnknownPayment => (InvalidState, "unknown-payment"),
+    DeadlineNotReached => (InvalidState, "deadline-not-reached"),
+    NotOwner => (Forbidden, "not-order-owner"),
+    AdminOnly => (Forbidden, "admin-only"),
+});
+
+/// An order as its events describe it; `None` until placed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Order(pub Option<OrderDetails>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderDetails {
+    pub order_id: OrderId,
+    pub cart_id: CartId,
+    pub customer_id: CustomerId,
+    pub lines: Vec<CartLine>,
+    pub total: Money,
+    pub status: OrderStatus,
+    pub pay_by: Option<DateTime<Utc>>,
+    /// The payment with the provider (while pending) or the one that captured (once paid).
+    pub payment: Option<PaymentId>,
+}
+
+impl OrderDetails {
+    fn illegal(&self, action: &'static str) -> OrderRejection {
+        OrderRejection::IllegalTransition {
+            action,
+            status: self.status,
+        }
+    }
+
+    /// Owner-only actions: a stranger is told the order does not exist, an admin that it is
+    /// not theirs to do.
+    fn check_owner(&self, actor: &Actor) -> Result<(), OrderRejection> {
+        match (actor.id == self.customer_id, actor.is_admin) {
+            (true, _) => Ok(()),
+            (false, true) => Err(OrderRejection::NotOwner),
+            (false, false) => Err(OrderRejection::NotFound),
+        }
+    }
+
+    fn check_owner_or_admin(&self, actor: &Actor) -> Result<(), OrderRejection> {
+        if actor.is_admin || actor.id == self.customer_id {
+            Ok(())
+        } else {
+            Err(OrderRejection::NotFound)
+        }
+    }
+
+    fn pending_payment(&self, payment_id: PaymentId) -> Result<(), OrderRejection> {
+        if self.status != OrderStatus::PaymentPending {
+            return Err(self.illegal("record a payment result for"));
+        }
+        if self.payment != Some(payment_id) {
+            return Err(OrderRejection::UnknownPayment(payment_id));
+        }
+        Ok(())
+    }
+
+    fn decide(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, OrderRejection> {
+        use OrderStatus as S;
+        let order_id = self.order_id;
+        match command {
+            OrderCommand::Place { .. } => Err(OrderRejection::AlreadyExists),
+            OrderCommand::ConfirmStockReserved { pay_by } => match self.status {
+                S::Placed => Ok(vec![
+                    OrderEvent::OrderStockReserved { order_id },
+                    OrderEvent::OrderAwaitingPayment { order_id, pay_by },
+                ]),
+                _ => Err(self.illegal("confirm stock for")),
+            },
+            OrderCommand::Reject { reason } => match self.status {
+                S::Placed => Ok(vec![OrderEvent::OrderRejected { order_id, reason }]),
+                _ => Err(self.illegal("reject")),
+            },
+            OrderCommand::RequestPayment {
+                actor,
+                payment_id,
+                token,
+            } => {
+                self.check_owner(&actor)?;
+                match self.status {
+                    S::AwaitingPayment | S::PaymentDeclined => {
+                        Ok(vec![OrderEvent::OrderPaymentRequested {
+                            order_id,
+                            customer_id: self.customer_id.clone(),
+                            payment_id,
+                            amount: self.total,
+                            token,
+                        }])
+                    }
+                    S::PaymentPending => Err(OrderRejection::PaymentInProgress),
+                    _ => Err(self.illegal("pay")),
+                }
+            }
+            OrderCommand::RecordPaymentCaptured { payment_id } => {
+                self.pending_payment(payment_id)?;
+                Ok(vec![OrderEvent::OrderPaid {
+                    order_id,
+                    payment_id,
+                    amount: self.total,
+                }])
+            }
+            OrderCommand::RecordPaymentDeclined { payment_id, reason } => {
+                self.pending_payment(payment_id)?;
+                Ok(vec![OrderEvent::OrderPaymentDeclined {
+                    order_id,
+                    payment_id,
+                    reason,
+                }])
+            }
+            OrderCommand::Expire { now } => match (self.status, self.pay_by) {
+                (S::AwaitingPayment | S::PaymentDeclined, Some(pay_by)) if now >= pay_by => {
+                    Ok(vec![OrderEvent::OrderExpired { order_id, pay_by }])
+                }
+                (S::AwaitingPayment | S::PaymentDeclined, Some(pay_by)) => {
+                    Err(OrderRejection::DeadlineNotReached(pay_by))
+                }
+                _ => Err(self.illegal("expire")),
+            },
+            OrderCommand::Cancel { actor, reason } => {
+                self.check_owner_or_admin(&actor)?;
+                let refund = match self.status {
+                    S::Placed | S::StockReserved | S::AwaitingPayment | S::PaymentDeclined => None,
+                    S::Paid => self.payment,
+                    S::PaymentPending => return Err(OrderRejection::PaymentInProgress),
+                    _ => return Err(self.illegal("cancel")),
+                };
+                Ok(vec![OrderEvent::OrderCancelled {
+                    order_id,
+                    by: actor.id,
+                    reason,
+                    refund,
+                }])
+            }
+            OrderCommand::RecordRefund { payment_id } => {
+                if self.status != S::Cancelled || self.payment != Some(payment_id) {
+                    return Err(self.illegal("refund"));
+                }
+                Ok(vec![OrderEvent::OrderRefunded {
+                    order_id,
+                    payment_id,
+                    amount: self.total,
+                }])
+            }
+            OrderCommand::Ship { actor } => {
+                if !actor.is_admin {
+                    return Err(OrderRejection::AdminOnly);
+                }
+                match self.status {
+                    S::Paid => Ok(vec![OrderEvent::OrderShipped { order_id }]),
+                    _ => Err(self.illegal("ship")),
+                }
+            }
+        }
+    }
+}
+
+/// The order total of a set of lines; `None` when empty or the currencies differ.
+pub fn order_total(lines: &[CartLine]) -> Option<Money> {
+    let currency = lines.first()?.unit_price.currency;
+    lines.iter().try_fold(Money::zero(currency), |sum, line| {
+        sum.plus(line.line_total())
+    })
+}
+
+impl Aggregate for Order {
+    type Command = OrderCommand;
+    type Event = OrderEvent;
+    type Rejection = OrderRejection;
+    const STREAM_TYPE: &'static str = OrderId::STREAM_TYPE;
+
+    fn decide(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, OrderRejection> {
+        match (&self.0, command) {
+            (
+                None,
+                OrderCommand::Place {
+                    order_id,
+                    cart_id,
+                    customer_id,
+                    lines,
+                },
+            ) => {
+                if lines.is_empty() {
+                    return Err(OrderRejection::NoLines);
+                }
+                let total = order_total(&lines).ok_or(OrderRejection::MixedCurrencies)?;
+                if total.amount == 0 {
+                    return Err(OrderRejection::ZeroTotal);
+                }
+                Ok(vec![OrderEvent::OrderPlaced {
+                    order_id,
+                    cart_id,
+                    customer_id,
+                    lines,
+                    total,
+                }])
+            }
+            (None, _) => Err(OrderRejection::NotFound),
+            (Some(order), command) => order.decide(command),
+        }
+    }
+
+    fn evolve(self, event: &OrderEvent) -> Self {
+        use OrderStatus as S;
+        let Some(mut order) = self.0 else {
+            return match event {
+                OrderEvent::OrderPlaced {
+                    order_id,
+                    cart_id,
+                    customer_id,
+                    lines,
+                    total,
+                } => Order(Some(OrderDetails {
+                    order_id: *order_id,
+                    cart_id: *cart_id,
+                    customer_id: customer_id.clone(),
+                    lines: lines.clone(),
+                    total: *total,
+                    status: S::Placed,
+                    pay_by: None,
+                    payment: None,
+                })),
+                _ => Order(None),
+            };
+        };
+        match event {
+            OrderEvent::OrderPlaced { .. } => {}
+            OrderEvent::OrderStockReserved { .. } => order.status = S::StockReserved,
+            OrderEvent::OrderAwaitingPayment { pay_by, .. } => {
+                order.status = S::AwaitingPayment;
+                order.pay_by = Some(*pay_by);
+            }
+            OrderEvent::OrderRejected { .. } => order.status = S::Rejected,
+            OrderEvent::OrderPaymentRequested { payment_id, .. } => {
+                order.status = S::PaymentPending;
+                order.payment = Some(*payment_id);
+            }
+            OrderEvent::OrderPaid { .. } => order.status = S::Paid,
+            OrderEvent::OrderPaymentDeclined { .. } => {
+                order.status = S::PaymentDeclined;
+                order.payment = None;
+            }
+            OrderEvent::OrderExpired { .. } => order.status = S::Expired,
+            OrderEvent::OrderCancelled { .. } => order.status = S::Cancelled,
+            OrderEvent::OrderRefunded { .. } => order.status = S::Refunded,
+            OrderEvent::OrderShipped { .. } => order.status = S::Shipped,
+        }
+        Order(Some(order))
+    }
+}

@@ -1,0 +1,244 @@
+//! One payment attempt against the provider, and its refund.
+//!
+//! The payment id doubles as the provider's idempotency key, so recording the outcome of a call
+//! that was already made (after a crash between the call and the append) never charges twice.
+//!
+//! ```text
+//! Requested ─▶ Captured ─▶ Refunded
+//!     │ ▲
+//!     │ └── AttemptFailed (transient, retried)
+//!     ▼
+//!  Declined
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::order::PaymentToken;
+use crate::values::{Money, OrderId, PaymentId};
+use crate::{Aggregate, event_types, rejection_codes};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    Requested,
+    Captured,
+    Declined,
+    Refunded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentCommand {
+    Request {
+        payment_id: PaymentId,
+        order_id: OrderId,
+        amount: Money,
+        token: PaymentToken,
+    },
+    /// The provider failed transiently; the worker will try again.
+    RecordAttemptFailed {
+        error: String,
+    },
+    RecordCaptured {
+        provider_reference: String,
+    },
+    RecordDeclined {
+        reason: String,
+    },
+    Refund {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum PaymentEvent {
+    PaymentRequested {
+        payment_id: PaymentId,
+        order_id: OrderId,
+        amount: Money,
+        token: PaymentToken,
+    },
+    PaymentAttemptFailed {
+        payment_id: PaymentId,
+        attempt: u32,
+        error: String,
+    },
+    PaymentCaptured {
+        payment_id: PaymentId,
+        order_id: OrderId,
+        amount: Money,
+        provider_reference: String,
+    },
+    PaymentDeclined {
+        payment_id: PaymentId,
+        order_id: OrderId,
+        reason: String,
+    },
+    PaymentRefunded {
+        payment_id: PaymentId,
+        order_id: OrderId,
+        amount: Money,
+        reason: String,
+    },
+}
+
+event_types!(PaymentEvent {
+    PaymentRequested,
+    PaymentAttemptFailed,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentRefunded,
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentRejection {
+    #[error("payment not found")]
+    NotFound,
+    #[error("a payment with this id already exists")]
+    AlreadyExists,
+    #[error("a payment amount must be positive")]
+    NonPositiveAmount,
+    #[error("cannot {action} a payment that is {status:?}")]
+    IllegalTransition {
+        action: &'static str,
+        status: PaymentStatus,
+    },
+}
+
+rejection_codes!(PaymentRejection {
+    NotFound => (NotFound, "payment-not-found"),
+    AlreadyExists => (InvalidState, "payment-exists"),
+    NonPositiveAmount => (Unprocessable, "non-positive-amount"),
+    IllegalTransition => (InvalidState, "illegal-payment-transition"),
+});
+
+/// A payment as its events describe it; `None` until requested.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payment(pub Option<PaymentDetails>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentDetails {
+    pub payment_id: PaymentId,
+    pub order_id: OrderId,
+    pub amount: Money,
+    pub token: PaymentToken,
+    pub status: PaymentStatus,
+    pub failed_attempts: u32,
+}
+
+impl PaymentDetails {
+    fn requested(&self, action: &'static str) -> Result<(), PaymentRejection> {
+        match self.status {
+            PaymentStatus::Requested => Ok(()),
+            status => Err(PaymentRejection::IllegalTransition { action, status }),
+        }
+    }
+
+    fn decide(&self, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
+        let (payment_id, order_id, amount) = (self.payment_id, self.order_id, self.amount);
+        match command {
+            PaymentCommand::Request { .. } => Err(PaymentRejection::AlreadyExists),
+            PaymentCommand::RecordAttemptFailed { error } => {
+                self.requested("record a failed attempt of")?;
+                Ok(vec![PaymentEvent::PaymentAttemptFailed {
+                    payment_id,
+                    attempt: self.failed_attempts + 1,
+                    error,
+                }])
+            }
+            PaymentCommand::RecordCaptured { provider_reference } => {
+                self.requested("capture")?;
+                Ok(vec![PaymentEvent::PaymentCaptured {
+                    payment_id,
+                    order_id,
+                    amount,
+                    provider_reference,
+                }])
+            }
+            PaymentCommand::RecordDeclined { reason } => {
+                self.requested("decline")?;
+                Ok(vec![PaymentEvent::PaymentDeclined {
+                    payment_id,
+                    order_id,
+                    reason,
+                }])
+            }
+            PaymentCommand::Refund { reason } => match self.status {
+                PaymentStatus::Captured => Ok(vec![PaymentEvent::PaymentRefunded {
+                    payment_id,
+                    order_id,
+                    amount,
+                    reason,
+                }]),
+                status => Err(PaymentRejection::IllegalTransition {
+                    action: "refund",
+                    status,
+                }),
+            },
+        }
+    }
+}
+
+impl Aggregate for Payment {
+    type Command = PaymentCommand;
+    type Event = PaymentEvent;
+    type Rejection = PaymentRejection;
+    const STREAM_TYPE: &'static str = PaymentId::STREAM_TYPE;
+
+    fn decide(&self, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentRejection> {
+        match (&self.0, command) {
+            (
+                None,
+                PaymentCommand::Request {
+                    payment_id,
+                    order_id,
+                    amount,
+                    token,
+                },
+            ) => {
+                if amount.amount <= 0 {
+                    return Err(PaymentRejection::NonPositiveAmount);
+                }
+                Ok(vec![PaymentEvent::PaymentRequested {
+                    payment_id,
+                    order_id,
+                    amount,
+                    token,
+                }])
+            }
+            (None, _) => Err(PaymentRejection::NotFound),
+            (Some(payment), command) => payment.decide(command),
+        }
+    }
+
+    fn evolve(self, event: &PaymentEvent) -> Self {
+        let Some(mut payment) = self.0 else {
+            return match event {
+                PaymentEvent::PaymentRequested {
+                    payment_id,
+                    order_id,
+                    amount,
+                    token,
+                } => Payment(Some(PaymentDetails {
+                    payment_id: *payment_id,
+                    order_id: *order_id,
+                    amount: *amount,
+                    token: token.clone(),
+                    status: PaymentStatus::Requested,
+                    failed_attempts: 0,
+                })),
+                _ => Payment(None),
+            };
+        };
+        match event {
+            PaymentEvent::PaymentRequested { .. } => {}
+            PaymentEvent::PaymentAttemptFailed { attempt, .. } => {
+                payment.failed_attempts = *attempt;
+            }
+            PaymentEvent::PaymentCaptured { .. } => payment.status = PaymentStatus::Captured,
+            PaymentEvent::PaymentDeclined { .. } => payment.status = PaymentStatus::Declined,
+            PaymentEvent::PaymentRefunded { .. } => payment.status = PaymentStatus::Refunded,
+        }
+        Payment(Some(payment))
+    }
+}

@@ -1,0 +1,962 @@
+//! Given/when/then tests of the order aggregate: its whole lifecycle, every branch of `decide`.
+
+mod support;
+
+use domain::RejectionKind::{Forbidden, InvalidState, NotFound, Unprocessable};
+use domain::order::{
+    Order, OrderCommand as C, OrderDetails, OrderEvent as E, OrderRejection as R, OrderStatus,
+    OrderStatus as S, order_total,
+};
+use domain::values::{Actor, PaymentId};
+use domain::{Aggregate, DomainEvent};
+use support::*;
+
+const ALL_STATUSES: [OrderStatus; 11] = [
+    S::Placed,
+    S::StockReserved,
+    S::AwaitingPayment,
+    S::PaymentPending,
+    S::PaymentDeclined,
+    S::Paid,
+    S::Shipped,
+    S::Rejected,
+    S::Expired,
+    S::Cancelled,
+    S::Refunded,
+];
+
+fn lines() -> Vec<domain::cart::CartLine> {
+    vec![line(1, eur(250), 2), line(2, eur(100), 1)]
+}
+
+const TOTAL: i64 = 600;
+const PAY_BY: i64 = 900;
+
+fn place() -> C {
+    C::Place {
+        order_id: order_id(1),
+        cart_id: cart_id(1),
+        customer_id: customer_id("alice"),
+        lines: lines(),
+    }
+}
+
+fn placed() -> E {
+    E::OrderPlaced {
+        order_id: order_id(1),
+        cart_id: cart_id(1),
+        customer_id: customer_id("alice"),
+        lines: lines(),
+        total: eur(TOTAL),
+    }
+}
+
+fn stock_reserved() -> E {
+    E::OrderStockReserved {
+        order_id: order_id(1),
+    }
+}
+
+fn awaiting() -> E {
+    E::OrderAwaitingPayment {
+        order_id: order_id(1),
+        pay_by: at(PAY_BY),
+    }
+}
+
+fn payment_requested(p: u128) -> E {
+    E::OrderPaymentRequested {
+        order_id: order_id(1),
+        customer_id: customer_id("alice"),
+        payment_id: payment_id(p),
+        amount: eur(TOTAL),
+        token: token("tok_visa"),
+    }
+}
+
+fn paid(p: u128) -> E {
+    E::OrderPaid {
+        order_id: order_id(1),
+        payment_id: payment_id(p),
+        amount: eur(TOTAL),
+    }
+}
+
+fn declined(p: u128) -> E {
+    E::OrderPaymentDeclined {
+        order_id: order_id(1),
+        payment_id: payment_id(p),
+        reason: "card declined".into(),
+    }
+}
+
+fn cancelled(by: &Actor, refund: Option<PaymentId>) -> E {
+    E::OrderCancelled {
+        order_id: order_id(1),
+        by: by.id.clone(),
+        reason: "changed my mind".into(),
+        refund,
+    }
+}
+
+/// A history that leaves the order in `status`; the payment in play is payment 1.
+fn history(status: OrderStatus) -> Vec<E> {
+    let awaiting_payment = vec![placed(), stock_reserved(), awaiting()];
+    let with = |base: Vec<E>, more: &[E]| [base, more.to_vec()].concat();
+    match status {
+        S::Placed => vec![placed()],
+        S::StockReserved => vec![placed(), stock_reserved()],
+        S::AwaitingPayment => awaiting_payment,
+        S::PaymentPending => with(awaiting_payment, &[payment_requested(1)]),
+        S::PaymentDeclined => with(awaiting_payment, &[payment_requested(1), declined(1)]),
+        S::Paid => with(awaiting_payment, &[payment_requested(1), paid(1)]),
+        S::Shipped => with(
+            history(S::Paid),
+            &[E::OrderShipped {
+                order_id: order_id(1),
+            }],
+        ),
+        S::Rejected => vec![
+            placed(),
+            E::OrderRejected {
+                order_id: order_id(1),
+                reason: "no stock".into(),
+            },
+        ],
+        S::Expired => with(
+            awaiting_payment,
+            &[E::OrderExpired {
+                order_id: order_id(1),
+                pay_by: at(PAY_BY),
+            }],
+        ),
+        S::Cancelled => with(
+            history(S::Paid),
+            &[cancelled(&alice(), Some(payment_id(1)))],
+        ),
+        S::Refunded => with(
+            history(S::Cancelled),
+            &[E::OrderRefunded {
+                order_id: order_id(1),
+                payment_id: payment_id(1),
+                amount: eur(TOTAL),
+            }],
+        ),
+    }
+}
+
+fn order_in(status: OrderStatus) -> Order {
+    let order = given::<Order>(&history(status));
+    assert_eq!(details(&order).status, status, "fixture for {status:?}");
+    order
+}
+
+fn details(o: &Order) -> &OrderDetails {
+    o.0.as_ref().expect("order exists")
+}
+
+#[track_caller]
+fn illegal(result: Result<Vec<E>, R>, action: &'static str, status: OrderStatus) {
+    then_rejected(
+        result,
+        R::IllegalTransition { action, status },
+        InvalidState,
+        "illegal-order-transition",
+    );
+}
+
+fn request_payment(actor: Actor, p: u128) -> C {
+    C::RequestPayment {
+        actor,
+        payment_id: payment_id(p),
+        token: token("tok_visa"),
+    }
+}
+
+fn cancel(actor: Actor) -> C {
+    C::Cancel {
+        actor,
+        reason: "changed my mind".into(),
+    }
+}
+
+// ---- place -----------------------------------------------------------------------------------
+
+#[test]
+fn place_records_lines_and_total() {
+    let events = then(when(&given::<Order>(&[]), place()), vec![placed()]);
+    let order = apply(Order::default(), &events);
+    assert_eq!(
+        details(&order),
+        &OrderDetails {
+            order_id: order_id(1),
+            cart_id: cart_id(1),
+            customer_id: customer_id("alice"),
+            lines: lines(),
+            total: eur(TOTAL),
+            status: S::Placed,
+            pay_by: None,
+            payment: None,
+        }
+    );
+}
+
+#[test]
+fn place_without_lines_is_rejected() {
+    then_rejected(
+        when(
+            &given::<Order>(&[]),
+            C::Place {
+                order_id: order_id(1),
+                cart_id: cart_id(1),
+                customer_id: customer_id("alice"),
+                lines: vec![],
+            },
+        ),
+        R::NoLines,
+        Unprocessable,
+        "order-without-lines",
+    );
+}
+
+#[test]
+fn place_with_mixed_currencies_is_rejected() {
+    then_rejected(
+        when(
+            &given::<Order>(&[]),
+            C::Place {
+                order_id: order_id(1),
+                cart_id: cart_id(1),
+                customer_id: customer_id("alice"),
+                lines: vec![line(1, eur(100), 1), line(2, usd(100), 1)],
+            },
+        ),
+        R::MixedCurrencies,
+        Unprocessable,
+        "currency-mismatch",
+    );
+}
+
+#[test]
+fn place_twice_is_rejected() {
+    for status in ALL_STATUSES {
+        then_rejected(
+            when(&order_in(status), place()),
+            R::AlreadyExists,
+            InvalidState,
+            "order-exists",
+        );
+    }
+}
+
+#[test]
+fn order_total_sums_line_totals() {
+    assert_eq!(order_total(&lines()), Some(eur(TOTAL)));
+    assert_eq!(order_total(&[]), None);
+    assert_eq!(order_total(&[line(1, eur(1), 1), line(2, usd(1), 1)]), None);
+}
+
+#[test]
+fn every_other_command_on_a_missing_order_is_not_found() {
+    let commands = [
+        C::ConfirmStockReserved { pay_by: at(PAY_BY) },
+        C::Reject {
+            reason: "no stock".into(),
+        },
+        request_payment(alice(), 1),
+        C::RecordPaymentCaptured {
+            payment_id: payment_id(1),
+        },
+        C::RecordPaymentDeclined {
+            payment_id: payment_id(1),
+            reason: "declined".into(),
+        },
+        C::Expire { now: at(PAY_BY) },
+        cancel(admin()),
+        C::RecordRefund {
+            payment_id: payment_id(1),
+        },
+        C::Ship { actor: admin() },
+    ];
+    for command in commands {
+        then_rejected(
+            when(&given::<Order>(&[]), command),
+            R::NotFound,
+            NotFound,
+            "order-not-found",
+        );
+    }
+}
+
+#[test]
+fn events_before_placement_leave_the_order_missing() {
+    assert_eq!(given::<Order>(&[stock_reserved(), awaiting()]), Order(None));
+}
+
+// ---- stock -----------------------------------------------------------------------------------
+
+#[test]
+fn confirm_stock_moves_to_awaiting_payment_in_two_events() {
+    let events = then(
+        when(
+            &order_in(S::Placed),
+            C::ConfirmStockReserved { pay_by: at(PAY_BY) },
+        ),
+        vec![stock_reserved(), awaiting()],
+    );
+    let order = apply(order_in(S::Placed), &events);
+    assert_eq!(details(&order).status, S::AwaitingPayment);
+    assert_eq!(details(&order).pay_by, Some(at(PAY_BY)));
+}
+
+#[test]
+fn confirm_stock_only_from_placed() {
+    for status in ALL_STATUSES.into_iter().filter(|s| *s != S::Placed) {
+        illegal(
+            when(
+                &order_in(status),
+                C::ConfirmStockReserved { pay_by: at(PAY_BY) },
+            ),
+            "confirm stock for",
+            status,
+        );
+    }
+}
+
+#[test]
+fn reject_from_placed() {
+    let events = then(
+        when(
+            &order_in(S::Placed),
+            C::Reject {
+                reason: "no stock".into(),
+            },
+        ),
+        vec![E::OrderRejected {
+            order_id: order_id(1),
+            reason: "no stock".into(),
+        }],
+    );
+    assert_eq!(
+        details(&apply(order_in(S::Placed), &events)).status,
+        S::Rejected
+    );
+}
+
+#[test]
+fn reject_only_from_placed() {
+    for status in ALL_STATUSES.into_iter().filter(|s| *s != S::Placed) {
+        illegal(
+            when(
+                &order_in(status),
+                C::Reject {
+                    reason: "no stock".into(),
+                },
+            ),
+            "reject",
+            status,
+        );
+    }
+}
+
+// ---- request payment -------------------------------------------------------------------------
+
+#[test]
+fn owner_requests_payment_for_the_total() {
+    let events = then(
+        when(&order_in(S::AwaitingPayment), request_payment(alice(), 1)),
+        vec![payment_requested(1)],
+    );
+    let order = apply(order_in(S::AwaitingPayment), &events);
+    assert_eq!(details(&order).status, S::PaymentPending);
+    assert_eq!(details(&order).payment, Some(payment_id(1)));
+}
+
+#[test]
+fn owner_who_is_an_admin_may_pay() {
+    then(
+        when(
+            &order_in(S::AwaitingPayment),
+            request_payment(Actor::admin(customer_id("alice")), 1),
+        ),
+        vec![payment_requested(1)],
+    );
+}
+
+#[test]
+fn payment_may_be_retried_after_a_decline() {
+    let state = order_in(S::PaymentDeclined);
+    assert_eq!(details(&state).payment, None);
+    let events = then(
+        when(&state, request_payment(alice(), 2)),
+        vec![payment_requested(2)],
+    );
+    assert_eq!(details(&apply(state, &events)).payment, Some(payment_id(2)));
+}
+
+#[test]
+fn a_stranger_requesting_payment_is_told_the_order_does_not_exist() {
+    for status in ALL_STATUSES {
+        then_rejected(
+            when(&order_in(status), request_payment(bob(), 2)),
+            R::NotFound,
+            NotFound,
+            "order-not-found",
+        );
+    }
+}
+
+#[test]
+fn an_admin_may_not_pay_for_someone_else() {
+    then_rejected(
+        when(&order_in(S::AwaitingPayment), request_payment(admin(), 2)),
+        R::NotOwner,
+        Forbidden,
+        "not-order-owner",
+    );
+}
+
+#[test]
+fn payment_while_one_is_pending_is_rejected() {
+    then_rejected(
+        when(&order_in(S::PaymentPending), request_payment(alice(), 2)),
+        R::PaymentInProgress,
+        InvalidState,
+        "payment-in-progress",
+    );
+}
+
+#[test]
+fn payment_from_any_other_state_is_illegal() {
+    for status in [
+        S::Placed,
+        S::StockReserved,
+        S::Paid,
+        S::Shipped,
+        S::Rejected,
+        S::Expired,
+        S::Cancelled,
+        S::Refunded,
+    ] {
+        illegal(
+            when(&order_in(status), request_payment(alice(), 2)),
+            "pay",
+            status,
+        );
+    }
+}
+
+// ---- payment outcome -------------------------------------------------------------------------
+
+#[test]
+fn captured_payment_pays_the_order() {
+    let events = then(
+        when(
+            &order_in(S::PaymentPending),
+            C::RecordPaymentCaptured {
+                payment_id: payment_id(1),
+            },
+        ),
+        vec![paid(1)],
+    );
+    let order = apply(order_in(S::PaymentPending), &events);
+    assert_eq!(details(&order).status, S::Paid);
+    assert_eq!(details(&order).payment, Some(payment_id(1)));
+}
+
+#[test]
+fn declined_payment_frees_the_order_for_another_try() {
+    let events = then(
+        when(
+            &order_in(S::PaymentPending),
+            C::RecordPaymentDeclined {
+                payment_id: payment_id(1),
+                reason: "card declined".into(),
+            },
+        ),
+        vec![declined(1)],
+    );
+    let order = apply(order_in(S::PaymentPending), &events);
+    assert_eq!(details(&order).status, S::PaymentDeclined);
+    assert_eq!(details(&order).payment, None);
+}
+
+#[test]
+fn outcome_of_another_payment_is_unknown() {
+    then_rejected(
+        when(
+            &order_in(S::PaymentPending),
+            C::RecordPaymentCaptured {
+                payment_id: payment_id(2),
+            },
+        ),
+        R::UnknownPayment(payment_id(2)),
+        InvalidState,
+        "unknown-payment",
+    );
+    then_rejected(
+        when(
+            &order_in(S::PaymentPending),
+            C::RecordPaymentDeclined {
+                payment_id: payment_id(2),
+                reason: "declined".into(),
+            },
+        ),
+        R::UnknownPayment(payment_id(2)),
+        InvalidState,
+        "unknown-payment",
+    );
+}
+
+#[test]
+fn outcome_when_no_payment_is_pending_is_illegal() {
+    for status in ALL_STATUSES.into_iter().filter(|s| *s != S::PaymentPending) {
+        // Even for the payment that captured: a repeated capture is not recorded twice.
+        illegal(
+            when(
+                &order_in(status),
+                C::RecordPaymentCaptured {
+                    payment_id: payment_id(1),
+                },
+            ),
+            "record a payment result for",
+            status,
+        );
+        illegal(
+            when(
+                &order_in(status),
+                C::RecordPaymentDeclined {
+                    payment_id: payment_id(1),
+                    reason: "declined".into(),
+                },
+            ),
+            "record a payment result for",
+            status,
+        );
+    }
+}
+
+// ---- expire ----------------------------------------------------------------------------------
+
+#[test]
+fn expire_before_the_deadline_is_rejected() {
+    for status in [S::AwaitingPayment, S::PaymentDeclined] {
+        then_rejected(
+            when(
+                &order_in(status),
+                C::Expire {
+                    now: at(PAY_BY - 1),
+                },
+            ),
+            R::DeadlineNotReached(at(PAY_BY)),
+            InvalidState,
+            "deadline-not-reached",
+        );
+    }
+}
+
+#[test]
+fn expire_at_or_after_the_deadline() {
+    for status in [S::AwaitingPayment, S::PaymentDeclined] {
+        for now in [at(PAY_BY), at(PAY_BY + 1), at(PAY_BY + 86_400)] {
+            let events = then(
+                when(&order_in(status), C::Expire { now }),
+                // The event names the deadline, not the clock reading.
+                vec![E::OrderExpired {
+                    order_id: order_id(1),
+                    pay_by: at(PAY_BY),
+                }],
+            );
+            assert_eq!(
+                details(&apply(order_in(status), &events)).status,
+                S::Expired
+            );
+        }
+    }
+}
+
+#[test]
+fn expire_from_any_other_state_is_illegal() {
+    for status in [
+        S::Placed,
+        S::StockReserved,
+        S::PaymentPending,
+        S::Paid,
+        S::Shipped,
+        S::Rejected,
+        S::Expired,
+        S::Cancelled,
+        S::Refunded,
+    ] {
+        illegal(
+            when(
+                &order_in(status),
+                C::Expire {
+                    now: at(PAY_BY + 86_400),
+                },
+            ),
+            "expire",
+            status,
+        );
+    }
+}
+
+// ---- cancel ----------------------------------------------------------------------------------
+
+#[test]
+fn owner_or_admin_cancels_an_unpaid_order_without_refund() {
+    for status in [
+        S::Placed,
+        S::StockReserved,
+        S::AwaitingPayment,
+        S::PaymentDeclined,
+    ] {
+        for actor in [alice(), admin()] {
+            let events = then(
+                when(&order_in(status), cancel(actor.clone())),
+                vec![cancelled(&actor, None)],
+            );
+            assert_eq!(
+                details(&apply(order_in(status), &events)).status,
+                S::Cancelled
+            );
+        }
+    }
+}
+
+#[test]
+fn cancelling_a_paid_order_names_the_payment_to_refund() {
+    for actor in [alice(), admin()] {
+        then(
+            when(&order_in(S::Paid), cancel(actor.clone())),
+            vec![cancelled(&actor, Some(payment_id(1)))],
+        );
+    }
+}
+
+#[test]
+fn a_stranger_cancelling_is_told_the_order_does_not_exist() {
+    for status in ALL_STATUSES {
+        then_rejected(
+            when(&order_in(status), cancel(bob())),
+            R::NotFound,
+            NotFound,
+            "order-not-found",
+        );
+    }
+}
+
+#[test]
+fn cancel_while_a_payment_is_pending_is_rejected() {
+    for actor in [alice(), admin()] {
+        then_rejected(
+            when(&order_in(S::PaymentPending), cancel(actor)),
+            R::PaymentInProgress,
+            InvalidState,
+            "payment-in-progress",
+        );
+    }
+}
+
+#[test]
+fn cancel_after_the_end_is_illegal() {
+    for status in [
+        S::Shipped,
+        S::Expired,
+        S::Rejected,
+        S::Cancelled,
+        S::Refunded,
+    ] {
+        illegal(when(&order_in(status), cancel(alice())), "cancel", status);
+    }
+}
+
+// ---- refund ----------------------------------------------------------------------------------
+
+#[test]
+fn refund_of_a_cancelled_paid_order() {
+    let events = then(
+        when(
+            &order_in(S::Cancelled),
+            C::RecordRefund {
+                payment_id: payment_id(1),
+            },
+        ),
+        vec![E::OrderRefunded {
+            order_id: order_id(1),
+            payment_id: payment_id(1),
+            amount: eur(TOTAL),
+        }],
+    );
+    assert_eq!(
+        details(&apply(order_in(S::Cancelled), &events)).status,
+        S::Refunded
+    );
+}
+
+#[test]
+fn refund_of_another_payment_is_illegal() {
+    illegal(
+        when(
+            &order_in(S::Cancelled),
+            C::RecordRefund {
+                payment_id: payment_id(2),
+            },
+        ),
+        "refund",
+        S::Cancelled,
+    );
+}
+
+#[test]
+fn refund_of_an_order_cancelled_unpaid_is_illegal() {
+    let state = given::<Order>(&[
+        placed(),
+        stock_reserved(),
+        awaiting(),
+        cancelled(&alice(), None),
+    ]);
+    illegal(
+        when(
+            &state,
+            C::RecordRefund {
+                payment_id: payment_id(1),
+            },
+        ),
+        "refund",
+        S::Cancelled,
+    );
+    // Nor after a declined payment: the declined payment took nothing.
+    let mut events = history(S::PaymentDeclined);
+    events.push(cancelled(&alice(), None));
+    illegal(
+        when(
+            &given::<Order>(&events),
+            C::RecordRefund {
+                payment_id: payment_id(1),
+            },
+        ),
+        "refund",
+        S::Cancelled,
+    );
+}
+
+#[test]
+fn refund_from_any_other_state_is_illegal() {
+    for status in ALL_STATUSES.into_iter().filter(|s| *s != S::Cancelled) {
+        illegal(
+            when(
+                &order_in(status),
+                C::RecordRefund {
+                    payment_id: payment_id(1),
+                },
+            ),
+            "refund",
+            status,
+        );
+    }
+}
+
+// ---- ship ------------------------------------------------------------------------------------
+
+#[test]
+fn admin_ships_a_paid_order() {
+    let events = then(
+        when(&order_in(S::Paid), C::Ship { actor: admin() }),
+        vec![E::OrderShipped {
+            order_id: order_id(1),
+        }],
+    );
+    assert_eq!(
+        details(&apply(order_in(S::Paid), &events)).status,
+        S::Shipped
+    );
+}
+
+#[test]
+fn only_an_admin_ships() {
+    for actor in [alice(), bob()] {
+        then_rejected(
+            when(&order_in(S::Paid), C::Ship { actor }),
+            R::AdminOnly,
+            Forbidden,
+            "admin-only",
+        );
+    }
+}
+
+#[test]
+fn ship_only_from_paid() {
+    for status in ALL_STATUSES.into_iter().filter(|s| *s != S::Paid) {
+        illegal(
+            when(&order_in(status), C::Ship { actor: admin() }),
+            "ship",
+            status,
+        );
+    }
+}
+
+// ---- the whole story -------------------------------------------------------------------------
+
+#[test]
+fn happy_path_from_placement_to_refund() {
+    let mut order = Order::default();
+    let mut step = |command: C| {
+        let events = order.decide(command).expect("accepted");
+        order = apply(order.clone(), &events);
+        details(&order).status
+    };
+    assert_eq!(step(place()), S::Placed);
+    assert_eq!(
+        step(C::ConfirmStockReserved { pay_by: at(PAY_BY) }),
+        S::AwaitingPayment
+    );
+    assert_eq!(step(request_payment(alice(), 1)), S::PaymentPending);
+    assert_eq!(
+        step(C::RecordPaymentDeclined {
+            payment_id: payment_id(1),
+            reason: "declined".into()
+        }),
+        S::PaymentDeclined
+    );
+    assert_eq!(step(request_payment(alice(), 2)), S::PaymentPending);
+    assert_eq!(
+        step(C::RecordPaymentCaptured {
+            payment_id: payment_id(2)
+        }),
+        S::Paid
+    );
+    assert_eq!(step(cancel(admin())), S::Cancelled);
+    assert_eq!(
+        step(C::RecordRefund {
+            payment_id: payment_id(2)
+        }),
+        S::Refunded
+    );
+}
+
+#[test]
+fn status_names_and_stock_holding() {
+    let names: Vec<&str> = ALL_STATUSES.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "placed",
+            "stock_reserved",
+            "awaiting_payment",
+            "payment_pending",
+            "payment_declined",
+            "paid",
+            "shipped",
+            "rejected",
+            "expired",
+            "cancelled",
+            "refunded"
+        ]
+    );
+    for status in ALL_STATUSES {
+        // The serde name is the same as `as_str`, which projections may rely on.
+        assert_eq!(
+            serde_json::to_value(status).expect("serialize"),
+            serde_json::json!(status.as_str())
+        );
+    }
+    let holding: Vec<OrderStatus> = ALL_STATUSES
+        .into_iter()
+        .filter(|s| s.holds_stock())
+        .collect();
+    assert_eq!(
+        holding,
+        [
+            S::Placed,
+            S::StockReserved,
+            S::AwaitingPayment,
+            S::PaymentPending,
+            S::PaymentDeclined,
+            S::Paid
+        ]
+    );
+}
+
+#[test]
+fn event_types_are_the_variant_names() {
+    let mut events: Vec<E> = history(S::Refunded);
+    events.extend([
+        E::OrderRejected {
+            order_id: order_id(1),
+            reason: "x".into(),
+        },
+        declined(1),
+        E::OrderExpired {
+            order_id: order_id(1),
+            pay_by: at(0),
+        },
+        E::OrderShipped {
+            order_id: order_id(1),
+        },
+    ]);
+    let mut names: Vec<&str> = events.iter().map(DomainEvent::event_type).collect();
+    for event in &events {
+        let json = serde_json::to_value(event).expect("serialize");
+        assert_eq!(json["type"], event.event_type(), "serde tag of {event:?}");
+    }
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(
+        names,
+        [
+            "OrderAwaitingPayment",
+            "OrderCancelled",
+            "OrderExpired",
+            "OrderPaid",
+            "OrderPaymentDeclined",
+            "OrderPaymentRequested",
+            "OrderPlaced",
+            "OrderRefunded",
+            "OrderRejected",
+            "OrderShipped",
+            "OrderStockReserved",
+        ]
+    );
+    assert_eq!(<Order as Aggregate>::STREAM_TYPE, "order");
+}
+
+#[test]
+fn payment_token_is_visible_ascii_up_to_256() {
+    assert!(domain::order::PaymentToken::parse("tok_visa").is_ok());
+    assert!(domain::order::PaymentToken::parse(&"a".repeat(256)).is_ok());
+    for bad in ["", "tok visa", "tök", "tok\n"] {
+        assert!(
+            domain::order::PaymentToken::parse(bad).is_err(),
+            "{bad:?} should be rejected"
+        );
+    }
+    assert!(domain::order::PaymentToken::parse(&"a".repeat(257)).is_err());
+}
+
+#[test]
+fn an_order_with_nothing_to_pay_is_refused_when_placed() {
+    // Free products exist (a price may be 0), but an order that totals zero could never be
+    // paid: the payment aggregate only takes positive amounts. It is refused up front.
+    let rejection = given::<Order>(&[])
+        .decide(C::Place {
+            order_id: order_id(1),
+            cart_id: cart_id(1),
+            customer_id: customer_id("alice"),
+            lines: vec![line(1, eur(0), 1)],
+        })
+        .unwrap_err();
+    assert_eq!(rejection, domain::order::OrderRejection::ZeroTotal);
+    assert_eq!(domain::Rejection::code(&rejection), "zero-total");
+    // One free line beside a paid one is fine.
+    assert!(
+        given::<Order>(&[])
+            .decide(C::Place {
+                order_id: order_id(1),
+                cart_id: cart_id(1),
+                customer_id: customer_id("alice"),
+                lines: vec![line(1, eur(0), 1), line(2, eur(100), 1)],
+            })
+            .is_ok()
+    );
+}

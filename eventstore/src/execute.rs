@@ -1,0 +1,311 @@
+//! Load → decide → append: how a command changes an aggregate.
+//!
+//! The stream is replayed into the aggregate's state, the pure `decide` runs, and the events are
+//! appended at exactly the version that was read. If another writer got there first, the whole
+//! cycle runs again on the new state, a bounded number of times; the rules are re-checked
+//! against what actually happened, never bypassed. A client that sent its own expected version
+//! (`If-Match`) is told about the mismatch instead of being retried past it.
+
+use domain::Aggregate;
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::error::{AppendError, StoreError};
+use crate::model::{ExpectedVersion, Metadata, NewEvent};
+use crate::store::EventStore;
+
+/// How ids of new events are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventIds {
+    /// Fresh time-ordered ids (UUID v7): commands from users.
+    Fresh,
+    /// Derived from the id of the causing event, so that handling one event twice can never
+    /// store its effects twice: process managers.
+    DerivedFrom(Uuid),
+}
+
+/// Options of one command execution.
+#[derive(Debug, Clone)]
+pub struct CommandOptions {
+    /// The version the client saw (`If-Match`); a different current version fails the command.
+    pub expected_version: Option<u64>,
+    pub metadata: Metadata,
+    pub event_ids: EventIds,
+    /// Attempts before a command that keeps losing races gives up.
+    pub max_attempts: u32,
+}
+
+impl Default for CommandOptions {
+    fn default() -> Self {
+        Self {
+            expected_version: None,
+            metadata: Metadata::default(),
+            event_ids: EventIds::Fresh,
+            max_attempts: 8,
+        }
+    }
+}
+
+/// A command that went through.
+#[derive(Debug, Clone)]
+pub struct Executed<A: Aggregate> {
+    /// The state after the new events.
+    pub state: A,
+    /// The new events; empty when the command changed nothing.
+    pub events: Vec<A::Event>,
+    /// The stream's version after the command.
+    pub version: u64,
+    /// Global positions of the new events.
+    pub positions: Vec<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<R: std::error::Error + 'static> {
+    /// The business rules said no.
+    #[error(transparent)]
+    Rejected(R),
+    /// The client's expected version (`If-Match`) is not the current one.
+    #[error("the stream is at version {actual}, not the expected {expected}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    /// Every attempt lost a race with another writer.
+    #[error("gave up after {attempts} attempts that all conflicted with other writers")]
+    Contention { attempts: u32 },
+    /// A single attempt ([`EventStore::decide_and_append_in`]) lost a race; decide again.
+    #[error("another writer appended first; the stream is now at version {actual}")]
+    Conflicted { actual: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl EventStore {
+    /// The aggregate's current state and version, from its stream: read whole, or, with an
+    /// aggregate cache, only the events after the cached version.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn load<A>(&self, stream_id: &str) -> Result<(A, u64), StoreError>
+    where
+        A: Aggregate,
+    {
+        let mut conn = self.pool().acquire().await?;
+        self.load_on::<A>(&mut conn, stream_id).await
+    }
+
+    /// The cached state and version of an aggregate, if the cache holds it. Only to be trusted
+    /// by a caller whose append checks that version (see [`crate::cache`]).
+    pub fn cached<A: Aggregate>(&self, stream_id: &str) -> Option<(A, u64)> {
+        self.cache.as_ref().and_then(|c| c.get::<A>(stream_id))
+    }
+
+    /// Puts a state the caller has just appended (at `version`) into the cache. Only call it
+    /// after the append committed.
+    pub fn remember<A: Aggregate>(&self, stream_id: &str, state: &A, version: u64) {
+        if let Some(cache) = &self.cache {
+            cache.put(stream_id, state, version);
+        }
+    }
+
+    /// Like [`EventStore::load`], on the caller's connection.
+    pub async fn load_on<A>(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        stream_id: &str,
+    ) -> Result<(A, u64), StoreError>
+    where
+        A: Aggregate,
+    {
+        let cached = self.cache.as_ref().and_then(|c| c.get::<A>(stream_id));
+        let (mut state, mut version) = cached.unwrap_or_default();
+        let newer = self.read_stream_on(conn, stream_id, version).await?;
+        for event in &newer {
+            state = state.evolve(&event.decode::<A::Event>()?);
+            version = event.version;
+        }
+        if let Some(cache) = &self.cache {
+            cache.put(stream_id, &state, version);
+        }
+        Ok((state, version))
+    }
+
+    /// Runs `command` against the aggregate in `stream_id`: load, decide, append, retrying on
+    /// conflicts (see the module docs). With an aggregate cache, the first try decides on the
+    /// cached state and lets the append's version check prove it current.
+    #[instrument(skip(self, command, options), err(level = "debug"))]
+    pub async fn execute<A>(
+        &self,
+        stream_id: &str,
+        command: A::Command,
+        options: &CommandOptions,
+    ) -> Result<Executed<A>, ExecuteError<A::Rejection>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        let mut attempt = 0;
+        let mut trust_cache = true;
+        loop {
+            let cached = match (&self.cache, trust_cache) {
+                (Some(cache), true) => cache.get::<A>(stream_id),
+                _ => None,
+            };
+            let from_cache = cached.is_some();
+            let (state, version) = match cached {
+                Some(cached) => cached,
+                None => self.load::<A>(stream_id).await?,
+            };
+            // Anything but an append is only answered from a fresh load: nothing else would
+            // catch a stale cached state.
+            let decided = match options.expected_version {
+                Some(expected) if expected != version => Err(ExecuteError::VersionMismatch {
+                    expected,
+                    actual: version,
+                }),
+                _ => state
+                    .decide(command.clone())
+                    .map_err(ExecuteError::Rejected),
+            };
+            let events = match decided {
+                Ok(events) if !events.is_empty() => events,
+                _ if from_cache => {
+                    trust_cache = false;
+                    continue;
+                }
+                Ok(events) => {
+                    return Ok(Executed {
+                        state,
+                        events,
+                        version,
+                        positions: vec![],
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            attempt += 1;
+            let new_events = to_new_events(stream_id, version, &events, options)?;
+            match self
+                .append(stream_id, ExpectedVersion::Exact(version), &new_events)
+                .await
+            {
+                Ok(appended) => {
+                    let state = events.iter().fold(state, |s, e| s.evolve(e));
+                    if let Some(cache) = &self.cache {
+                        cache.put(stream_id, &state, appended.version);
+                    }
+                    return Ok(Executed {
+                        state,
+                        events,
+                        version: appended.version,
+                        positions: appended.positions,
+                    });
+                }
+                Err(AppendError::WrongExpectedVersion { actual, .. }) => {
+                    trust_cache = false;
+                    if let Some(cache) = &self.cache {
+                        cache.forget(stream_id);
+                    }
+                    if let Some(expected) = options.expected_version {
+                        return Err(ExecuteError::VersionMismatch { expected, actual });
+                    }
+                    if attempt >= options.max_attempts {
+                        return Err(ExecuteError::Contention { attempts: attempt });
+                    }
+                    tracing::debug!(stream_id, attempt, "version conflict, deciding again");
+                }
+                Err(AppendError::EventIdReused {
+                    event_id,
+                    stored_in,
+                }) => {
+                    return Err(ExecuteError::Store(StoreError::Encode {
+                        event_type: "event id".into(),
+                        reason: format!("{event_id} is already used in {stored_in}"),
+                    }));
+                }
+                Err(AppendError::Store(e)) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl EventStore {
+    /// One load → decide → append attempt inside the caller's transaction, so the caller can
+    /// commit other rows with the events (an idempotency record). A lost race is returned as
+    /// [`ExecuteError::Conflicted`] (or `VersionMismatch` under `If-Match`): roll back and retry.
+    #[instrument(skip(self, tx, command, options), err(level = "debug"))]
+    pub async fn decide_and_append_in<A>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        stream_id: &str,
+        command: A::Command,
+        options: &CommandOptions,
+    ) -> Result<Executed<A>, ExecuteError<A::Rejection>>
+    where
+        A: Aggregate,
+    {
+        let (state, version) = self.load_on::<A>(tx, stream_id).await?;
+        if let Some(expected) = options.expected_version
+            && expected != version
+        {
+            return Err(ExecuteError::VersionMismatch {
+                expected,
+                actual: version,
+            });
+        }
+        let events = state.decide(command).map_err(ExecuteError::Rejected)?;
+        if events.is_empty() {
+            return Ok(Executed {
+                state,
+                events,
+                version,
+                positions: vec![],
+            });
+        }
+        let new_events = to_new_events(stream_id, version, &events, options)?;
+        match self
+            .append_in(tx, stream_id, ExpectedVersion::Exact(version), &new_events)
+            .await
+        {
+            Ok(appended) => Ok(Executed {
+                state: events.iter().fold(state, |s, e| s.evolve(e)),
+                events,
+                version: appended.version,
+                positions: appended.positions,
+            }),
+            Err(AppendError::WrongExpectedVersion { actual, .. }) => {
+                Err(match options.expected_version {
+                    Some(expected) => ExecuteError::VersionMismatch { expected, actual },
+                    None => ExecuteError::Conflicted { actual },
+                })
+            }
+            Err(AppendError::EventIdReused {
+                event_id,
+                stored_in,
+            }) => Err(ExecuteError::Store(StoreError::Encode {
+                event_type: "event id".into(),
+                reason: format!("{event_id} is already used in {stored_in}"),
+            })),
+            Err(AppendError::Store(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// Serialises decided events with ids chosen as the options say. Derived ids depend on the
+/// stream and the version each event will take, so a replayed decision yields the same ids.
+pub fn to_new_events<E: domain::DomainEvent>(
+    stream_id: &str,
+    version: u64,
+    events: &[E],
+    options: &CommandOptions,
+) -> Result<Vec<NewEvent>, StoreError> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let event_id = match options.event_ids {
+                EventIds::Fresh => Uuid::now_v7(),
+                EventIds::DerivedFrom(cause) => domain::process::derived_id(
+                    cause,
+                    &format!("{stream_id}@{}", version + 1 + i as u64),
+                ),
+            };
+            NewEvent::from_domain(event_id, event, options.metadata.clone())
+        })
+        .collect()
+}

@@ -1,0 +1,29 @@
+//! The Postgres event store.
+//!
+//! - [`store`]: [`EventStore`] — append with an expected version, read a stream, read the
+//!   global log without ever skipping an event that commits late.
+//! - [`execute`]: load → decide → append for any [`domain::Aggregate`], with bounded retry.
+//! - [`multi`]: atomic appends to several streams in one statement.
+//! - [`cache`]: in-process aggregate states, trusted only where an append proves them current.
+//! - [`checkpoint`]: named positions of global-log readers.
+//! - [`upcast`]: lifting stored events of an older schema version to the current one.
+//! - [`model`] and [`error`]: the types they share.
+//!
+//! The schema is in `eventstore-migrations/migrations/0001_event_store.sql`.
+
+pub mod cache;
+pub mod checkpoint;
+pub mod error;
+pub mod execute;
+pub mod model;
+pub mod multi;
+pub mod store;
+pub mod upcast;
+
+pub use checkpoint::{load_checkpoint, save_checkpoint};
+pub use error::{AppendError, StoreError};
+pub use execute::{CommandOptions, EventIds, ExecuteError, Executed};
+pub use model::{Appended, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent};
+pub use multi::StreamAppend;
+pub use store::{APPENDED_CHANNEL, EventStore};
+pub use upcast::Upcasters;

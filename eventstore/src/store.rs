@@ -1,0 +1,504 @@
+//! [`EventStore`]: appends with an expected version, stream reads and the gap-safe global log.
+//!
+//! An append is one `INSERT … SELECT` statement that reads the stream's head and inserts the new
+//! versions after it, guarded by the expectation. Two writers racing on one stream both compute
+//! the same next version; `UNIQUE (stream_id, version)` lets exactly one in and the other sees a
+//! unique violation, which becomes [`AppendError::WrongExpectedVersion`]. Writers on different
+//! streams share nothing but the position sequence, so they never wait for each other.
+//!
+//! Failure paths (a conflict, a duplicate event id) pay for extra queries; the happy path is a
+//! single round trip.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgConnection;
+use sqlx::types::Json;
+use sqlx::{Acquire, PgPool, Postgres, Transaction};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::error::{AppendError, StoreError};
+use crate::model::{Appended, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent};
+use crate::upcast::Upcasters;
+
+/// How often an append with [`ExpectedVersion::Any`] retries after losing a race.
+const ANY_VERSION_ATTEMPTS: u32 = 16;
+
+/// The Postgres channel the store notifies after appends, so the relay wakes without polling.
+pub const APPENDED_CHANNEL: &str = "eventstore_appended";
+
+/// The Postgres event store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    upcasters: Arc<Upcasters>,
+    notifier: Option<Arc<AppendNotifier>>,
+    pub(crate) cache: Option<Arc<crate::cache::AggregateCache>>,
+}
+
+/// Sends `NOTIFY eventstore_appended` after appends, coalescing bursts into one notification in
+/// flight at a time. Notifying inside each append transaction would make every commit take
+/// Postgres's global notification-queue lock, serialising all writers; this keeps appends
+/// independent and costs one tiny statement per burst.
+#[derive(Debug)]
+struct AppendNotifier {
+    /// Capacity one: while a notification is in flight, at most one more waits.
+    wake: tokio::sync::mpsc::Sender<()>,
+}
+
+impl AppendNotifier {
+    fn start(pool: PgPool) -> Arc<Self> {
+        let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
+        // Ends when the last store clone (and so the sender) is dropped.
+        tokio::spawn(async move {
+            while woken.recv().await.is_some() {
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(APPENDED_CHANNEL)
+                    .execute(&pool)
+                    .await
+                {
+                    // Readers poll as a fallback; a lost wake-up only delays them.
+                    tracing::debug!(error = %e, "append notification failed");
+                }
+            }
+        });
+        Arc::new(Self { wake })
+    }
+}
+
+const APPEND_SQL: &str = r#"
+WITH head AS (
+    SELECT coalesce(max(version), 0) AS version
+    FROM eventstore.events
+    WHERE stream_id = $1
+)
+INSERT INTO eventstore.events
+    (stream_id, version, event_id, event_type, schema_version, data, metadata)
+SELECT $1, head.version + e.ord, e.event_id, e.event_type, e.schema_version, e.data, e.metadata
+FROM head,
+     unnest($2::uuid[], $3::text[], $4::int4[], $5::jsonb[], $6::jsonb[])
+         WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, ord)
+WHERE CASE $7::int4
+          WHEN 0 THEN true
+          WHEN 1 THEN head.version = 0
+          WHEN 2 THEN head.version > 0
+          ELSE head.version = $8::int8
+      END
+RETURNING position, version
+"#;
+
+const EVENT_COLUMNS: &str = "position, transaction_id::text::int8 AS transaction_id, stream_id, \
+version, event_id, event_type, schema_version, data, metadata, recorded_at";
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    transaction_id: i64,
+    stream_id: String,
+    version: i64,
+    event_id: Uuid,
+    event_type: String,
+    schema_version: i32,
+    data: serde_json::Value,
+    metadata: Json<Metadata>,
+    recorded_at: DateTime<Utc>,
+}
+
+impl From<EventRow> for RecordedEvent {
+    fn from(row: EventRow) -> Self {
+        Self {
+            position: row.position,
+            transaction_id: u64::try_from(row.transaction_id).unwrap_or_default(),
+            stream_id: row.stream_id,
+            version: u64::try_from(row.version).unwrap_or_default(),
+            event_id: row.event_id,
+            event_type: row.event_type,
+            schema_version: row.schema_version,
+            data: row.data,
+            metadata: row.metadata.0,
+            recorded_at: row.recorded_at,
+        }
+    }
+}
+
+/// Why one insert attempt wrote nothing.
+enum Missed {
+    /// The head did not match the expectation (or a racing writer took the version).
+    Expectation,
+    /// An event id is stored already: maybe this very append, retried.
+    DuplicateEventId,
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_upcasters(pool, Upcasters::default())
+    }
+
+    pub fn with_upcasters(pool: PgPool, upcasters: Upcasters) -> Self {
+        Self {
+            pool,
+            upcasters: Arc::new(upcasters),
+            notifier: None,
+            cache: None,
+        }
+    }
+
+    /// Keeps up to `capacity` aggregate states in memory (see [`crate::cache`]), so commands
+    /// on hot aggregates skip reading their streams.
+    pub fn with_aggregate_cache(mut self, capacity: usize) -> Self {
+        self.cache = Some(Arc::new(crate::cache::AggregateCache::new(capacity)));
+        self
+    }
+
+    /// Notifies [`APPENDED_CHANNEL`] after appends (see [`AppendNotifier`]). Needs a Tokio
+    /// runtime. Appends made with [`EventStore::append_in`] are announced by
+    /// [`EventStore::announce_appended`] once the caller has committed.
+    pub fn with_append_notifications(mut self) -> Self {
+        self.notifier = Some(AppendNotifier::start(self.pool.clone()));
+        self
+    }
+
+    /// Wakes global-log readers after a commit that appended events.
+    pub fn announce_appended(&self) {
+        if let Some(notifier) = &self.notifier {
+            let _ = notifier.wake.try_send(());
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema version new events of this type are written with.
+    pub(crate) fn schema_version_of(&self, event_type: &str) -> i32 {
+        self.upcasters.current_version(event_type)
+    }
+
+    /// Appends events to a stream if it is at the expected version. Retrying the same append
+    /// (same event ids) after it succeeded returns the stored result and writes nothing.
+    #[instrument(skip(self, events), fields(events = events.len()), err(level = "debug"))]
+    pub async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, AppendError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .try_insert(&mut conn, stream_id, expected, events)
+                .await?
+            {
+                Ok(appended) => {
+                    if !appended.positions.is_empty() {
+                        self.announce_appended();
+                    }
+                    return Ok(appended);
+                }
+                Err(missed) => {
+                    let outcome =
+                        resolve_miss(&mut conn, stream_id, expected, events, missed).await?;
+                    match outcome {
+                        Resolution::Done(result) => return result,
+                        Resolution::Retry if attempt < ANY_VERSION_ATTEMPTS => continue,
+                        Resolution::Retry => {
+                            let actual = stream_version_on(&mut conn, stream_id).await?;
+                            return Err(AppendError::WrongExpectedVersion {
+                                stream_id: stream_id.to_owned(),
+                                expected,
+                                actual,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends inside the caller's transaction, so that other writes (an idempotency record, a
+    /// second stream) commit or roll back with the events. A savepoint keeps the transaction
+    /// usable after a conflict. A lost race is reported, not retried: the caller decides again.
+    #[instrument(skip(self, tx, events), fields(events = events.len()), err(level = "debug"))]
+    pub async fn append_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, AppendError> {
+        let mut savepoint = tx.begin().await?;
+        let attempt = self
+            .try_insert(&mut savepoint, stream_id, expected, events)
+            .await;
+        let missed = match attempt {
+            Ok(Ok(appended)) => {
+                savepoint.commit().await?;
+                return Ok(appended);
+            }
+            Ok(Err(missed)) => missed,
+            Err(e) => return Err(e),
+        };
+        savepoint.rollback().await?;
+        match resolve_miss(tx, stream_id, expected, events, missed).await? {
+            Resolution::Done(result) => result,
+            Resolution::Retry => Err(AppendError::WrongExpectedVersion {
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual: stream_version_on(tx, stream_id).await?,
+            }),
+        }
+    }
+
+    /// One attempt: the single-statement insert. `Ok(Err(_))` says why nothing was written.
+    async fn try_insert(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Result<Appended, Missed>, AppendError> {
+        if events.is_empty() {
+            let current = stream_version_on(conn, stream_id).await?;
+            return Ok(if expected.admits(current) {
+                Ok(Appended {
+                    version: current,
+                    positions: vec![],
+                    already_stored: false,
+                })
+            } else {
+                Err(Missed::Expectation)
+            });
+        }
+        let (mode, exact) = match expected {
+            ExpectedVersion::Any => (0, 0),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            ExpectedVersion::Exact(v) => (3, i64::try_from(v).unwrap_or(i64::MAX)),
+        };
+        let metadata = events
+            .iter()
+            .map(|e| serde_json::to_value(&e.metadata))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Encode {
+                event_type: "metadata".into(),
+                reason: e.to_string(),
+            })?;
+        let result: Result<Vec<(i64, i64)>, sqlx::Error> = sqlx::query_as(APPEND_SQL)
+            .bind(stream_id)
+            .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| self.upcasters.current_version(&e.event_type))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.data.clone()).collect::<Vec<_>>())
+            .bind(metadata)
+            .bind(mode)
+            .bind(exact)
+            .fetch_all(&mut *conn)
+            .await;
+        match result {
+            Ok(mut rows) if !rows.is_empty() => {
+                rows.sort_by_key(|&(_, version)| version);
+                Ok(Ok(Appended {
+                    version: rows.last().map_or(0, |&(_, v)| v as u64),
+                    positions: rows.into_iter().map(|(position, _)| position).collect(),
+                    already_stored: false,
+                }))
+            }
+            Ok(_) => Ok(Err(Missed::Expectation)),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Ok(Err(match db.constraint() {
+                    Some("events_event_id_unique") => Missed::DuplicateEventId,
+                    _ => Missed::Expectation,
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The stream's current version; 0 when it has no events.
+    pub async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(stream_version_on(&mut conn, stream_id).await?)
+    }
+
+    /// The stream's events with a version above `after_version`, upcast, in version order.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn read_stream(
+        &self,
+        stream_id: &str,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        self.read_stream_on(&mut conn, stream_id, after_version)
+            .await
+    }
+
+    /// Like [`EventStore::read_stream`], on the caller's connection (inside its transaction:
+    /// a command that holds a transaction never waits for a second connection).
+    pub async fn read_stream_on(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM eventstore.events \
+             WHERE stream_id = $1 AND version > $2 ORDER BY version"
+        );
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .bind(stream_id)
+            .bind(i64::try_from(after_version).unwrap_or(i64::MAX))
+            .fetch_all(conn)
+            .await?;
+        self.upcast_rows(rows)
+    }
+
+    /// Up to `limit` events of the global log after `after`, in log order, upcast.
+    ///
+    /// Only events of transactions older than the oldest one still running are returned. The
+    /// position sequence is handed out before commit, so a transaction that started early can
+    /// commit a lower position after a reader has moved past it; the transaction-id horizon
+    /// makes the reader wait for it instead. The cost is that any long transaction on the server
+    /// holds every reader back until it ends; a stuck one shows up as relay lag.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn read_log(
+        &self,
+        after: LogPosition,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_log_filtered(after, None, limit).await
+    }
+
+    /// Like [`EventStore::read_log`], only events of the given stream types (e.g. `cart`).
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn read_log_of_types(
+        &self,
+        after: LogPosition,
+        stream_types: &[&str],
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_log_filtered(after, Some(stream_types), limit)
+            .await
+    }
+
+    async fn read_log_filtered(
+        &self,
+        after: LogPosition,
+        stream_types: Option<&[&str]>,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let type_filter = if stream_types.is_some() {
+            "AND stream_type = ANY($4)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM eventstore.events \
+             WHERE (transaction_id, position) > ($1::int8::text::xid8, $2) \
+               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) {type_filter} \
+             ORDER BY transaction_id, position LIMIT $3"
+        );
+        let mut query = sqlx::query_as::<_, EventRow>(&sql)
+            .bind(i64::try_from(after.transaction_id).unwrap_or(i64::MAX))
+            .bind(after.position)
+            .bind(limit);
+        if let Some(types) = stream_types {
+            query = query.bind(types.to_vec());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        self.upcast_rows(rows)
+    }
+
+    /// The newest event's global position and how many events the store holds.
+    pub async fn head(&self) -> Result<(i64, i64), StoreError> {
+        let (max, count): (Option<i64>, i64) =
+            sqlx::query_as("SELECT max(position), count(*) FROM eventstore.events")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((max.unwrap_or(0), count))
+    }
+
+    fn upcast_rows(&self, rows: Vec<EventRow>) -> Result<Vec<RecordedEvent>, StoreError> {
+        rows.into_iter()
+            .map(|row| self.upcasters.upcast(row.into()))
+            .collect()
+    }
+}
+
+async fn stream_version_on(conn: &mut PgConnection, stream_id: &str) -> Result<u64, sqlx::Error> {
+    let version: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(version), 0) FROM eventstore.events WHERE stream_id = $1",
+    )
+    .bind(stream_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(version as u64)
+}
+
+enum Resolution {
+    Done(Result<Appended, AppendError>),
+    Retry,
+}
+
+/// Works out what a missed insert means: a retry of an append that is already stored (success),
+/// a reused event id (error), a real version conflict (error), or a lost race that a retry may
+/// win (`Any`, or a racing writer that rolled back).
+async fn resolve_miss(
+    conn: &mut PgConnection,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    missed: Missed,
+) -> Result<Resolution, AppendError> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let stored: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
+        "SELECT event_id, stream_id, version, position FROM eventstore.events \
+         WHERE event_id = ANY($1) ORDER BY version",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    if let Some((event_id, stored_in, _, _)) = stored.first() {
+        let same_append = stored.len() == events.len()
+            && stored.iter().all(|(_, s, _, _)| s == stream_id)
+            && stored.windows(2).all(|w| w[1].2 == w[0].2 + 1)
+            && stored.iter().zip(events).all(|(s, e)| s.0 == e.event_id);
+        if !same_append {
+            return Ok(Resolution::Done(Err(AppendError::EventIdReused {
+                event_id: *event_id,
+                stored_in: stored_in.clone(),
+            })));
+        }
+        return Ok(Resolution::Done(Ok(Appended {
+            version: stored.last().map_or(0, |s| s.2 as u64),
+            positions: stored.iter().map(|s| s.3).collect(),
+            already_stored: true,
+        })));
+    }
+    if matches!(missed, Missed::DuplicateEventId) {
+        // The duplicate's writer rolled back between our insert and our look-up.
+        return Ok(Resolution::Retry);
+    }
+    let actual = stream_version_on(conn, stream_id).await?;
+    if expected == ExpectedVersion::Any || expected.admits(actual) {
+        Ok(Resolution::Retry)
+    } else {
+        Ok(Resolution::Done(Err(AppendError::WrongExpectedVersion {
+            stream_id: stream_id.to_owned(),
+            expected,
+            actual,
+        })))
+    }
+}

@@ -1,0 +1,73 @@
+//! Upcasting: stored events keep the shape they were written in forever; when a type's shape
+//! changes, it gets a new schema version and a function that lifts the previous shape to it.
+//! Reads lift every event to its type's current version before anyone decodes it.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::error::StoreError;
+use crate::model::RecordedEvent;
+
+type Lift = Box<dyn Fn(Value) -> Value + Send + Sync>;
+
+/// Per event type, the chain of lifts from schema version 1 upwards.
+#[derive(Default)]
+pub struct Upcasters {
+    chains: HashMap<String, Vec<Lift>>,
+}
+
+impl fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let versions: HashMap<&str, i32> = self
+            .chains
+            .keys()
+            .map(|t| (t.as_str(), self.current_version(t)))
+            .collect();
+        f.debug_struct("Upcasters")
+            .field("current_versions", &versions)
+            .finish()
+    }
+}
+
+impl Upcasters {
+    /// Registers the lift from `event_type`'s latest version `n` to `n + 1`. Call in order.
+    pub fn register(
+        mut self,
+        event_type: &str,
+        lift: impl Fn(Value) -> Value + Send + Sync + 'static,
+    ) -> Self {
+        self.chains
+            .entry(event_type.to_owned())
+            .or_default()
+            .push(Box::new(lift));
+        self
+    }
+
+    /// The schema version new events of this type are written with.
+    pub fn current_version(&self, event_type: &str) -> i32 {
+        let lifts = self.chains.get(event_type).map_or(0, Vec::len);
+        1 + i32::try_from(lifts).unwrap_or(i32::MAX - 1)
+    }
+
+    /// Lifts a stored event to its type's current schema version.
+    pub fn upcast(&self, mut event: RecordedEvent) -> Result<RecordedEvent, StoreError> {
+        let current = self.current_version(&event.event_type);
+        if event.schema_version > current {
+            return Err(StoreError::FromTheFuture {
+                event_id: event.event_id,
+                stored: event.schema_version,
+                current,
+            });
+        }
+        if let Some(chain) = self.chains.get(&event.event_type) {
+            let from = usize::try_from(event.schema_version.max(1) - 1).unwrap_or(0);
+            for lift in &chain[from..] {
+                event.data = lift(std::mem::take(&mut event.data));
+            }
+        }
+        event.schema_version = current;
+        Ok(event)
+    }
+}

@@ -1,0 +1,139 @@
+//! Upcasting: an event stored in an old shape is read in the current shape.
+
+use domain::cart::{Cart, CartEvent};
+use domain::values::{CartId, CustomerId};
+use eventstore::{EventStore, ExpectedVersion, NewEvent, StoreError, Upcasters};
+use platform::testing::TestDatabase;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+mod support;
+
+/// Pretend version 1 of `CartCreated` called the owner `shopper`; version 2 renamed it.
+fn upcasters() -> Upcasters {
+    Upcasters::default().register("CartCreated", |mut data: Value| {
+        if let Some(object) = data.as_object_mut()
+            && let Some(shopper) = object.remove("shopper")
+        {
+            object.insert("customer_id".into(), shopper);
+        }
+        data
+    })
+}
+
+async fn insert_raw(db: &TestDatabase, stream_id: &str, schema_version: i32, data: Value) -> Uuid {
+    let event_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO eventstore.events (stream_id, version, event_id, event_type, schema_version, data) \
+         VALUES ($1, 1, $2, 'CartCreated', $3, $4)",
+    )
+    .bind(stream_id)
+    .bind(event_id)
+    .bind(schema_version)
+    .bind(data)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    event_id
+}
+
+#[tokio::test]
+async fn old_schema_versions_are_lifted_on_read_and_new_events_use_the_current_one() {
+    let db = TestDatabase::new().await;
+    let store = EventStore::with_upcasters(db.pool.clone(), upcasters());
+    let cart_id = CartId(Uuid::new_v4());
+    insert_raw(
+        &db,
+        &cart_id.stream_id(),
+        1,
+        json!({ "cart_id": cart_id, "shopper": "alice" }),
+    )
+    .await;
+
+    let stored = store.read_stream(&cart_id.stream_id(), 0).await.unwrap();
+    assert_eq!(stored[0].schema_version, 2);
+    let decoded: CartEvent = stored[0].decode().unwrap();
+    assert_eq!(
+        decoded,
+        CartEvent::CartCreated {
+            cart_id,
+            customer_id: CustomerId::parse("alice").unwrap()
+        }
+    );
+    let (cart, version) = store.load::<Cart>(&cart_id.stream_id()).await.unwrap();
+    assert_eq!(version, 1);
+    assert_eq!(cart.0.unwrap().owner.as_str(), "alice");
+
+    // The same lift applies on the global log.
+    support::wait_for_log_horizon(&db.pool).await;
+    let log = store.read_log(Default::default(), 10).await.unwrap();
+    assert_eq!(log[0].data["customer_id"], "alice");
+
+    // New events are written with the current schema version.
+    let other = CartId(Uuid::new_v4());
+    let created = CartEvent::CartCreated {
+        cart_id: other,
+        customer_id: CustomerId::parse("bob").unwrap(),
+    };
+    let new = NewEvent::from_domain(Uuid::new_v4(), &created, Default::default()).unwrap();
+    store
+        .append(&other.stream_id(), ExpectedVersion::NoStream, &[new])
+        .await
+        .unwrap();
+    let written: i32 =
+        sqlx::query_scalar("SELECT schema_version FROM eventstore.events WHERE stream_id = $1")
+            .bind(other.stream_id())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(written, 2);
+}
+
+#[tokio::test]
+async fn an_event_from_a_newer_build_is_an_error_not_a_guess() {
+    let db = TestDatabase::new().await;
+    let store = EventStore::with_upcasters(db.pool.clone(), upcasters());
+    let cart_id = CartId(Uuid::new_v4());
+    insert_raw(
+        &db,
+        &cart_id.stream_id(),
+        3,
+        json!({ "cart_id": cart_id, "owner_v3": "x" }),
+    )
+    .await;
+    let err = store
+        .read_stream(&cart_id.stream_id(), 0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::FromTheFuture {
+                stored: 3,
+                current: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_event_names_itself() {
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let cart_id = CartId(Uuid::new_v4());
+    let event_id = insert_raw(&db, &cart_id.stream_id(), 1, json!({ "cart_id": 42 })).await;
+    let err = store.load::<Cart>(&cart_id.stream_id()).await.unwrap_err();
+    match err {
+        StoreError::Decode {
+            event_id: id,
+            event_type,
+            ..
+        } => {
+            assert_eq!(id, event_id);
+            assert_eq!(event_type, "CartCreated");
+        }
+        other => panic!("unexpected error: {other:?}"),
+    }
+}

@@ -1,0 +1,344 @@
+//! The gateway: Tillstream's one public port.
+//!
+//! For every `/v1` request, in this order: a per-IP rate limit; the bearer token checked
+//! (anonymous callers may only read the catalog); a per-user rate limit; the body limit
+//! (64 KiB); then the request is forwarded — reads (GET, HEAD) to the query API, everything
+//! else to the command API — with a request id (`x-request-id`, generated unless the client
+//! sent a valid one). The services verify the token again themselves: nothing downstream
+//! trusts the gateway's word for who the caller is.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use platform::http::{Readiness, operational_routes, track_metrics};
+use platform::identity::{AuthError, JwtVerifier};
+use platform::problem::Problem;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+/// Largest request body forwarded.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How the gateway is set up; [`GatewaySettings::from_env`] documents the variables.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub listen: SocketAddr,
+    pub command_api: String,
+    pub query_api: String,
+    /// Requests per second (sustained) and burst, per signed-in user.
+    pub per_user: (u32, u32),
+    /// Requests per second (sustained) and burst, per client IP.
+    pub per_ip: (u32, u32),
+    pub upstream_timeout: Duration,
+    /// Origins allowed to call from a browser; empty = no CORS.
+    pub cors_origins: Vec<String>,
+}
+
+impl GatewaySettings {
+    /// `TILL_GATEWAY_ADDR` (default 127.0.0.1:8080), `TILL_COMMAND_API_URL`
+    /// (http://127.0.0.1:8081), `TILL_QUERY_API_URL` (http://127.0.0.1:8082),
+    /// `TILL_RATE_PER_USER` / `TILL_RATE_PER_IP` as `rate/burst` (200/400 and 5000/10000),
+    /// `TILL_UPSTREAM_TIMEOUT_MS` (10000), `TILL_CORS_ORIGINS` (comma-separated).
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let rate = |name: &str, default: (u32, u32)| {
+            var(name)
+                .and_then(|v| {
+                    let (rate, burst) = v.split_once('/')?;
+                    Some((rate.trim().parse().ok()?, burst.trim().parse().ok()?))
+                })
+                .unwrap_or(default)
+        };
+        Self {
+            listen: var("TILL_GATEWAY_ADDR")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            command_api: var("TILL_COMMAND_API_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:8081".into()),
+            query_api: var("TILL_QUERY_API_URL").unwrap_or_else(|| "http://127.0.0.1:8082".into()),
+            per_user: rate("TILL_RATE_PER_USER", (200, 400)),
+            per_ip: rate("TILL_RATE_PER_IP", (5000, 10000)),
+            upstream_timeout: Duration::from_millis(
+                var("TILL_UPSTREAM_TIMEOUT_MS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10_000),
+            ),
+            cors_origins: var("TILL_CORS_ORIGINS")
+                .map(|v| v.split(',').map(|o| o.trim().to_owned()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Gateway {
+    settings: Arc<GatewaySettings>,
+    verifier: Arc<JwtVerifier>,
+    http: reqwest::Client,
+    per_user: Arc<DefaultKeyedRateLimiter<String>>,
+    per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+fn quota((rate, burst): (u32, u32)) -> Quota {
+    let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+/// The gateway's routes: `/v1/*` forwarded, plus its own `/livez`, `/readyz`, `/metrics`.
+pub fn router(settings: GatewaySettings, verifier: Arc<JwtVerifier>) -> Router {
+    let http = reqwest::Client::builder()
+        .timeout(settings.upstream_timeout)
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap_or_default();
+    let gateway = Gateway {
+        per_user: Arc::new(RateLimiter::keyed(quota(settings.per_user))),
+        per_ip: Arc::new(RateLimiter::keyed(quota(settings.per_ip))),
+        settings: Arc::new(settings),
+        verifier,
+        http,
+    };
+    spawn_limiter_cleanup(&gateway);
+    let readiness = upstream_readiness(&gateway);
+    let cors = cors_layer(&gateway.settings.cors_origins);
+    let request_id = HeaderName::from_static("x-request-id");
+    let api = Router::new()
+        .route("/v1/{*path}", any(forward))
+        .with_state(gateway)
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+    let router = Router::new()
+        .merge(api)
+        .merge(operational_routes(readiness))
+        .fallback(|| async { Problem::not_found("route-not-found", "no such route") })
+        .layer(from_fn_with_state("gateway", track_metrics));
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                header::IF_NONE_MATCH,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("x-consistency-token"),
+            ])
+            .expose_headers([
+                header::ETAG,
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-consistency-token"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Forgets idle rate-limit keys now and then, so memory stays bounded by active callers.
+fn spawn_limiter_cleanup(gateway: &Gateway) {
+    let (per_user, per_ip) = (
+        Arc::downgrade(&gateway.per_user),
+        Arc::downgrade(&gateway.per_ip),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let (Some(user), Some(ip)) = (per_user.upgrade(), per_ip.upgrade()) else {
+                return;
+            };
+            user.retain_recent();
+            ip.retain_recent();
+        }
+    });
+}
+
+fn upstream_readiness(gateway: &Gateway) -> Readiness {
+    let check = |name: &'static str, base: String, http: reqwest::Client| {
+        move || {
+            let (url, http) = (format!("{base}/livez"), http.clone());
+            async move {
+                http.get(&url)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map(|_| ())
+                    .map_err(|e| format!("{name} at {url}: {e}"))
+            }
+        }
+    };
+    Readiness::default().check(
+        "command-api",
+        check(
+            "command-api",
+            gateway.settings.command_api.clone(),
+            gateway.http.clone(),
+        ),
+    )
+}
+
+/// Anonymous callers may read the catalog; everything else needs a token.
+fn anonymous_allowed(method: &Method, path: &str) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && (path == "/v1/products" || path.starts_with("/v1/products/"))
+}
+
+async fn forward(
+    State(gateway): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    match forward_inner(&gateway, peer, request).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+fn rate_limited<K: std::hash::Hash + Eq + Clone>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    scope: &'static str,
+) -> Result<(), Problem> {
+    match limiter.check_key(key) {
+        Ok(()) => Ok(()),
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            metrics::counter!("gateway_rate_limited_total", "scope" => scope).increment(1);
+            Err(Problem::too_many_requests(wait.as_secs().max(1)))
+        }
+    }
+}
+
+async fn forward_inner(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    request: Request,
+) -> Result<Response, Problem> {
+    rate_limited(&gateway.per_ip, &peer.ip(), "ip")?;
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    match platform::identity::bearer_token_from(&parts.headers) {
+        Ok(token) => {
+            let principal = gateway
+                .verifier
+                .verify(token)
+                .await
+                .map_err(|e| e.to_problem())?;
+            rate_limited(&gateway.per_user, &principal.user_id, "user")?;
+        }
+        Err(AuthError::Missing) if anonymous_allowed(&parts.method, &path) => {}
+        Err(e) => return Err(e.to_problem()),
+    }
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| Problem::payload_too_large(MAX_BODY_BYTES))?;
+
+    let (upstream, name) = if matches!(parts.method, Method::GET | Method::HEAD) {
+        (&gateway.settings.query_api, "query-api")
+    } else {
+        (&gateway.settings.command_api, "command-api")
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or(path.as_str(), |pq| pq.as_str());
+    let url = format!("{upstream}{path_and_query}");
+    let mut headers = forwardable(&parts.headers);
+    let forwarded_for = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(chain) => format!("{chain}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+    }
+    let upstream_response = gateway
+        .http
+        .request(parts.method.clone(), &url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| upstream_problem(name, &e))?;
+
+    let mut response = Response::builder().status(upstream_response.status());
+    if let Some(response_headers) = response.headers_mut() {
+        *response_headers = forwardable(upstream_response.headers());
+    }
+    // Answers are small JSON documents (lists are capped at 100 items): reading them whole is
+    // cheaper than streaming them through.
+    let body = upstream_response
+        .bytes()
+        .await
+        .map_err(|e| upstream_problem(name, &e))?;
+    response
+        .body(Body::from(body))
+        .map_err(|e| Problem::internal(&e))
+}
+
+fn upstream_problem(name: &str, error: &reqwest::Error) -> Problem {
+    if error.is_timeout() {
+        Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            "Gateway timeout",
+        )
+        .with_detail(format!("the {name} did not answer in time"))
+    } else {
+        tracing::warn!(upstream = name, error = %error, "upstream unreachable");
+        Problem::service_unavailable(
+            "upstream-unavailable",
+            format!("the {name} is not reachable right now; try again shortly"),
+        )
+    }
+}
+
+/// Headers minus the hop-by-hop ones (RFC 9110 §7.6.1) and `host`.
+fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    const HOP_BY_HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    ];
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !HOP_BY_HOP.contains(&name.as_str()) && name.as_str() != "content-length"
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}

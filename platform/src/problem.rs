@@ -1,0 +1,169 @@
+//! RFC 9457 problem details: every error a Tillstream service answers is
+//! `application/problem+json` with a stable `type` URI, a short `title`, the HTTP `status` and a
+//! `detail` safe to show the caller. Infrastructure failures are answered with an opaque body;
+//! their cause is logged once, where they are turned into a response.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Where problem types are documented; the last path segment is the stable code.
+pub const TYPE_BASE: &str = "https://tillstream.dev/problems/";
+
+/// A field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// A problem+json response.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip)]
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Problem {
+    /// A problem with the stable `code` (e.g. `cart-not-found`).
+    pub fn new(status: StatusCode, code: &str, title: &str) -> Self {
+        Self {
+            type_uri: format!("{TYPE_BASE}{code}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: None,
+            errors: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        self.errors.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: &str) -> Self {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.headers.push((name, value));
+        }
+        self
+    }
+
+    pub fn code(&self) -> &str {
+        self.type_uri
+            .strip_prefix(TYPE_BASE)
+            .unwrap_or(&self.type_uri)
+    }
+
+    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, "Bad request").with_detail(detail)
+    }
+
+    /// 422 naming the field that broke its rule.
+    pub fn invalid_field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        let (field, reason) = (field.into(), reason.into());
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+            "The request is not valid",
+        )
+        .with_detail(format!("{field}: {reason}"))
+        .with_field(field, reason)
+    }
+
+    pub fn not_found(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, "Not found").with_detail(detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").with_detail(detail)
+    }
+
+    /// 401 with the `WWW-Authenticate` challenge RFC 6750 asks for.
+    pub fn unauthorized(error: Option<&str>, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let challenge = match error {
+            Some(error) => format!(
+                "Bearer realm=\"tillstream\", error=\"{error}\", error_description=\"{}\"",
+                detail.replace('"', "'")
+            ),
+            None => "Bearer realm=\"tillstream\"".to_owned(),
+        };
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+            .with_detail(detail)
+            .with_header(header::WWW_AUTHENTICATE, &challenge)
+    }
+
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+        )
+        .with_detail(format!("retry after {retry_after_secs} s"))
+        .with_header(header::RETRY_AFTER, &retry_after_secs.to_string())
+    }
+
+    pub fn payload_too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+        )
+        .with_detail(format!("the body must be at most {limit_bytes} bytes"))
+    }
+
+    pub fn service_unavailable(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "Service unavailable").with_detail(detail)
+    }
+
+    /// 500 with an opaque body. Logs `cause` once, here, with its whole chain.
+    pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
+        let mut chain = cause.to_string();
+        let mut source = cause.source();
+        while let Some(next) = source {
+            chain.push_str(": ");
+            chain.push_str(&next.to_string());
+            source = next.source();
+        }
+        tracing::error!(error = %chain, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+        )
+        .with_detail("something went wrong on our side; it has been logged")
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        (status, headers, body).into_response()
+    }
+}

@@ -1,0 +1,284 @@
+//! The cart view in Redis: one hash per cart (`<prefix>:carts:v<n>:<cart id>`) with the view as
+//! JSON, its stream version and its owner. Writes go through a Lua script that only replaces a
+//! view with a newer one, so a view never goes backwards whoever writes it.
+
+use chrono::{DateTime, Utc};
+use domain::cart::CartEvent;
+use eventstore::{EventStore, RecordedEvent};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::ProjectionError;
+use crate::ordering::{new_events_by_stream, stream_ids};
+use crate::tables::CARTS;
+pub use platform::read_models::CartKeys;
+
+/// Stream type this projection reads.
+pub const STREAM_TYPE: &str = "cart";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoneyView {
+    pub amount: i64,
+    pub currency: domain::values::Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartItemView {
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub unit_price: MoneyView,
+    pub quantity: u32,
+    pub line_total: MoneyView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartView {
+    pub cart_id: Uuid,
+    pub customer_id: String,
+    /// `open` or `checked_out`.
+    pub status: String,
+    pub order_id: Option<Uuid>,
+    pub items: Vec<CartItemView>,
+    pub item_count: u32,
+    pub total: Option<MoneyView>,
+    pub version: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl CartView {
+    fn recompute_totals(&mut self) {
+        self.item_count = self.items.iter().map(|i| i.quantity).sum();
+        self.total = self.items.first().map(|first| MoneyView {
+            amount: self.items.iter().map(|i| i.line_total.amount).sum(),
+            currency: first.unit_price.currency,
+        });
+    }
+}
+
+/// Folds one event into a cart's view.
+pub fn apply(
+    view: Option<CartView>,
+    recorded: &RecordedEvent,
+) -> Result<Option<CartView>, ProjectionError> {
+    let event: CartEvent = recorded
+        .decode()
+        .map_err(|e| ProjectionError::Undecodable {
+            event_id: recorded.event_id,
+            reason: e.to_string(),
+        })?;
+    let mut view = match (view, event) {
+        (
+            None,
+            CartEvent::CartCreated {
+                cart_id,
+                customer_id,
+            },
+        ) => CartView {
+            cart_id: cart_id.0,
+            customer_id: customer_id.as_str().to_owned(),
+            status: "open".into(),
+            order_id: None,
+            items: Vec::new(),
+            item_count: 0,
+            total: None,
+            version: 0,
+            updated_at: recorded.recorded_at,
+        },
+        (None, _) => return Ok(None),
+        (Some(mut view), event) => {
+            match event {
+                CartEvent::CartCreated { .. } => {}
+                CartEvent::CartItemAdded {
+                    product_id,
+                    sku,
+                    name,
+                    unit_price,
+                    quantity,
+                    ..
+                } => {
+                    let price = MoneyView {
+                        amount: unit_price.amount,
+                        currency: unit_price.currency,
+                    };
+                    let item = CartItemView {
+                        product_id: product_id.0,
+                        sku: sku.as_str().to_owned(),
+                        name: name.as_str().to_owned(),
+                        unit_price: price,
+                        quantity: quantity.get(),
+                        line_total: MoneyView {
+                            amount: price.amount * i64::from(quantity.get()),
+                            currency: price.currency,
+                        },
+                    };
+                    match view.items.iter_mut().find(|i| i.product_id == product_id.0) {
+                        Some(existing) => *existing = item,
+                        None => view.items.push(item),
+                    }
+                }
+                CartEvent::CartItemQuantityChanged {
+                    product_id,
+                    quantity,
+                    ..
+                } => {
+                    if let Some(item) = view.items.iter_mut().find(|i| i.product_id == product_id.0)
+                    {
+                        item.quantity = quantity.get();
+                        item.line_total.amount = item.unit_price.amount * i64::from(quantity.get());
+                    }
+                }
+                CartEvent::CartItemRemoved { product_id, .. } => {
+                    view.items.retain(|i| i.product_id != product_id.0);
+                }
+                CartEvent::CartCheckedOut { order_id, .. } => {
+                    view.status = "checked_out".into();
+                    view.order_id = Some(order_id.0);
+                }
+            }
+            view
+        }
+    };
+    view.recompute_totals();
+    view.version = recorded.version;
+    view.updated_at = recorded.recorded_at;
+    Ok(Some(view))
+}
+
+/// Writes a view only if it is newer than the stored one. A view at a higher version already
+/// holds everything a lower one does, so two writers (the live projector and a rebuild) can
+/// write the same key in any order and the newest view wins.
+const SET_IF_NEWER: &str = r"
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if current >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'view', ARGV[2], 'customer_id', ARGV[3])
+return 1
+";
+
+/// Reads a stored view.
+pub async fn read(
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    version: i32,
+    cart_id: Uuid,
+) -> Result<Option<CartView>, ProjectionError> {
+    let json: Option<String> = redis::cmd("HGET")
+        .arg(keys.cart(version, cart_id))
+        .arg("view")
+        .query_async(redis)
+        .await?;
+    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+}
+
+/// Applies cart events to one version's keys: reads the affected views in one pipeline, folds
+/// what is new per stream (filling gaps from the store), and writes them back with
+/// compare-and-set in one pipeline.
+pub async fn apply_to(
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    version: i32,
+    store: &EventStore,
+    events: &[RecordedEvent],
+) -> Result<u64, ProjectionError> {
+    let mut ids = stream_ids(events, STREAM_TYPE);
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut read = redis::pipe();
+    for id in &ids {
+        read.cmd("HGET").arg(keys.cart(version, *id)).arg("view");
+    }
+    let stored: Vec<Option<String>> = read.query_async(redis).await?;
+    let mut views: std::collections::HashMap<Uuid, CartView> = ids
+        .iter()
+        .zip(stored)
+        .filter_map(|(id, json)| Some((*id, serde_json::from_str(&json?).ok()?)))
+        .collect();
+    let plan = new_events_by_stream(store, events, STREAM_TYPE, |id| {
+        views.get(&id).map_or(0, |v| v.version)
+    })
+    .await?;
+    let mut write = redis::pipe();
+    let mut applied = 0;
+    let mut writes = 0;
+    for (id, new) in plan {
+        let mut view = views.remove(&id);
+        for event in &new {
+            view = apply(view, event)?;
+        }
+        applied += new.len() as u64;
+        if let Some(view) = view {
+            let json = serde_json::to_string(&view).map_err(|e| ProjectionError::Undecodable {
+                event_id: new[0].event_id,
+                reason: e.to_string(),
+            })?;
+            // EVAL, not EVALSHA: Redis caches the compiled script either way, and EVAL survives a
+            // Redis restart that flushed the script cache.
+            write
+                .cmd("EVAL")
+                .arg(SET_IF_NEWER)
+                .arg(1)
+                .arg(keys.cart(version, id))
+                .arg(view.version)
+                .arg(json)
+                .arg(&view.customer_id);
+            writes += 1;
+        }
+    }
+    if writes == 0 {
+        return Ok(applied);
+    }
+    let _: Vec<i64> = write.query_async(redis).await?;
+    Ok(applied)
+}
+
+/// Applies a live batch to the serving version (and a building one, if a rebuild runs).
+pub async fn apply_live(
+    pool: &PgPool,
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    store: &EventStore,
+    events: &[RecordedEvent],
+) -> Result<u64, ProjectionError> {
+    let events: Vec<RecordedEvent> = events
+        .iter()
+        .filter(|e| e.stream_type() == STREAM_TYPE)
+        .cloned()
+        .collect();
+    let Some(last) = events.iter().map(RecordedEvent::log_position).max() else {
+        return Ok(0);
+    };
+    let (serving, building): (i32, Option<i32>) = sqlx::query_as(
+        "SELECT serving_version, building_version FROM read.projections WHERE name = $1",
+    )
+    .bind(CARTS)
+    .fetch_one(pool)
+    .await?;
+    let mut applied = 0;
+    for version in std::iter::once(serving).chain(building) {
+        let n = apply_to(redis, keys, version, store, &events).await?;
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg(keys.progress(version))
+            .arg("transaction_id")
+            .arg(last.transaction_id)
+            .arg("position")
+            .arg(last.position)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(keys.progress(version))
+            .arg("events")
+            .arg(n)
+            .ignore()
+            .query_async(redis)
+            .await?;
+        if version == serving {
+            applied = n;
+        }
+    }
+    Ok(applied)
+}

@@ -1,0 +1,30 @@
+//! Read-model projectors: they turn events into the views the query API serves.
+//!
+//! Each projection folds events into rows in memory and writes them in bulk, the same code for a
+//! live batch from the bus and for a rebuild from the event store:
+//! - [`products`]: the catalog with price, stock and full-text search (Postgres);
+//! - [`orders`]: orders with lines and status history (Postgres);
+//! - [`carts`]: cart views (Redis).
+//!
+//! Every view row carries its stream's version. A batch applies an event only if it is the next
+//! version of its stream: older ones are duplicates and skipped, and a gap (a newer version than
+//! the next) is filled from the event store first ([`ordering`]). Postgres rows and the
+//! projection's progress commit in one transaction; Redis views are written with a
+//! compare-and-set on the stored version.
+//!
+//! [`tables`] knows where each projection's current version lives (`read.projections`);
+//! [`rebuild`] builds a new version from the event store and switches to it without downtime;
+//! [`process`] is the order process (stock, payments, deadlines).
+
+pub mod carts;
+pub mod error;
+pub mod live;
+pub mod ordering;
+pub mod orders;
+pub mod process;
+pub mod products;
+pub mod rebuild;
+pub mod status;
+pub mod tables;
+
+pub use error::ProjectionError;

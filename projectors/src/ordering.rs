@@ -1,0 +1,88 @@
+//! Per-stream ordering for projections: what to apply, given the version a view has stored.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use eventstore::{EventStore, RecordedEvent, StoreError};
+
+/// Groups the events of one stream type by stream, each stream's events in version order
+/// without duplicates.
+fn by_stream<'a>(
+    events: &'a [RecordedEvent],
+    stream_type: &str,
+) -> BTreeMap<&'a str, BTreeMap<u64, &'a RecordedEvent>> {
+    let mut streams: BTreeMap<&str, BTreeMap<u64, &RecordedEvent>> = BTreeMap::new();
+    for event in events.iter().filter(|e| e.stream_type() == stream_type) {
+        streams
+            .entry(event.stream_id.as_str())
+            .or_default()
+            .entry(event.version)
+            .or_insert(event);
+    }
+    streams
+}
+
+/// The ids of the streams of `stream_type` in a batch.
+pub fn stream_ids(events: &[RecordedEvent], stream_type: &str) -> Vec<uuid::Uuid> {
+    events
+        .iter()
+        .filter(|e| e.stream_type() == stream_type)
+        .filter_map(|e| stream_uuid(&e.stream_id))
+        .collect()
+}
+
+/// For each stream of `stream_type` in a batch, the events to fold onto its view, given the
+/// version each view has stored: those after it, contiguous. Anything at or below the stored
+/// version was applied before (a redelivery) and is dropped. A batch that does not continue
+/// exactly at the stored version (or has a hole) has its stream read from the event store, so a
+/// gap is filled and never skipped. Streams with nothing new are left out. Events are borrowed
+/// from the batch unless they had to be read.
+pub async fn new_events_by_stream<'a>(
+    store: &EventStore,
+    events: &'a [RecordedEvent],
+    stream_type: &str,
+    stored: impl Fn(uuid::Uuid) -> u64,
+) -> Result<Vec<(uuid::Uuid, Vec<Cow<'a, RecordedEvent>>)>, StoreError> {
+    let mut plan = Vec::new();
+    for (stream_id, events) in by_stream(events, stream_type) {
+        let Some(id) = stream_uuid(stream_id) else {
+            continue;
+        };
+        let stored = stored(id);
+        let new: Vec<&RecordedEvent> = events
+            .into_values()
+            .filter(|e| e.version > stored)
+            .collect();
+        let contiguous = new
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.version == stored + 1 + i as u64);
+        let new: Vec<Cow<'a, RecordedEvent>> = if contiguous {
+            new.into_iter().map(Cow::Borrowed).collect()
+        } else {
+            metrics::counter!("projection_gaps_filled_total").increment(1);
+            tracing::debug!(
+                stream_id,
+                stored,
+                "gap in delivered events, reading the stream"
+            );
+            store
+                .read_stream(stream_id, stored)
+                .await?
+                .into_iter()
+                .map(Cow::Owned)
+                .collect()
+        };
+        if !new.is_empty() {
+            plan.push((id, new));
+        }
+    }
+    Ok(plan)
+}
+
+/// The UUID part of a stream id (`cart-<uuid>`).
+pub fn stream_uuid(stream_id: &str) -> Option<uuid::Uuid> {
+    stream_id
+        .split_once('-')
+        .and_then(|(_, id)| uuid::Uuid::parse_str(id).ok())
+}

@@ -1,0 +1,555 @@
+//! The order process: what happens after checkout, driven by events.
+//!
+//! ```text
+//! OrderPlaced            → reserve each product's stock (optimistic, retried on conflict)
+//!                          → all held: ConfirmStockReserved (pay by now + window)
+//!                          → one short: release what was held, Reject the order
+//! OrderAwaitingPayment   → a durable deadline (process.deadlines)
+//! OrderPaymentRequested  → open the payment stream
+//! PaymentRequested       → charge the provider (outside any transaction; the payment id is the
+//!                          provider's idempotency key) → Captured | Declined | retry later
+//! PaymentCaptured/Declined → record it on the order
+//! OrderCancelled/Expired → release the stock; refund a captured payment
+//! PaymentRefunded        → record the refund on the order
+//! ```
+//!
+//! Every step is idempotent: events are delivered at least once, so each command the process
+//! sends derives its event ids from the event that caused it, and a command the aggregate
+//! refuses because it already happened (an order that already moved on) counts as done.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::order::{Order, OrderCommand, OrderEvent, OrderRejection};
+use domain::payment::{Payment, PaymentCommand, PaymentEvent};
+use domain::process::{payment_deadline, reservations};
+use domain::product::{Product, ProductCommand, ProductRejection};
+use domain::values::{OrderId, PaymentId};
+use domain::{Aggregate, Rejection, RejectionKind};
+use eventstore::{CommandOptions, EventIds, EventStore, ExecuteError, Metadata, RecordedEvent};
+use messaging::{Envelope, Handler, HandlerError};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Consumer name and bindings of the order process.
+pub const ORDER_PROCESS: (&str, &[&str]) = ("process.orders", &["order.*", "payment.*"]);
+
+/// What the payment provider answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Captured { reference: String },
+    Declined { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Try again later; the charge did not happen.
+    #[error("the payment provider failed: {0}")]
+    Transient(String),
+    #[error("the provider's ledger failed")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A payment provider. Calls with the same payment id are idempotent: the provider charges at
+/// most once per payment id and answers a repeated call with the first outcome.
+pub trait PaymentProvider: Send + Sync + 'static {
+    fn charge(
+        &self,
+        payment_id: PaymentId,
+        amount: domain::values::Money,
+        token: &str,
+    ) -> impl Future<Output = Result<ChargeOutcome, ProviderError>> + Send;
+
+    fn refund(
+        &self,
+        payment_id: PaymentId,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+}
+
+/// The simulated provider of development and tests, with its ledger in Postgres
+/// (`provider_sim.charges`) so that it, too, survives restarts. Test tokens: `tok_ok` is
+/// captured; `tok_declined` is declined; `tok_slow` is captured after `slow`; `tok_error`
+/// fails transiently twice, then is captured; anything else is declined.
+#[derive(Debug, Clone)]
+pub struct SimulatedProvider {
+    pub pool: PgPool,
+    pub slow: Duration,
+}
+
+impl PaymentProvider for SimulatedProvider {
+    async fn charge(
+        &self,
+        payment_id: PaymentId,
+        amount: domain::values::Money,
+        token: &str,
+    ) -> Result<ChargeOutcome, ProviderError> {
+        let (outcome, reference, attempts): (String, String, i32) = sqlx::query_as(
+            "INSERT INTO provider_sim.charges (payment_id, amount, currency, outcome, reference) \
+             VALUES ($1, $2, $3, 'pending', '') \
+             ON CONFLICT (payment_id) DO UPDATE SET attempts = provider_sim.charges.attempts + 1 \
+             RETURNING outcome, reference, attempts",
+        )
+        .bind(payment_id.0)
+        .bind(amount.amount)
+        .bind(amount.currency.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        match outcome.as_str() {
+            "captured" | "refunded" => return Ok(ChargeOutcome::Captured { reference }),
+            "declined" => {
+                return Ok(ChargeOutcome::Declined { reason: reference });
+            }
+            _ => {}
+        }
+        let decided = match token {
+            "tok_ok" => ChargeOutcome::Captured {
+                reference: format!("sim_{}", payment_id.0.simple()),
+            },
+            "tok_slow" => {
+                tokio::time::sleep(self.slow).await;
+                ChargeOutcome::Captured {
+                    reference: format!("sim_{}", payment_id.0.simple()),
+                }
+            }
+            "tok_error" if attempts < 3 => {
+                return Err(ProviderError::Transient(format!(
+                    "simulated outage (attempt {attempts})"
+                )));
+            }
+            "tok_error" => ChargeOutcome::Captured {
+                reference: format!("sim_{}", payment_id.0.simple()),
+            },
+            "tok_declined" => ChargeOutcome::Declined {
+                reason: "card declined".into(),
+            },
+            _ => ChargeOutcome::Declined {
+                reason: "invalid payment token".into(),
+            },
+        };
+        let (outcome, reference) = match &decided {
+            ChargeOutcome::Captured { reference } => ("captured", reference.as_str()),
+            ChargeOutcome::Declined { reason } => ("declined", reason.as_str()),
+        };
+        sqlx::query(
+            "UPDATE provider_sim.charges SET outcome = $2, reference = $3 \
+             WHERE payment_id = $1 AND outcome = 'pending'",
+        )
+        .bind(payment_id.0)
+        .bind(outcome)
+        .bind(reference)
+        .execute(&self.pool)
+        .await?;
+        Ok(decided)
+    }
+
+    async fn refund(&self, payment_id: PaymentId) -> Result<(), ProviderError> {
+        sqlx::query(
+            "UPDATE provider_sim.charges SET outcome = 'refunded' \
+             WHERE payment_id = $1 AND outcome = 'captured'",
+        )
+        .bind(payment_id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The order process, as a bus consumer.
+#[derive(Debug, Clone)]
+pub struct OrderProcess<P> {
+    pub store: EventStore,
+    pub pool: PgPool,
+    pub provider: P,
+    /// How long an order with stock held waits for payment before it expires.
+    pub payment_window: chrono::Duration,
+}
+
+fn transient(e: impl std::error::Error + Send + Sync + 'static) -> HandlerError {
+    HandlerError::transient(e)
+}
+
+/// Options for a command caused by `cause`: ids derived from it, metadata linking back.
+fn caused_by(cause: &RecordedEvent) -> CommandOptions {
+    CommandOptions {
+        expected_version: None,
+        metadata: Metadata {
+            correlation_id: cause.metadata.correlation_id,
+            causation_id: Some(cause.event_id),
+            actor: Some("order-process".into()),
+            idempotency_key: None,
+            traceparent: cause.metadata.traceparent.clone(),
+        },
+        event_ids: EventIds::DerivedFrom(cause.event_id),
+        max_attempts: 16,
+    }
+}
+
+/// Runs a command; a rejection that says "this already happened / no longer applies" (the
+/// aggregate's state moved on) counts as done, since events arrive at least once.
+async fn settle<A>(
+    store: &EventStore,
+    stream_id: &str,
+    command: A::Command,
+    options: &CommandOptions,
+) -> Result<Option<A>, HandlerError>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
+    match store.execute::<A>(stream_id, command, options).await {
+        Ok(done) => Ok(Some(done.state)),
+        Err(ExecuteError::Rejected(r)) if r.kind() == RejectionKind::InvalidState => {
+            tracing::debug!(stream_id, rejection = %r, "already settled");
+            Ok(None)
+        }
+        Err(ExecuteError::Rejected(r)) => Err(HandlerError::permanent(r)),
+        Err(e) => Err(transient(e)),
+    }
+}
+
+impl<P: PaymentProvider> OrderProcess<P> {
+    async fn on_order_placed(
+        &self,
+        event: &RecordedEvent,
+        order_id: OrderId,
+    ) -> Result<(), HandlerError> {
+        let (order, _) = self
+            .store
+            .load::<Order>(&order_id.stream_id())
+            .await
+            .map_err(transient)?;
+        let Some(order) = order.0 else { return Ok(()) };
+        // Only a placed order reserves. A redelivered OrderPlaced of an order that moved on (and
+        // may have released its stock already) must not hold stock again.
+        if order.status != domain::order::OrderStatus::Placed {
+            return Ok(());
+        }
+        let plan = reservations(&order.lines);
+        let options = caused_by(event);
+        let mut shortage = None;
+        for (product_id, quantity) in &plan {
+            let reserve = ProductCommand::Reserve {
+                order_id,
+                quantity: *quantity,
+            };
+            match self
+                .store
+                .execute::<Product>(&product_id.stream_id(), reserve, &options)
+                .await
+            {
+                Ok(_) => {}
+                Err(ExecuteError::Rejected(
+                    r @ (ProductRejection::InsufficientStock { .. }
+                    | ProductRejection::Discontinued
+                    | ProductRejection::NotFound),
+                )) => {
+                    shortage = Some(format!("{product_id}: {r}"));
+                    break;
+                }
+                Err(ExecuteError::Rejected(r)) => return Err(HandlerError::permanent(r)),
+                Err(e) => return Err(transient(e)),
+            }
+        }
+        let command = match shortage {
+            None => OrderCommand::ConfirmStockReserved {
+                pay_by: payment_deadline(event.recorded_at, self.payment_window),
+            },
+            Some(reason) => {
+                self.release(
+                    event,
+                    order_id,
+                    &plan.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+                )
+                .await?;
+                OrderCommand::Reject { reason }
+            }
+        };
+        settle::<Order>(&self.store, &order_id.stream_id(), command, &options).await?;
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        cause: &RecordedEvent,
+        order_id: OrderId,
+        products: &[domain::values::ProductId],
+    ) -> Result<(), HandlerError> {
+        let options = caused_by(cause);
+        for product_id in products {
+            settle::<Product>(
+                &self.store,
+                &product_id.stream_id(),
+                ProductCommand::Release { order_id },
+                &options,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_order_closed(
+        &self,
+        event: &RecordedEvent,
+        order_id: OrderId,
+        refund: Option<PaymentId>,
+    ) -> Result<(), HandlerError> {
+        let (order, _) = self
+            .store
+            .load::<Order>(&order_id.stream_id())
+            .await
+            .map_err(transient)?;
+        let Some(order) = order.0 else { return Ok(()) };
+        let products: Vec<_> = reservations(&order.lines)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        self.release(event, order_id, &products).await?;
+        self.forget_deadline(order_id).await?;
+        if let Some(payment_id) = refund {
+            self.provider.refund(payment_id).await.map_err(transient)?;
+            let refund = PaymentCommand::Refund {
+                reason: "order cancelled".into(),
+            };
+            settle::<Payment>(
+                &self.store,
+                &payment_id.stream_id(),
+                refund,
+                &caused_by(event),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A paid, cancelled or expired order has no deadline left to fire.
+    async fn forget_deadline(&self, order_id: OrderId) -> Result<(), HandlerError> {
+        sqlx::query("DELETE FROM process.deadlines WHERE order_id = $1")
+            .bind(order_id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(transient)?;
+        Ok(())
+    }
+
+    async fn on_payment_requested(
+        &self,
+        event: &RecordedEvent,
+        payment_id: PaymentId,
+    ) -> Result<(), HandlerError> {
+        let (payment, _) = self
+            .store
+            .load::<Payment>(&payment_id.stream_id())
+            .await
+            .map_err(transient)?;
+        let Some(payment) = payment.0 else {
+            return Ok(());
+        };
+        if payment.status != domain::payment::PaymentStatus::Requested {
+            return Ok(());
+        }
+        // No transaction is open here: the provider may take its time.
+        let outcome = match self
+            .provider
+            .charge(payment_id, payment.amount, payment.token.as_str())
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(ProviderError::Transient(error)) => {
+                settle::<Payment>(
+                    &self.store,
+                    &payment_id.stream_id(),
+                    PaymentCommand::RecordAttemptFailed {
+                        error: error.clone(),
+                    },
+                    &CommandOptions {
+                        event_ids: EventIds::Fresh,
+                        ..caused_by(event)
+                    },
+                )
+                .await?;
+                return Err(HandlerError::transient(ProviderError::Transient(error)));
+            }
+            Err(e) => return Err(transient(e)),
+        };
+        let command = match outcome {
+            ChargeOutcome::Captured { reference } => PaymentCommand::RecordCaptured {
+                provider_reference: reference,
+            },
+            ChargeOutcome::Declined { reason } => PaymentCommand::RecordDeclined { reason },
+        };
+        settle::<Payment>(
+            &self.store,
+            &payment_id.stream_id(),
+            command,
+            &caused_by(event),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn handle_event(&self, event: RecordedEvent) -> Result<(), HandlerError> {
+        let undecodable = |e: eventstore::StoreError| HandlerError::permanent(e);
+        match event.stream_type() {
+            "order" => match event.decode::<OrderEvent>().map_err(undecodable)? {
+                OrderEvent::OrderPlaced { order_id, .. } => {
+                    self.on_order_placed(&event, order_id).await
+                }
+                OrderEvent::OrderAwaitingPayment { order_id, pay_by } => {
+                    sqlx::query(
+                        "INSERT INTO process.deadlines (order_id, due_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(order_id.0)
+                    .bind(pay_by)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(transient)?;
+                    Ok(())
+                }
+                OrderEvent::OrderPaymentRequested {
+                    order_id,
+                    payment_id,
+                    amount,
+                    token,
+                    ..
+                } => {
+                    let open = PaymentCommand::Request {
+                        payment_id,
+                        order_id,
+                        amount,
+                        token,
+                    };
+                    match self
+                        .store
+                        .execute::<Payment>(&payment_id.stream_id(), open, &caused_by(&event))
+                        .await
+                    {
+                        Ok(_)
+                        | Err(ExecuteError::Rejected(
+                            domain::payment::PaymentRejection::AlreadyExists,
+                        )) => Ok(()),
+                        Err(ExecuteError::Rejected(r)) => Err(HandlerError::permanent(r)),
+                        Err(e) => Err(transient(e)),
+                    }
+                }
+                OrderEvent::OrderCancelled {
+                    order_id, refund, ..
+                } => self.on_order_closed(&event, order_id, refund).await,
+                OrderEvent::OrderExpired { order_id, .. } => {
+                    self.on_order_closed(&event, order_id, None).await
+                }
+                OrderEvent::OrderPaid { order_id, .. } => self.forget_deadline(order_id).await,
+                _ => Ok(()),
+            },
+            "payment" => {
+                let on_order = |order_id: OrderId, command: OrderCommand| {
+                    let options = caused_by(&event);
+                    let store = self.store.clone();
+                    async move {
+                        settle::<Order>(&store, &order_id.stream_id(), command, &options)
+                            .await
+                            .map(|_| ())
+                    }
+                };
+                match event.decode::<PaymentEvent>().map_err(undecodable)? {
+                    PaymentEvent::PaymentRequested { payment_id, .. } => {
+                        self.on_payment_requested(&event, payment_id).await
+                    }
+                    PaymentEvent::PaymentCaptured {
+                        payment_id,
+                        order_id,
+                        ..
+                    } => {
+                        on_order(order_id, OrderCommand::RecordPaymentCaptured { payment_id }).await
+                    }
+                    PaymentEvent::PaymentDeclined {
+                        payment_id,
+                        order_id,
+                        reason,
+                    } => {
+                        on_order(
+                            order_id,
+                            OrderCommand::RecordPaymentDeclined { payment_id, reason },
+                        )
+                        .await
+                    }
+                    PaymentEvent::PaymentRefunded {
+                        payment_id,
+                        order_id,
+                        ..
+                    } => on_order(order_id, OrderCommand::RecordRefund { payment_id }).await,
+                    PaymentEvent::PaymentAttemptFailed { .. } => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<P: PaymentProvider> Handler for OrderProcess<P> {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        self.handle_event(RecordedEvent::from(envelope)).await
+    }
+}
+
+/// Expires orders whose payment deadline passed. Each due deadline is taken `FOR UPDATE SKIP
+/// LOCKED` (so several workers share the load), the order's `Expire` is appended and the
+/// deadline deleted in one transaction: it fires exactly once, and a crash leaves it due.
+pub async fn fire_due_deadlines(store: &EventStore, limit: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    let due: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT order_id FROM process.deadlines WHERE due_at <= now() \
+         ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut fired = 0;
+    for (order_id,) in due {
+        let order_id = OrderId(order_id);
+        let options = CommandOptions {
+            metadata: Metadata {
+                actor: Some("deadline-worker".into()),
+                ..Metadata::default()
+            },
+            event_ids: EventIds::DerivedFrom(order_id.0),
+            ..CommandOptions::default()
+        };
+        let outcome = store
+            .decide_and_append_in::<Order>(
+                &mut tx,
+                &order_id.stream_id(),
+                OrderCommand::Expire { now: Utc::now() },
+                &options,
+            )
+            .await;
+        let done = match outcome {
+            Ok(_) => {
+                fired += 1;
+                true
+            }
+            // Paid, cancelled or already expired: nothing left to expire.
+            Err(ExecuteError::Rejected(
+                OrderRejection::IllegalTransition { .. } | OrderRejection::NotFound,
+            )) => true,
+            Err(ExecuteError::Rejected(r)) => {
+                tracing::debug!(%order_id, rejection = %r, code = r.code(), "deadline not fired");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%order_id, error = %e, "deadline failed; it stays due");
+                false
+            }
+        };
+        if done {
+            sqlx::query("DELETE FROM process.deadlines WHERE order_id = $1")
+                .bind(order_id.0)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    if fired > 0 {
+        store.announce_appended();
+    }
+    Ok(fired)
+}

@@ -1,0 +1,213 @@
+//! The catalog view: one row per product with price, stock on hand and held, and a full-text
+//! search column (`read_products_v<n>.products`).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use domain::product::ProductEvent;
+use eventstore::{EventStore, RecordedEvent};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::error::ProjectionError;
+use crate::ordering::{new_events_by_stream, stream_ids};
+use crate::tables::{PRODUCTS, PgProjection};
+
+/// Stream type this projection reads.
+pub const STREAM_TYPE: &str = "product";
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ProductRow {
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub price_amount: i64,
+    pub currency: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub discontinued: bool,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn decode(event: &RecordedEvent) -> Result<ProductEvent, ProjectionError> {
+    event.decode().map_err(|e| ProjectionError::Undecodable {
+        event_id: event.event_id,
+        reason: e.to_string(),
+    })
+}
+
+/// Folds one event into a product's row.
+pub fn apply(
+    row: Option<ProductRow>,
+    recorded: &RecordedEvent,
+) -> Result<Option<ProductRow>, ProjectionError> {
+    let event = decode(recorded)?;
+    let mut row = match (row, event) {
+        (None, ProductEvent::ProductCreated(new)) => {
+            return Ok(Some(ProductRow {
+                product_id: new.product_id.0,
+                sku: new.sku.as_str().to_owned(),
+                name: new.name.as_str().to_owned(),
+                description: new.description.as_str().to_owned(),
+                category: new.category.as_str().to_owned(),
+                price_amount: new.price.amount,
+                currency: new.price.currency.to_string(),
+                available: i64::from(new.stock),
+                reserved: 0,
+                discontinued: false,
+                version: recorded.version as i64,
+                created_at: recorded.recorded_at,
+                updated_at: recorded.recorded_at,
+            }));
+        }
+        // Only a creation starts a product; nothing else can apply to a missing one.
+        (None, _) => return Ok(None),
+        (Some(row), event) => {
+            let mut row = row;
+            match event {
+                ProductEvent::ProductCreated(_) => {}
+                ProductEvent::ProductPriceChanged { new_price, .. } => {
+                    row.price_amount = new_price.amount;
+                    row.currency = new_price.currency.to_string();
+                }
+                ProductEvent::ProductStockAdjusted { available, .. } => {
+                    row.available = i64::from(available);
+                }
+                ProductEvent::ProductDiscontinued { .. } => row.discontinued = true,
+                ProductEvent::StockReserved {
+                    quantity,
+                    available,
+                    ..
+                } => {
+                    row.available = i64::from(available);
+                    row.reserved += i64::from(quantity);
+                }
+                ProductEvent::StockReleased {
+                    quantity,
+                    available,
+                    ..
+                } => {
+                    row.available = i64::from(available);
+                    row.reserved -= i64::from(quantity);
+                }
+            }
+            row
+        }
+    };
+    row.version = recorded.version as i64;
+    row.updated_at = recorded.recorded_at;
+    Ok(Some(row))
+}
+
+const COLUMNS: &str = "product_id, sku, name, description, category, price_amount, currency, \
+available, reserved, discontinued, version, created_at, updated_at";
+
+async fn load(
+    tx: &mut Transaction<'_, Postgres>,
+    schema: &str,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, ProductRow>, sqlx::Error> {
+    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM \"{schema}\".products WHERE product_id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.product_id, r)).collect())
+}
+
+/// Writes rows with one statement (UNNEST), replacing what is there.
+pub async fn upsert(
+    tx: &mut Transaction<'_, Postgres>,
+    schema: &str,
+    rows: &[ProductRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".products ({COLUMNS}) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                              $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::bool[], \
+                              $11::int8[], $12::timestamptz[], $13::timestamptz[]) \
+         ON CONFLICT (product_id) DO UPDATE SET \
+           sku = EXCLUDED.sku, name = EXCLUDED.name, description = EXCLUDED.description, \
+           category = EXCLUDED.category, price_amount = EXCLUDED.price_amount, \
+           currency = EXCLUDED.currency, available = EXCLUDED.available, \
+           reserved = EXCLUDED.reserved, discontinued = EXCLUDED.discontinued, \
+           version = EXCLUDED.version, updated_at = EXCLUDED.updated_at \
+         WHERE products.version < EXCLUDED.version"
+    ))
+    .bind(column!(product_id))
+    .bind(column!(sku))
+    .bind(column!(name))
+    .bind(column!(description))
+    .bind(column!(category))
+    .bind(column!(price_amount))
+    .bind(column!(currency))
+    .bind(column!(available))
+    .bind(column!(reserved))
+    .bind(column!(discontinued))
+    .bind(column!(version))
+    .bind(column!(created_at))
+    .bind(column!(updated_at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies product events to one version's tables: loads the affected rows, folds what is new
+/// for each stream (filling gaps from the store), writes the changed rows. Returns how many
+/// events were applied.
+pub async fn apply_to(
+    tx: &mut Transaction<'_, Postgres>,
+    schema: &str,
+    store: &EventStore,
+    events: &[RecordedEvent],
+) -> Result<u64, ProjectionError> {
+    let ids = stream_ids(events, STREAM_TYPE);
+    let mut rows = load(tx, schema, &ids).await?;
+    let plan = new_events_by_stream(store, events, STREAM_TYPE, |id| {
+        rows.get(&id).map_or(0, |r| r.version as u64)
+    })
+    .await?;
+    let mut changed = Vec::with_capacity(plan.len());
+    let mut applied = 0;
+    for (id, new) in plan {
+        let mut row = rows.remove(&id);
+        for event in &new {
+            row = apply(row, event)?;
+        }
+        applied += new.len() as u64;
+        changed.extend(row);
+    }
+    upsert(tx, schema, &changed).await?;
+    Ok(applied)
+}
+
+/// The products projection, for [`crate::tables::apply_live`] and rebuilds.
+#[derive(Debug, Clone, Copy)]
+pub struct Products;
+
+impl PgProjection for Products {
+    const NAME: &'static str = PRODUCTS;
+    const STREAM_TYPE: &'static str = STREAM_TYPE;
+
+    async fn apply_to(
+        tx: &mut Transaction<'_, Postgres>,
+        schema: &str,
+        store: &EventStore,
+        events: &[RecordedEvent],
+    ) -> Result<u64, ProjectionError> {
+        apply_to(tx, schema, store, events).await
+    }
+}

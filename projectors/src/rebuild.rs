@@ -1,0 +1,237 @@
+//! Rebuilding a projection from the event store without downtime.
+//!
+//! 1. **Prepare**: a new version (schema or key prefix) is created empty and recorded as
+//!    `building_version`. From then on the live projector writes every event to both the
+//!    serving and the building version, so nothing that arrives during the rebuild is missed.
+//! 2. **Fill**: the store's global log is read directly (not the bus), only the projection's
+//!    stream type, in large batches; each batch is folded in memory and written in bulk
+//!    (UNNEST for Postgres, one pipeline for Redis). Rows only ever move to a higher stream
+//!    version, so the rebuild and the live projector can write the same rows in any order.
+//! 3. **Switch**: once a read finds nothing more, one transaction makes the new version the
+//!    serving one; readers use it from their next request, the live projector from its next
+//!    batch. The old version is then dropped.
+//!
+//! Interrupted anywhere, the old version keeps serving; the next run drops the unfinished
+//! version and starts clean.
+
+use std::time::{Duration, Instant};
+
+use eventstore::{EventStore, LogPosition};
+use platform::read_models::{CARTS, CartKeys, ORDERS, PRODUCTS, schema};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::error::ProjectionError;
+use crate::orders::Orders;
+use crate::products::Products;
+use crate::tables::{PgProjection, record_progress};
+
+/// Events read from the store per batch, unless the caller says otherwise.
+pub const BATCH: i64 = 10_000;
+
+/// The projections a rebuild knows, with the stream type each reads.
+pub const PROJECTIONS: [(&str, &str); 3] =
+    [(PRODUCTS, "product"), (ORDERS, "order"), (CARTS, "cart")];
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebuilt {
+    pub projection: &'static str,
+    pub version: i32,
+    pub events: u64,
+    pub elapsed: Duration,
+}
+
+impl Rebuilt {
+    pub fn per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+}
+
+/// Where a rebuild writes.
+enum Target<'a> {
+    Postgres {
+        schema: String,
+        projection: &'static str,
+    },
+    Redis {
+        redis: &'a mut ConnectionManager,
+        keys: &'a CartKeys,
+    },
+}
+
+/// Rebuilds `projection`. `progress` is told the events done so far (for a progress bar);
+/// `stop` is checked between batches (Ctrl-C): when it returns true the rebuild stops, the old
+/// version still serving.
+pub async fn rebuild(
+    store: &EventStore,
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    projection: &str,
+    batch_size: i64,
+    mut progress: impl FnMut(u64),
+    stop: impl Fn() -> bool,
+) -> Result<Option<Rebuilt>, ProjectionError> {
+    let (name, stream_type) = PROJECTIONS
+        .into_iter()
+        .find(|(name, _)| *name == projection)
+        .ok_or_else(|| ProjectionError::UnknownProjection(projection.to_owned()))?;
+    let started = Instant::now();
+    let pool = store.pool();
+    let version = prepare(pool, redis, keys, name).await?;
+    let mut target = match name {
+        CARTS => Target::Redis { redis, keys },
+        _ => Target::Postgres {
+            schema: schema(name, version),
+            projection: name,
+        },
+    };
+    let mut after = LogPosition::START;
+    let mut done = 0u64;
+    loop {
+        if stop() {
+            return Ok(None);
+        }
+        let batch = store
+            .read_log_of_types(after, &[stream_type], batch_size)
+            .await?;
+        let Some(last) = batch.last().map(|e| e.log_position()) else {
+            break;
+        };
+        match &mut target {
+            Target::Postgres { schema, projection } => {
+                let mut tx = pool.begin().await?;
+                let n = match *projection {
+                    PRODUCTS => Products::apply_to(&mut tx, schema, store, &batch).await?,
+                    _ => Orders::apply_to(&mut tx, schema, store, &batch).await?,
+                };
+                record_progress(&mut tx, projection, version, last, n).await?;
+                tx.commit().await?;
+            }
+            Target::Redis { redis, keys } => {
+                crate::carts::apply_to(redis, keys, version, store, &batch).await?;
+                let _: () = redis::cmd("HSET")
+                    .arg(keys.progress(version))
+                    .arg("transaction_id")
+                    .arg(last.transaction_id)
+                    .arg("position")
+                    .arg(last.position)
+                    .query_async(*redis)
+                    .await?;
+            }
+        }
+        done += batch.len() as u64;
+        after = last;
+        progress(done);
+    }
+    let old = switch(pool, name, version).await?;
+    // Readers pick the serving version per request; give those in flight a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match (&mut target, old) {
+        (_, None) => {}
+        (Target::Postgres { .. }, Some(old)) => drop_postgres(pool, name, old).await?,
+        (Target::Redis { redis, keys }, Some(old)) => drop_redis(redis, keys, old).await?,
+    }
+    Ok(Some(Rebuilt {
+        projection: name,
+        version,
+        events: done,
+        elapsed: started.elapsed(),
+    }))
+}
+
+/// Creates the version to build (dropping an unfinished one first) and records it.
+async fn prepare(
+    pool: &PgPool,
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    name: &'static str,
+) -> Result<i32, ProjectionError> {
+    let (serving, building): (i32, Option<i32>) = sqlx::query_as(
+        "SELECT serving_version, building_version FROM read.projections WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await?;
+    let version = building.unwrap_or(serving + 1).max(serving + 1);
+    if name == CARTS {
+        drop_redis(redis, keys, version).await?;
+    } else {
+        drop_postgres(pool, name, version).await?;
+        sqlx::query(&format!("SELECT read.create_{name}_tables($1)"))
+            .bind(schema(name, version))
+            .execute(pool)
+            .await?;
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM read.progress WHERE projection = $1 AND version = $2")
+        .bind(name)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE read.projections SET building_version = $2 WHERE name = $1")
+        .bind(name)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(projection = name, version, "rebuilding into a new version");
+    Ok(version)
+}
+
+/// Makes `version` the serving one; returns the version it replaced.
+async fn switch(pool: &PgPool, name: &str, version: i32) -> Result<Option<i32>, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    let old: i32 = sqlx::query_scalar(
+        "SELECT serving_version FROM read.projections WHERE name = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE read.projections SET serving_version = $2, building_version = NULL, switched_at = now() \
+         WHERE name = $1",
+    )
+    .bind(name)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(projection = name, from = old, to = version, "switched");
+    Ok((old != version).then_some(old))
+}
+
+async fn drop_postgres(pool: &PgPool, name: &str, version: i32) -> Result<(), ProjectionError> {
+    sqlx::query(&format!(
+        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+        schema(name, version)
+    ))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn drop_redis(
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    version: i32,
+) -> Result<(), ProjectionError> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.pattern(version))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await?;
+        if !found.is_empty() {
+            let _: () = redis::cmd("UNLINK").arg(found).query_async(redis).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}

@@ -1,0 +1,106 @@
+//! Where each projection's serving (and building) version lives.
+//!
+//! Postgres projections keep each version in a schema of its own (`read_products_v3`); Redis
+//! projections in a key prefix (`<prefix>:carts:v3:`). `read.projections` names the version
+//! that serves; the query API and the live projectors read it in every transaction (`FOR SHARE`
+//! in projectors, so a switch — which takes the row `FOR UPDATE` — waits for in-flight batches
+//! and every later batch writes to the new version).
+
+use eventstore::{EventStore, RecordedEvent};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::error::ProjectionError;
+
+/// A projection's name as in `read.projections`.
+pub type ProjectionName = &'static str;
+
+pub use platform::read_models::{CARTS, ORDERS, PRODUCTS, schema, serving_version};
+
+/// The versions a live projector must write: the serving one, and a building one if a rebuild
+/// runs (so the rebuild's copy stays current while it catches up). Locks the row `FOR SHARE`.
+pub async fn live_versions(
+    tx: &mut Transaction<'_, Postgres>,
+    projection: &str,
+) -> Result<(i32, Option<i32>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT serving_version, building_version FROM read.projections WHERE name = $1 FOR SHARE",
+    )
+    .bind(projection)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Records how far a projection version has got, in the caller's transaction.
+pub async fn record_progress(
+    tx: &mut Transaction<'_, Postgres>,
+    projection: &str,
+    version: i32,
+    last: eventstore::LogPosition,
+    events: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO read.progress (projection, version, transaction_id, position, events, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, now()) \
+         ON CONFLICT (projection, version) DO UPDATE SET \
+           (transaction_id, position) = (SELECT CASE WHEN forward THEN EXCLUDED.transaction_id \
+                                                     ELSE read.progress.transaction_id END, \
+                                                CASE WHEN forward THEN EXCLUDED.position \
+                                                     ELSE read.progress.position END \
+                                         FROM (SELECT (EXCLUDED.transaction_id, EXCLUDED.position) \
+                                                    > (read.progress.transaction_id, read.progress.position) \
+                                                    AS forward) f), \
+           events = read.progress.events + EXCLUDED.events, updated_at = now()",
+    )
+    .bind(projection)
+    .bind(version)
+    .bind(last.transaction_id as i64)
+    .bind(last.position)
+    .bind(events as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A projection kept in Postgres tables.
+pub trait PgProjection {
+    const NAME: ProjectionName;
+    /// The stream type whose events it reads.
+    const STREAM_TYPE: &'static str;
+
+    /// Applies events to the tables in `schema`; returns how many were new.
+    fn apply_to(
+        tx: &mut Transaction<'_, Postgres>,
+        schema: &str,
+        store: &EventStore,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<u64, ProjectionError>> + Send;
+}
+
+/// Applies a live batch to the serving version (and a building one, if a rebuild runs), with
+/// the projection's progress, in one transaction. Returns how many events were new.
+pub async fn apply_live<P: PgProjection>(
+    pool: &PgPool,
+    store: &EventStore,
+    events: &[RecordedEvent],
+) -> Result<u64, ProjectionError> {
+    let events: Vec<RecordedEvent> = events
+        .iter()
+        .filter(|e| e.stream_type() == P::STREAM_TYPE)
+        .cloned()
+        .collect();
+    let Some(last) = events.iter().map(RecordedEvent::log_position).max() else {
+        return Ok(0);
+    };
+    let mut tx = pool.begin().await?;
+    let (serving, building) = live_versions(&mut tx, P::NAME).await?;
+    let mut applied = 0;
+    for version in std::iter::once(serving).chain(building) {
+        let n = P::apply_to(&mut tx, &schema(P::NAME, version), store, &events).await?;
+        record_progress(&mut tx, P::NAME, version, last, n).await?;
+        if version == serving {
+            applied = n;
+        }
+    }
+    tx.commit().await?;
+    Ok(applied)
+}

@@ -1,0 +1,144 @@
+//! Tillstream's HTTP read side: serves the read models the projectors build, and nothing else.
+//! It knows the views' shapes, never the domain's rules.
+//!
+//! - [`routes`]: one module per resource (products, carts, orders, admin).
+//! - [`consistency`]: read-your-writes with `X-Consistency-Token`.
+//! - [`pagination`]: keyset cursors.
+
+pub mod consistency;
+pub mod pagination;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use platform::http::{Readiness, operational_routes, track_metrics};
+use platform::identity::JwtVerifier;
+use platform::problem::Problem;
+use platform::read_models::CartKeys;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+/// Where the query API listens unless `TILL_QUERY_API_ADDR` says otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8082";
+
+pub fn listen_addr() -> SocketAddr {
+    std::env::var("TILL_QUERY_API_ADDR")
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| DEFAULT_ADDR.parse().expect("valid default address"))
+}
+
+/// How long a read with a consistency token may wait: `TILL_CONSISTENCY_WAIT_MS` (3000).
+pub fn consistency_wait() -> Duration {
+    Duration::from_millis(
+        std::env::var("TILL_CONSISTENCY_WAIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000),
+    )
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub redis: ConnectionManager,
+    pub cart_keys: CartKeys,
+    pub verifier: Arc<JwtVerifier>,
+    pub consistency_wait: Duration,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("cart_keys", &self.cart_keys)
+            .field("consistency_wait", &self.consistency_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromRef<AppState> for Arc<JwtVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+/// Every read route, plus `/livez`, `/readyz` and `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let redis = state.redis.clone();
+    let readiness = Readiness::default()
+        .postgres(state.pool.clone())
+        .check("redis", move || {
+            let mut redis = redis.clone();
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut redis)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        });
+    let reads = Router::new()
+        .route("/v1/products", get(routes::products::list))
+        .route("/v1/products/{id}", get(routes::products::one))
+        .route("/v1/carts/{id}", get(routes::carts::one))
+        .route("/v1/orders", get(routes::orders::list))
+        .route("/v1/orders/{id}", get(routes::orders::one))
+        .route("/v1/orders/{id}/events", get(routes::orders::events))
+        .route("/v1/admin/projections", get(routes::admin::projections))
+        .with_state(state);
+    Router::new()
+        .merge(reads)
+        .merge(operational_routes(readiness))
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            )
+            .with_detail("the query API only reads")
+        })
+        .fallback(|| async { Problem::not_found("route-not-found", "no such route") })
+        .layer(from_fn_with_state("query-api", track_metrics))
+}
+
+/// A JSON answer with an `ETag`, or 304 when the client's `If-None-Match` already has it.
+pub fn with_etag(request_headers: &HeaderMap, etag: String, body: serde_json::Value) -> Response {
+    let matches = request_headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    ([(header::ETAG, etag)], axum::Json(body)).into_response()
+}
+
+/// An ETag for a list: a hash of its JSON.
+pub fn list_etag(body: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body.to_string().as_bytes());
+    format!(
+        "W/\"{}\"",
+        digest[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// A database failure as an opaque 500 (logged once).
+pub fn db_problem(e: sqlx::Error) -> Problem {
+    Problem::internal(&e)
+}
+
+pub fn redis_problem(e: redis::RedisError) -> Problem {
+    Problem::internal(&e)
+}

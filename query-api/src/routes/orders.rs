@@ -1,0 +1,209 @@
+//! Orders: a customer sees their own, an admin sees all; anyone else is told an order does not
+//! exist. An order's events come straight from the event store, minus secrets.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use platform::identity::Principal;
+use platform::problem::Problem;
+use platform::read_models::ORDERS;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::routes::path_id;
+use crate::{AppState, consistency, db_problem, list_etag, pagination, with_etag};
+
+#[derive(Debug, sqlx::FromRow)]
+struct OrderRow {
+    order_id: Uuid,
+    customer_id: String,
+    cart_id: Uuid,
+    status: String,
+    total_amount: i64,
+    currency: String,
+    pay_by: Option<DateTime<Utc>>,
+    payment_id: Option<Uuid>,
+    placed_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+}
+
+impl OrderRow {
+    fn json(&self) -> Value {
+        json!({
+            "order_id": self.order_id,
+            "customer_id": self.customer_id,
+            "cart_id": self.cart_id,
+            "status": self.status,
+            "total": { "amount": self.total_amount, "currency": self.currency },
+            "pay_by": self.pay_by,
+            "payment_id": self.payment_id,
+            "placed_at": self.placed_at,
+            "updated_at": self.updated_at,
+            "version": self.version,
+        })
+    }
+}
+
+const COLUMNS: &str = "order_id, customer_id, cart_id, status, total_amount, currency, pay_by, \
+payment_id, placed_at, updated_at, version";
+
+fn not_found() -> Problem {
+    Problem::not_found("order-not-found", "order not found")
+}
+
+async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
+    consistency::serving_schema(state, headers, ORDERS, "order", "orders", "order_id").await
+}
+
+/// `GET /v1/orders?limit=&cursor=&status=` — newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let limit = pagination::limit(params.get("limit").map(String::as_str))?;
+    let before = pagination::decode(params.get("cursor").map(String::as_str))?;
+    let status = params.get("status").filter(|s| !s.is_empty());
+    let owner = (!principal.is_admin()).then_some(principal.user_id.as_str());
+    let schema = serving_schema(&state, &headers).await?;
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM \"{schema}\".orders \
+         WHERE ($1::text IS NULL OR customer_id = $1) \
+           AND ($2::text IS NULL OR status = $2) \
+           AND ($3::uuid IS NULL OR order_id < $3) \
+         ORDER BY order_id DESC LIMIT $4"
+    ))
+    .bind(owner)
+    .bind(status)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(db_problem)?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.order_id).collect();
+    let body = json!({
+        "items": rows.iter().map(OrderRow::json).collect::<Vec<_>>(),
+        "next_cursor": pagination::next_cursor(&ids, limit),
+    });
+    Ok(with_etag(&headers, list_etag(&body), body))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct LineRow {
+    product_id: Uuid,
+    sku: String,
+    name: String,
+    unit_amount: i64,
+    quantity: i32,
+    line_amount: i64,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct HistoryRow {
+    version: i64,
+    status: String,
+    event_type: String,
+    detail: Option<String>,
+    at: DateTime<Utc>,
+}
+
+/// `GET /v1/orders/{id}` — with lines and status history.
+pub async fn one(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let id = path_id(&id, "order")?;
+    let schema = serving_schema(&state, &headers).await?;
+    let row: OrderRow = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM \"{schema}\".orders WHERE order_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(db_problem)?
+    .ok_or_else(not_found)?;
+    if !principal.is_admin() && row.customer_id != principal.user_id {
+        return Err(not_found());
+    }
+    let lines: Vec<LineRow> = sqlx::query_as(&format!(
+        "SELECT product_id, sku, name, unit_amount, quantity, line_amount \
+         FROM \"{schema}\".order_lines WHERE order_id = $1 ORDER BY line_no"
+    ))
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(db_problem)?;
+    let history: Vec<HistoryRow> = sqlx::query_as(&format!(
+        "SELECT version, status, event_type, detail, at \
+         FROM \"{schema}\".order_history WHERE order_id = $1 ORDER BY version"
+    ))
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(db_problem)?;
+    let mut body = row.json();
+    body["lines"] = lines
+        .iter()
+        .map(|l| {
+            json!({
+                "product_id": l.product_id, "sku": l.sku, "name": l.name,
+                "unit_price": { "amount": l.unit_amount, "currency": row.currency },
+                "quantity": l.quantity,
+                "line_total": { "amount": l.line_amount, "currency": row.currency },
+            })
+        })
+        .collect();
+    body["history"] = history
+        .iter()
+        .map(|h| json!({ "version": h.version, "status": h.status, "event": h.event_type, "detail": h.detail, "at": h.at }))
+        .collect();
+    Ok(with_etag(&headers, format!("\"{}\"", row.version), body))
+}
+
+/// Fields of stored events never shown to a client.
+const SECRET_FIELDS: [&str; 1] = ["token"];
+
+/// `GET /v1/orders/{id}/events` — the order's own stream, from the event store.
+pub async fn events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = path_id(&id, "order")?;
+    let rows: Vec<(i64, Uuid, String, Value, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT version, event_id, event_type, data, recorded_at FROM eventstore.events \
+         WHERE stream_id = $1 ORDER BY version",
+    )
+    .bind(format!("order-{id}"))
+    .fetch_all(&state.pool)
+    .await
+    .map_err(db_problem)?;
+    let owner = rows
+        .first()
+        .and_then(|(_, _, _, data, _)| data["customer_id"].as_str());
+    let allowed = principal.is_admin() || owner == Some(principal.user_id.as_str());
+    if rows.is_empty() || !allowed {
+        return Err(not_found());
+    }
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(version, event_id, event_type, mut data, recorded_at)| {
+            if let Some(fields) = data.as_object_mut() {
+                for secret in SECRET_FIELDS {
+                    fields.remove(secret);
+                }
+            }
+            json!({ "version": version, "event_id": event_id, "type": event_type, "data": data, "recorded_at": recorded_at })
+        })
+        .collect();
+    Ok(axum::response::IntoResponse::into_response(axum::Json(
+        json!({ "order_id": id, "items": items }),
+    )))
+}

@@ -1,0 +1,131 @@
+//! The catalog: anyone may read it.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use platform::identity::MaybePrincipal;
+use platform::problem::Problem;
+use platform::read_models::PRODUCTS;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::routes::path_id;
+use crate::{AppState, consistency, db_problem, list_etag, pagination, with_etag};
+
+#[derive(Debug, sqlx::FromRow)]
+struct ProductRow {
+    product_id: Uuid,
+    sku: String,
+    name: String,
+    description: String,
+    category: String,
+    price_amount: i64,
+    currency: String,
+    available: i64,
+    discontinued: bool,
+    version: i64,
+    updated_at: DateTime<Utc>,
+}
+
+impl ProductRow {
+    fn json(&self) -> Value {
+        json!({
+            "product_id": self.product_id,
+            "sku": self.sku,
+            "name": self.name,
+            "description": self.description,
+            "category": self.category,
+            "price": { "amount": self.price_amount, "currency": self.currency },
+            "available": self.available,
+            "discontinued": self.discontinued,
+            "version": self.version,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+const COLUMNS: &str = "product_id, sku, name, description, category, price_amount, currency, \
+available, discontinued, version, updated_at";
+
+/// Waits for product tokens, then returns the schema to read.
+async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
+    consistency::serving_schema(
+        state,
+        headers,
+        PRODUCTS,
+        "product",
+        "products",
+        "product_id",
+    )
+    .await
+}
+
+/// `GET /v1/products?q=&category=&limit=&cursor=`
+pub async fn list(
+    State(state): State<AppState>,
+    MaybePrincipal(_): MaybePrincipal,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let limit = pagination::limit(params.get("limit").map(String::as_str))?;
+    let after = pagination::decode(params.get("cursor").map(String::as_str))?;
+    let q = params.get("q").map(|q| q.trim()).filter(|q| !q.is_empty());
+    if q.is_some_and(|q| q.len() > 200) {
+        return Err(Problem::invalid_field(
+            "q",
+            "must be at most 200 characters",
+        ));
+    }
+    let category = params
+        .get("category")
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty());
+    let schema = serving_schema(&state, &headers).await?;
+    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM \"{schema}\".products \
+         WHERE ($1::text IS NULL OR search @@ websearch_to_tsquery('simple', $1)) \
+           AND ($2::text IS NULL OR category = $2) \
+           AND ($3::uuid IS NULL OR product_id > $3) \
+         ORDER BY product_id LIMIT $4"
+    ))
+    .bind(q)
+    .bind(category)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(db_problem)?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.product_id).collect();
+    let body = json!({
+        "items": rows.iter().map(ProductRow::json).collect::<Vec<_>>(),
+        "next_cursor": pagination::next_cursor(&ids, limit),
+    });
+    Ok(with_etag(&headers, list_etag(&body), body))
+}
+
+/// `GET /v1/products/{id}`
+pub async fn one(
+    State(state): State<AppState>,
+    MaybePrincipal(_): MaybePrincipal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let id = path_id(&id, "product")?;
+    let schema = serving_schema(&state, &headers).await?;
+    let row: Option<ProductRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM \"{schema}\".products WHERE product_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(db_problem)?;
+    let row = row.ok_or_else(|| Problem::not_found("product-not-found", "product not found"))?;
+    Ok(with_etag(
+        &headers,
+        format!("\"{}\"", row.version),
+        row.json(),
+    ))
+}

@@ -1,0 +1,326 @@
+//! `till bench write`: M simulated shoppers through the gateway for T seconds — open a cart, add
+//! three products, change a quantity, remove one, check out, again — with real tokens. The
+//! gateway and the command API run as separate processes of this binary (`till serve …`), so
+//! each one's peak memory can be read from the kernel. The same run measures the raw-INSERT
+//! baseline of this machine's Postgres at the same concurrency.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use platform::dev_issuer::DevIssuer;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use super::load::{self, Load, Recorder, outcomes_line};
+use super::report::Phase;
+use super::scratch::{ScratchDatabase, baseline_worker};
+use crate::cli::WriteBenchArgs;
+
+const AUDIENCE: &str = "api://tillstream-bench";
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A service running as a child process.
+struct ServiceProcess {
+    name: &'static str,
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl ServiceProcess {
+    /// Peak resident memory (VmHWM) in MiB.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+async fn spawn_service(
+    name: &'static str,
+    service: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<ServiceProcess> {
+    let log = std::env::temp_dir().join(format!("till-bench-{service}.log"));
+    let file = std::fs::File::create(&log)?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["serve", service])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(ServiceProcess { name, child, log })
+}
+
+async fn wait_ready(
+    http: &reqwest::Client,
+    url: &str,
+    service: &mut ServiceProcess,
+) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if let Ok(Some(status)) = service.child.try_wait() {
+            let log = std::fs::read_to_string(&service.log).unwrap_or_default();
+            bail!(
+                "{} exited ({status}) before it was ready:\n{log}",
+                service.name
+            );
+        }
+        if http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{} was not ready at {url} within 30 s", service.name)
+}
+
+pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.shoppers > 0 && args.seconds > 0,
+        "shoppers and seconds must be positive"
+    );
+    let scratch = ScratchDatabase::create(u32::try_from(args.shoppers).unwrap_or(32)).await?;
+
+    // The token issuer lives in this process; the services fetch its JWKS like any issuer's.
+    let jwks_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let issuer_url = format!("http://{}/", jwks_listener.local_addr()?);
+    let issuer = DevIssuer::ephemeral(&issuer_url, AUDIENCE)?;
+    let jwks_router = issuer.router();
+    tokio::spawn(async move { axum::serve(jwks_listener, jwks_router).await });
+
+    let (command_addr, gateway_addr, query_addr) = (free_port()?, free_port()?, free_port()?);
+    let env = vec![
+        ("DATABASE_URL", scratch.url.clone()),
+        ("TILL_COMMAND_API_ADDR", command_addr.to_string()),
+        ("TILL_GATEWAY_ADDR", gateway_addr.to_string()),
+        ("TILL_COMMAND_API_URL", format!("http://{command_addr}")),
+        ("TILL_QUERY_API_URL", format!("http://{query_addr}")),
+        ("TILL_JWT_ISSUER", issuer_url.clone()),
+        ("TILL_JWT_AUDIENCE", AUDIENCE.to_owned()),
+        (
+            "TILL_JWKS_URL",
+            format!("{issuer_url}.well-known/jwks.json"),
+        ),
+        // Every simulated shopper comes from 127.0.0.1; the per-IP limit would be the bottleneck.
+        ("TILL_RATE_PER_IP", "1000000/1000000".to_owned()),
+    ];
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.shoppers * 2)
+        .build()?;
+    let mut command_api = spawn_service("command API", "command-api", &env).await?;
+    let mut gateway = spawn_service("gateway", "gateway", &env).await?;
+    wait_ready(
+        &http,
+        &format!("http://{command_addr}/readyz"),
+        &mut command_api,
+    )
+    .await?;
+    wait_ready(
+        &http,
+        &format!("http://{gateway_addr}/readyz"),
+        &mut gateway,
+    )
+    .await?;
+    let base = format!("http://{gateway_addr}");
+
+    let admin = issuer.token("bench-admin", &["admin"], Duration::from_secs(3600))?;
+    let mut products = Vec::new();
+    for i in 0..20 {
+        let response = http
+            .post(format!("{base}/v1/products"))
+            .bearer_auth(&admin)
+            .json(&json!({
+                "sku": format!("BENCH-{i}"), "name": format!("Bench product {i}"),
+                "category": "bench", "price": { "amount": 500 + i * 10, "currency": "EUR" },
+                "stock": 1_000_000_000
+            }))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        anyhow::ensure!(
+            status == StatusCode::CREATED,
+            "seeding products: {status} {body}"
+        );
+        products.push(body["product_id"].as_str().unwrap_or_default().to_owned());
+    }
+
+    println!(
+        "till bench write: {} shoppers through the gateway, {} s (+{} s warm-up); services as processes",
+        args.shoppers, args.seconds, args.warmup
+    );
+    let load = Load {
+        workers: args.shoppers,
+        warmup: Duration::from_secs(args.warmup),
+        measured: Duration::from_secs(args.seconds),
+    };
+    let shoppers = load::run("commands through the gateway", load, |n, recorder| {
+        let token = issuer
+            .token(&format!("shopper-{n}"), &[], Duration::from_secs(3600))
+            .unwrap_or_default();
+        shopper(
+            http.clone(),
+            base.clone(),
+            token,
+            products.clone(),
+            n,
+            recorder,
+        )
+    })
+    .await?;
+    let rss: Vec<(&str, Option<f64>)> = [&command_api, &gateway]
+        .iter()
+        .map(|s| (s.name, s.peak_rss_mib()))
+        .collect();
+    drop((command_api, gateway));
+
+    let pool = scratch.pool.clone();
+    let baseline = load::run("baseline: single-row INSERT", load, |_, recorder| {
+        baseline_worker(pool.clone(), recorder)
+    })
+    .await?;
+    scratch.drop_database().await;
+
+    report(&shoppers, &baseline, &rss);
+    Ok(())
+}
+
+fn report(shoppers: &Phase, baseline: &Phase, rss: &[(&str, Option<f64>)]) {
+    println!("{}", shoppers.line());
+    println!("  by status: {}", outcomes_line(&shoppers.outcomes));
+    println!("{}", baseline.line());
+    let ratio = shoppers.per_second() / baseline.per_second().max(f64::EPSILON);
+    println!("ratio (commands / raw INSERTs): {:.0}%", ratio * 100.0);
+    for (name, mib) in rss {
+        match mib {
+            Some(mib) => println!(
+                "peak RSS {name:<12} {mib:>6.1} MiB   target < 64 MiB   {}",
+                verdict(*mib < 64.0)
+            ),
+            None => println!("peak RSS {name:<12} unknown"),
+        }
+    }
+    let unexpected: u64 = shoppers
+        .outcomes
+        .iter()
+        .filter(|(status, _)| !matches!(**status, 200 | 201 | 202 | 409))
+        .map(|(_, n)| n)
+        .sum();
+    println!(
+        "targets: >= 3000 commands/s {}   p99 <= 30 ms {}   errors other than 409: {unexpected} {}",
+        verdict(shoppers.per_second() >= 3000.0),
+        verdict(shoppers.ms(0.99) <= 30.0),
+        verdict(unexpected == 0),
+    );
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "MET" } else { "NOT MET" }
+}
+
+/// One shopper's loop: cart, three adds, a change, a removal, a checkout; again.
+async fn shopper(
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    products: Vec<String>,
+    n: usize,
+    mut recorder: Recorder,
+) -> anyhow::Result<Phase> {
+    let send = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut request = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            Ok::<_, anyhow::Error>((status, body))
+        }
+    };
+    let mut round = n;
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    while recorder.running() {
+        let mut cart_body = Value::Null;
+        recorder
+            .time(async {
+                let (status, body) = send(reqwest::Method::POST, "/v1/carts".into(), None).await?;
+                cart_body = body;
+                Ok(status)
+            })
+            .await?;
+        let Some(cart) = cart_body["cart_id"].as_str().map(str::to_owned) else {
+            *statuses.entry(0).or_default() += 1;
+            continue;
+        };
+        let picks: Vec<&String> = (0..3)
+            .map(|k| &products[(round + k * 7) % products.len()])
+            .collect();
+        round += 1;
+        for product in &picks {
+            let body = json!({ "product_id": product, "quantity": 1 });
+            recorder
+                .time(async {
+                    Ok(send(
+                        reqwest::Method::POST,
+                        format!("/v1/carts/{cart}/items"),
+                        Some(body),
+                    )
+                    .await?
+                    .0)
+                })
+                .await?;
+        }
+        recorder
+            .time(async {
+                let path = format!("/v1/carts/{cart}/items/{}", picks[0]);
+                Ok(
+                    send(reqwest::Method::PUT, path, Some(json!({ "quantity": 2 })))
+                        .await?
+                        .0,
+                )
+            })
+            .await?;
+        recorder
+            .time(async {
+                let path = format!("/v1/carts/{cart}/items/{}", picks[1]);
+                Ok(send(reqwest::Method::DELETE, path, None).await?.0)
+            })
+            .await?;
+        recorder
+            .time(async {
+                Ok(send(
+                    reqwest::Method::POST,
+                    format!("/v1/carts/{cart}/checkout"),
+                    None,
+                )
+                .await?
+                .0)
+            })
+            .await?;
+    }
+    Ok(recorder.finish())
+}

@@ -1,0 +1,6 @@
+//! The library side of the `till` binary: [`services`] starts Tillstream's services from a
+//! [`services::SystemConfig`], for `till up`, `till serve` and the end-to-end tests alike;
+//! [`demo`] is the scripted session of `till demo` and `till up --demo`.
+
+pub mod demo;
+pub mod services;

@@ -1,0 +1,583 @@
+//! Starting Tillstream's services, alone (`till serve <service>`), all in one process
+//! (`till up`), or inside a test. Each service is a library; this module only wires a
+//! [`SystemConfig`], listeners and the shared shutdown token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use eventstore::EventStore;
+use messaging::{
+    ConsumerRunner, ConsumerSettings, Handler, Relay, RelaySettings, RelayState, Topology,
+};
+use platform::database::{PoolSettings, connect, create_and_migrate};
+use platform::dev_issuer::DevIssuer;
+use platform::http::{Readiness, operational_routes};
+use platform::identity::{DEV_ISSUER, IdentitySettings, JwtVerifier};
+use platform::read_models::CartKeys;
+use platform::settings::redact;
+use projectors::live::{
+    CARTS_CONSUMER, CartsProjector, ORDERS_CONSUMER, OrdersProjector, PRODUCTS_CONSUMER,
+    ProductsProjector,
+};
+use projectors::process::{ORDER_PROCESS, OrderProcess, SimulatedProvider};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Service {
+    /// The local development token issuer (JWKS).
+    DevIssuer,
+    /// The write side.
+    CommandApi,
+    /// The read side.
+    QueryApi,
+    /// Event store → RabbitMQ.
+    Relay,
+    /// The read-model projectors (products, orders, carts).
+    Projectors,
+    /// The order process (stock, payments, refunds) and the payment deadline worker.
+    Processes,
+    /// The public port: auth, rate limits, routing.
+    Gateway,
+}
+
+impl Service {
+    /// Everything, in start order (the gateway last, so it can point at the others).
+    pub const ALL: [Service; 7] = [
+        Service::DevIssuer,
+        Service::CommandApi,
+        Service::QueryApi,
+        Service::Relay,
+        Service::Projectors,
+        Service::Processes,
+        Service::Gateway,
+    ];
+
+    fn needs_database(self) -> bool {
+        !matches!(self, Self::Gateway | Self::DevIssuer)
+    }
+
+    fn needs_redis(self) -> bool {
+        matches!(self, Self::QueryApi | Self::Projectors)
+    }
+
+    fn needs_rabbitmq(self) -> bool {
+        matches!(self, Self::Relay | Self::Projectors | Self::Processes)
+    }
+}
+
+/// Everything the services are started with. [`SystemConfig::from_env`] is what `till` uses;
+/// tests build one with their own database, bus prefix, key prefix and free ports.
+#[derive(Debug, Clone)]
+pub struct SystemConfig {
+    pub database_url: String,
+    pub database_connections: u32,
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub identity: IdentitySettings,
+    /// Where the development issuer listens, when tokens come from it (`None` otherwise).
+    pub dev_issuer_addr: Option<SocketAddr>,
+    pub topology: Topology,
+    pub cart_keys: CartKeys,
+    pub command_api_addr: SocketAddr,
+    pub query_api_addr: SocketAddr,
+    pub consistency_wait: Duration,
+    pub relay_poll_interval: Duration,
+    /// Where the relay and the projectors serve `/livez`, `/readyz` and `/metrics`.
+    pub relay_ops_addr: SocketAddr,
+    pub projectors_ops_addr: SocketAddr,
+    pub processes_ops_addr: SocketAddr,
+    /// How long an order with stock held waits for payment (`TILL_PAYMENT_WINDOW_SECS`).
+    pub payment_window: Duration,
+    /// How often due payment deadlines are looked for.
+    pub deadline_interval: Duration,
+    /// How long the simulated provider takes for `tok_slow`.
+    pub provider_slow: Duration,
+    /// The gateway's settings; with `link_gateway`, its upstream URLs are set to where the
+    /// command and query APIs of this start actually listen.
+    pub gateway: gateway::GatewaySettings,
+    pub link_gateway: bool,
+}
+
+/// Aggregate states the command API keeps in memory (a few KiB each at most).
+pub const COMMAND_CACHE_CAPACITY: usize = 4096;
+
+/// Where the development issuer listens (must match `identity::DEV_JWKS_URL`).
+pub const DEV_ISSUER_ADDR: &str = "127.0.0.1:8079";
+
+impl SystemConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let identity = IdentitySettings::from_env();
+        let dev_issuer_addr = match identity.issuer == DEV_ISSUER {
+            true => Some(addr_var("TILL_DEV_ISSUER_ADDR", DEV_ISSUER_ADDR)?),
+            false => None,
+        };
+        Ok(Self {
+            database_url: platform::settings::database_url(),
+            database_connections: 32,
+            amqp_url: platform::settings::amqp_url(),
+            redis_url: platform::settings::redis_url(),
+            identity,
+            dev_issuer_addr,
+            topology: Topology::default(),
+            cart_keys: CartKeys {
+                prefix: platform::read_models::redis_prefix(),
+            },
+            command_api_addr: command_api::listen_addr(),
+            query_api_addr: query_api::listen_addr(),
+            consistency_wait: query_api::consistency_wait(),
+            relay_poll_interval: Duration::from_millis(200),
+            relay_ops_addr: addr_var("TILL_RELAY_ADDR", "127.0.0.1:8083")?,
+            projectors_ops_addr: addr_var("TILL_PROJECTORS_ADDR", "127.0.0.1:8084")?,
+            processes_ops_addr: addr_var("TILL_PROCESSES_ADDR", "127.0.0.1:8085")?,
+            payment_window: Duration::from_secs(
+                std::env::var("TILL_PAYMENT_WINDOW_SECS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(900),
+            ),
+            deadline_interval: Duration::from_millis(500),
+            provider_slow: Duration::from_millis(1500),
+            gateway: gateway::GatewaySettings::from_env(),
+            link_gateway: false,
+        })
+    }
+}
+
+fn addr_var(name: &str, default: &str) -> anyhow::Result<SocketAddr> {
+    let raw = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    raw.parse()
+        .with_context(|| format!("{name}={raw} is not an address like 127.0.0.1:8083"))
+}
+
+/// A started HTTP service: its name and address, for the banner and for tests.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub service: Service,
+    pub name: &'static str,
+    pub addr: SocketAddr,
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "{name} cannot listen on {addr}: is another instance running? (its address variable moves it)"
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}
+
+/// Connects to Redis, or says where it was expected and how to start it.
+async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let unreachable = || {
+        format!(
+            "Redis is not reachable at {}: start it with `redis-server --daemonize yes` (or \
+             `docker compose up -d redis`), or point REDIS_URL at a running server",
+            redact(url)
+        )
+    };
+    let client = redis::Client::open(url).with_context(unreachable)?;
+    let config =
+        redis::aio::ConnectionManagerConfig::new().set_connection_timeout(Duration::from_secs(3));
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        redis::aio::ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!(unreachable()))?
+    .with_context(unreachable)
+}
+
+/// Every consumer of the bus: its name and binding patterns. The relay declares their queues
+/// before it publishes anything, so no event is ever routed to nowhere on a fresh broker (a
+/// message to a topic exchange with no matching queue is dropped).
+pub fn consumers() -> Vec<(&'static str, Vec<String>)> {
+    let mut consumers: Vec<(&'static str, Vec<String>)> =
+        [PRODUCTS_CONSUMER, ORDERS_CONSUMER, CARTS_CONSUMER]
+            .into_iter()
+            .map(|(name, binding)| (name, vec![binding.to_owned()]))
+            .collect();
+    let (name, bindings) = ORDER_PROCESS;
+    consumers.push((name, bindings.iter().map(|b| (*b).to_owned()).collect()));
+    consumers
+}
+
+/// Connects to RabbitMQ — or says where it was expected and how to start it; the relay and the
+/// consumers reconnect by themselves later, this is for a clear message at start-up — and
+/// declares every consumer's queue (see [`consumers`]).
+async fn prepare_bus(config: &SystemConfig) -> anyhow::Result<()> {
+    let url = &config.amqp_url;
+    let connection = tokio::time::timeout(
+        Duration::from_secs(5),
+        messaging::connect(url, "till-start-up"),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| {
+        format!(
+            "RabbitMQ is not reachable at {}: start it with `rabbitmq-server -detached` (or \
+                 `docker compose up -d rabbitmq`), or point AMQP_URL at a running broker",
+            redact(url)
+        )
+    })?;
+    let channel = connection.create_channel().await?;
+    for (name, bindings) in consumers() {
+        config
+            .topology
+            .declare_consumer(&channel, name, &bindings)
+            .await
+            .with_context(|| format!("declaring the queue of {name}"))?;
+    }
+    let _ = connection.close(200, "declared").await;
+    Ok(())
+}
+
+async fn database(config: &SystemConfig) -> anyhow::Result<PgPool> {
+    create_and_migrate(&config.database_url).await?;
+    let settings = PoolSettings {
+        max_connections: config.database_connections,
+        ..PoolSettings::default()
+    };
+    connect(&config.database_url, &settings).await
+}
+
+/// Starts `services` into `tasks`; they stop when `shutdown` is cancelled.
+pub async fn start(
+    services: &[Service],
+    config: &SystemConfig,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<Started>> {
+    let verifier = JwtVerifier::new(config.identity.clone());
+    if services.iter().any(|s| s.needs_rabbitmq()) {
+        prepare_bus(config).await?;
+    }
+    let redis = match services.iter().any(|s| s.needs_redis()) {
+        true => Some(connect_redis(&config.redis_url).await?),
+        false => None,
+    };
+    let pool = match services.iter().any(|s| s.needs_database()) {
+        true => Some(database(config).await?),
+        false => None,
+    };
+    let mut started: Vec<Started> = Vec::new();
+    let mut gateway_settings = config.gateway.clone();
+
+    for &service in services {
+        match service {
+            Service::DevIssuer => {
+                // Only when tokens come from it; with a real issuer there is nothing to serve.
+                let Some(addr) = config.dev_issuer_addr else {
+                    continue;
+                };
+                let issuer = DevIssuer::load_default()?;
+                let (listener, addr) = bind("the development issuer", addr).await?;
+                spawn_http(tasks, listener, issuer.router(), shutdown);
+                started.push(Started {
+                    service,
+                    name: "dev issuer (JWKS)",
+                    addr,
+                });
+            }
+            Service::CommandApi => {
+                let state = command_api::AppState {
+                    store: EventStore::new(pool.clone().context("needs the database")?)
+                        .with_append_notifications()
+                        .with_aggregate_cache(COMMAND_CACHE_CAPACITY),
+                    verifier: Arc::clone(&verifier),
+                };
+                let (listener, addr) = bind("the command API", config.command_api_addr).await?;
+                spawn_http(tasks, listener, command_api::router(state), shutdown);
+                if config.link_gateway {
+                    gateway_settings.command_api = format!("http://{addr}");
+                }
+                started.push(Started {
+                    service,
+                    name: "command API",
+                    addr,
+                });
+            }
+            Service::QueryApi => {
+                let state = query_api::AppState {
+                    pool: pool.clone().context("needs the database")?,
+                    redis: redis.clone().context("needs Redis")?,
+                    cart_keys: config.cart_keys.clone(),
+                    verifier: Arc::clone(&verifier),
+                    consistency_wait: config.consistency_wait,
+                };
+                let (listener, addr) = bind("the query API", config.query_api_addr).await?;
+                spawn_http(tasks, listener, query_api::router(state), shutdown);
+                if config.link_gateway {
+                    gateway_settings.query_api = format!("http://{addr}");
+                }
+                started.push(Started {
+                    service,
+                    name: "query API",
+                    addr,
+                });
+            }
+            Service::Relay => {
+                let mut settings = RelaySettings::new(config.amqp_url.clone());
+                settings.poll_interval = config.relay_poll_interval;
+                // One relay per bus: the lock and checkpoint are named after the topology.
+                settings.name = format!("relay:{}", config.topology.prefix());
+                settings.checkpoint = settings.name.clone();
+                let relay = Relay::new(
+                    EventStore::new(pool.clone().context("needs the database")?),
+                    config.topology.clone(),
+                    settings,
+                );
+                let handle = relay.handle();
+                let readiness = Readiness::default().check("relay", move || {
+                    let status = handle.status();
+                    async move {
+                        match status.state {
+                            RelayState::Active if status.amqp_connected => Ok(()),
+                            RelayState::WaitingForLock => Ok(()),
+                            state => Err(format!(
+                                "{state:?}: {}",
+                                status.last_error.unwrap_or_default()
+                            )),
+                        }
+                    }
+                });
+                let (listener, addr) =
+                    bind("the relay's operations port", config.relay_ops_addr).await?;
+                spawn_http(tasks, listener, operational_routes(readiness), shutdown);
+                started.push(Started {
+                    service,
+                    name: "relay (ops)",
+                    addr,
+                });
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    relay.run(shutdown).await;
+                    Ok(())
+                });
+            }
+            Service::Projectors => {
+                let pool = pool.clone().context("needs the database")?;
+                let redis = redis.clone().context("needs Redis")?;
+                let store = EventStore::new(pool.clone());
+                let consumer = |consumer: (&str, &str)| {
+                    projectors::live::consumer_settings(consumer, config.amqp_url.clone())
+                };
+                let topology = &config.topology;
+                let handles = [
+                    spawn_consumer(
+                        tasks,
+                        topology,
+                        consumer(PRODUCTS_CONSUMER),
+                        ProductsProjector::new(pool.clone(), store.clone()),
+                        shutdown,
+                    ),
+                    spawn_consumer(
+                        tasks,
+                        topology,
+                        consumer(ORDERS_CONSUMER),
+                        OrdersProjector::new(pool.clone(), store.clone()),
+                        shutdown,
+                    ),
+                    spawn_consumer(
+                        tasks,
+                        topology,
+                        consumer(CARTS_CONSUMER),
+                        CartsProjector::new(
+                            pool.clone(),
+                            redis.clone(),
+                            config.cart_keys.clone(),
+                            store,
+                        ),
+                        shutdown,
+                    ),
+                ];
+                let readiness = Readiness::default().check("consumers", move || {
+                    let down: Vec<String> = handles
+                        .iter()
+                        .filter(|(_, h)| !h.status().connected)
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    async move {
+                        match down.is_empty() {
+                            true => Ok(()),
+                            false => Err(format!("not connected: {}", down.join(", "))),
+                        }
+                    }
+                });
+                let (listener, addr) = bind(
+                    "the projectors' operations port",
+                    config.projectors_ops_addr,
+                )
+                .await?;
+                spawn_http(tasks, listener, operational_routes(readiness), shutdown);
+                started.push(Started {
+                    service,
+                    name: "projectors (ops)",
+                    addr,
+                });
+                spawn_lag_monitor(tasks, pool, redis, config.cart_keys.clone(), shutdown);
+            }
+            Service::Processes => {
+                let pool = pool.clone().context("needs the database")?;
+                let store = EventStore::new(pool.clone()).with_append_notifications();
+                let process = OrderProcess {
+                    store: store.clone(),
+                    pool: pool.clone(),
+                    provider: SimulatedProvider {
+                        pool,
+                        slow: config.provider_slow,
+                    },
+                    payment_window: chrono::Duration::from_std(config.payment_window)?,
+                };
+                let (name, bindings) = ORDER_PROCESS;
+                let settings =
+                    ConsumerSettings::new(name, bindings.iter().copied(), config.amqp_url.clone());
+                let (_, handle) =
+                    spawn_consumer(tasks, &config.topology, settings, process, shutdown);
+                let readiness = Readiness::default().check("order process", move || {
+                    let status = handle.status();
+                    async move {
+                        match status.connected {
+                            true => Ok(()),
+                            false => {
+                                Err(status.last_error.unwrap_or_else(|| "not connected".into()))
+                            }
+                        }
+                    }
+                });
+                let (listener, addr) =
+                    bind("the processes' operations port", config.processes_ops_addr).await?;
+                spawn_http(tasks, listener, operational_routes(readiness), shutdown);
+                started.push(Started {
+                    service,
+                    name: "processes (ops)",
+                    addr,
+                });
+                spawn_deadline_worker(tasks, store, config.deadline_interval, shutdown);
+            }
+            Service::Gateway => {
+                let (listener, addr) = bind("the gateway", gateway_settings.listen).await?;
+                let router = gateway::router(gateway_settings.clone(), Arc::clone(&verifier));
+                spawn_http(tasks, listener, router, shutdown);
+                started.push(Started {
+                    service,
+                    name: "gateway",
+                    addr,
+                });
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Fires due payment deadlines every `interval`.
+fn spawn_deadline_worker(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    store: EventStore,
+    interval: Duration,
+    shutdown: &CancellationToken,
+) {
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    match projectors::process::fire_due_deadlines(&store, 100).await {
+                        Ok(fired) if fired > 0 => tracing::info!(fired, "orders expired"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "firing deadlines failed"),
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Refreshes the projection lag gauges every few seconds.
+fn spawn_lag_monitor(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    pool: PgPool,
+    mut redis: redis::aio::ConnectionManager,
+    keys: CartKeys,
+    shutdown: &CancellationToken,
+) {
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    if let Err(e) = projectors::status::measure(&pool, &mut redis, &keys).await {
+                        tracing::warn!(error = %e, "measuring projection lag failed");
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn spawn_consumer<H: Handler>(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    topology: &Topology,
+    settings: ConsumerSettings,
+    handler: H,
+    shutdown: &CancellationToken,
+) -> (String, messaging::ConsumerHandle) {
+    let name = settings.name.clone();
+    let runner = ConsumerRunner::new(topology.clone(), settings, handler);
+    let handle = runner.handle();
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        runner.run(shutdown).await;
+        Ok(())
+    });
+    (name, handle)
+}
+
+fn spawn_http(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+) {
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        platform::http::serve(listener, router, shutdown).await?;
+        Ok(())
+    });
+}
+
+/// Runs until a signal arrives or a service fails; then stops everything.
+pub async fn run_until_stopped(
+    mut tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        Some(result) = tasks.join_next() => {
+            failure = match result {
+                Ok(Ok(())) => Some(anyhow::anyhow!("a service stopped unexpectedly")),
+                Ok(Err(e)) => Some(e),
+                Err(e) => Some(e.into()),
+            };
+            shutdown.cancel();
+        }
+    }
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "service stopped with an error");
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}

@@ -1,0 +1,969 @@
+//! Every command route through the gateway with real tokens: happy paths, who may do what,
+//! bad input, `If-Match`, `Idempotency-Key`, races, and the gateway's own answers.
+
+mod support;
+
+use std::collections::HashMap;
+
+use domain::cart::CartLine;
+use domain::order::{Order, OrderCommand, PaymentToken};
+use domain::product::Product;
+use domain::values::{
+    Actor, CartId, CustomerId, Money, OrderId, PaymentId, ProductId, ProductName, Quantity, Sku,
+};
+use eventstore::CommandOptions;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use support::{Reply, TestSystem, token};
+use uuid::Uuid;
+
+const OWNER: &str = "alice";
+const OTHER: &str = "mallory";
+
+fn admin() -> String {
+    token("admin", &["admin"])
+}
+
+/// Seeds an order owned by `owner` straight into the store (the order process arrives with its
+/// own issue): placed, stock reserved, and optionally paid.
+async fn seed_order(system: &TestSystem, owner: &str, paid: bool) -> String {
+    let order_id = OrderId(Uuid::now_v7());
+    let stream = order_id.stream_id();
+    let line = CartLine {
+        product_id: ProductId(Uuid::new_v4()),
+        sku: Sku::parse("SEED-1").unwrap(),
+        name: ProductName::parse("Seed").unwrap(),
+        unit_price: Money::price(500, "EUR").unwrap(),
+        quantity: Quantity::parse(2).unwrap(),
+    };
+    let mut commands = vec![
+        OrderCommand::Place {
+            order_id,
+            cart_id: CartId(Uuid::new_v4()),
+            customer_id: CustomerId::parse(owner).unwrap(),
+            lines: vec![line],
+        },
+        OrderCommand::ConfirmStockReserved {
+            pay_by: chrono::Utc::now() + chrono::Duration::minutes(15),
+        },
+    ];
+    if paid {
+        let payment_id = PaymentId(Uuid::new_v4());
+        commands.push(OrderCommand::RequestPayment {
+            actor: Actor::customer(CustomerId::parse(owner).unwrap()),
+            payment_id,
+            token: PaymentToken::parse("tok_ok").unwrap(),
+        });
+        commands.push(OrderCommand::RecordPaymentCaptured { payment_id });
+    }
+    for command in commands {
+        system
+            .store
+            .execute::<Order>(&stream, command, &CommandOptions::default())
+            .await
+            .expect("seed order");
+    }
+    order_id.to_string()
+}
+
+#[tokio::test]
+async fn every_command_route_works_for_its_rightful_caller() {
+    let system = TestSystem::start().await;
+    let admin = admin();
+    let alice = token(OWNER, &[]);
+
+    // Catalog.
+    let created = system
+        .post(
+            "/v1/products",
+            &admin,
+            json!({
+                "sku": "mug-classic", "name": "Classic mug", "description": "350 ml",
+                "category": "Kitchen", "price": { "amount": 1290, "currency": "EUR" }, "stock": 5
+            }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let product = created.body["product_id"].as_str().unwrap().to_owned();
+    assert_eq!(created.header("etag"), Some("\"1\""));
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/v1/products/{product}").as_str())
+    );
+    assert_eq!(
+        created.header("x-consistency-token"),
+        Some(format!("product-{product}@1").as_str())
+    );
+    assert!(created.header("x-request-id").is_some());
+    assert_eq!(created.body["version"], 1);
+
+    let price = system
+        .post(
+            &format!("/v1/products/{product}/price"),
+            &admin,
+            json!({ "price": { "amount": 1490, "currency": "EUR" } }),
+        )
+        .await;
+    assert_eq!(
+        (price.status, price.header("etag")),
+        (StatusCode::OK, Some("\"2\"")),
+        "{price:?}"
+    );
+    let stock = system
+        .post(
+            &format!("/v1/products/{product}/stock"),
+            &admin,
+            json!({ "delta": 3 }),
+        )
+        .await;
+    assert_eq!(stock.status, StatusCode::OK, "{stock:?}");
+    assert_eq!(stock.body["available"], 8);
+
+    // Cart: prices come from the catalog, not from the client.
+    let cart = system.cart(OWNER).await;
+    let added = system
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            &alice,
+            json!({ "product_id": product, "quantity": 2 }),
+        )
+        .await;
+    assert_eq!(
+        (added.status, added.header("etag")),
+        (StatusCode::OK, Some("\"2\"")),
+        "{added:?}"
+    );
+    let changed = system
+        .send(
+            Method::PUT,
+            &format!("/v1/carts/{cart}/items/{product}"),
+            Some(&alice),
+            Some(json!({ "quantity": 3 })),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{changed:?}");
+    let removed = system
+        .send(
+            Method::DELETE,
+            &format!("/v1/carts/{cart}/items/{product}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{removed:?}");
+    system
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            &alice,
+            json!({ "product_id": product, "quantity": 1 }),
+        )
+        .await;
+    let checkout = system
+        .send(
+            Method::POST,
+            &format!("/v1/carts/{cart}/checkout"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(checkout.status, StatusCode::ACCEPTED, "{checkout:?}");
+    let order = checkout.body["order_id"].as_str().unwrap();
+    assert_eq!(
+        checkout.header("location"),
+        Some(format!("/v1/orders/{order}").as_str())
+    );
+
+    let (cart_state, _) = system
+        .store
+        .load::<domain::cart::Cart>(&format!("cart-{cart}"))
+        .await
+        .unwrap();
+    let cart_state = cart_state.0.unwrap();
+    assert_eq!(
+        cart_state.lines[0].unit_price.amount, 1490,
+        "the catalog price at add time"
+    );
+    assert_eq!(
+        cart_state.checked_out.map(|o| o.to_string()).as_deref(),
+        Some(order)
+    );
+
+    // Orders.
+    let payable = seed_order(&system, OWNER, false).await;
+    let paid = system
+        .post(
+            &format!("/v1/orders/{payable}/pay"),
+            &alice,
+            json!({ "payment_token": "tok_ok" }),
+        )
+        .await;
+    assert_eq!(paid.status, StatusCode::ACCEPTED, "{paid:?}");
+    assert!(paid.body["payment_id"].is_string());
+    let cancellable = seed_order(&system, OWNER, false).await;
+    let cancelled = system
+        .post(
+            &format!("/v1/orders/{cancellable}/cancel"),
+            &alice,
+            json!({ "reason": "changed my mind" }),
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{cancelled:?}");
+    let shippable = seed_order(&system, OWNER, true).await;
+    let shipped = system
+        .send(
+            Method::POST,
+            &format!("/v1/orders/{shippable}/ship"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(shipped.status, StatusCode::ACCEPTED, "{shipped:?}");
+
+    let discontinued = system
+        .send(
+            Method::POST,
+            &format!("/v1/products/{product}/discontinue"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(discontinued.status, StatusCode::OK, "{discontinued:?}");
+}
+
+/// Which status each kind of caller gets on each route.
+#[tokio::test]
+async fn the_authorization_matrix_holds() {
+    let system = TestSystem::start().await;
+    let product = system.product("AUTH-1", 1000, 1000).await;
+    let callers: [(&str, Option<String>); 4] = [
+        ("anonymous", None),
+        ("customer", Some(token(OWNER, &[]))),
+        ("another customer", Some(token(OTHER, &[]))),
+        ("admin", Some(admin())),
+    ];
+    // Expected status per caller, in the order above.
+    let mut outcomes: Vec<(String, [u16; 4], [u16; 4])> = Vec::new();
+    let mut check =
+        |route: String, expected: [u16; 4], got: [u16; 4]| outcomes.push((route, expected, got));
+
+    // Catalog routes: admins only.
+    let mut got = [0; 4];
+    for (i, (_, t)) in callers.iter().enumerate() {
+        let r = system
+            .send(
+                Method::POST,
+                "/v1/products",
+                t.as_deref(),
+                Some(json!({
+                    "sku": format!("M-{i}"), "name": "M", "category": "c",
+                    "price": { "amount": 1, "currency": "EUR" }, "stock": 1
+                })),
+            )
+            .await;
+        got[i] = r.status.as_u16();
+    }
+    check("POST /v1/products".into(), [401, 403, 403, 201], got);
+    for (suffix, body) in [
+        (
+            "price",
+            Some(json!({ "price": { "amount": 999, "currency": "EUR" } })),
+        ),
+        ("stock", Some(json!({ "delta": 1 }))),
+    ] {
+        let mut got = [0; 4];
+        for (i, (_, t)) in callers.iter().enumerate() {
+            got[i] = system
+                .send(
+                    Method::POST,
+                    &format!("/v1/products/{product}/{suffix}"),
+                    t.as_deref(),
+                    body.clone(),
+                )
+                .await
+                .status
+                .as_u16();
+        }
+        check(
+            format!("POST /v1/products/{{id}}/{suffix}"),
+            [401, 403, 403, 200],
+            got,
+        );
+    }
+
+    // Cart routes: the owner; everyone else is told the cart does not exist.
+    let mut got = [0; 4];
+    for (i, (_, t)) in callers.iter().enumerate() {
+        got[i] = system
+            .send(Method::POST, "/v1/carts", t.as_deref(), None)
+            .await
+            .status
+            .as_u16();
+    }
+    check("POST /v1/carts".into(), [401, 201, 201, 201], got);
+    let cart = system.cart(OWNER).await;
+    let item = json!({ "product_id": product, "quantity": 1 });
+    let mut routes: Vec<(Method, String, Option<serde_json::Value>, [u16; 4])> = vec![
+        (
+            Method::POST,
+            format!("/v1/carts/{cart}/items"),
+            Some(item.clone()),
+            [401, 200, 404, 404],
+        ),
+        (
+            Method::PUT,
+            format!("/v1/carts/{cart}/items/{product}"),
+            Some(json!({ "quantity": 2 })),
+            [401, 200, 404, 404],
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/carts/{cart}/items/{product}"),
+            None,
+            [401, 200, 404, 404],
+        ),
+    ];
+    for (method, path, body, expected) in routes.drain(..) {
+        let mut got = [0; 4];
+        for (i, (_, t)) in callers.iter().enumerate() {
+            got[i] = system
+                .send(method.clone(), &path, t.as_deref(), body.clone())
+                .await
+                .status
+                .as_u16();
+        }
+        check(format!("{method} {path}"), expected, got);
+    }
+    let mut got = [0; 4];
+    for (i, (_, t)) in callers.iter().enumerate() {
+        // A fresh filled cart per caller, so the owner's checkout does not change the others'.
+        let cart = system.cart(OWNER).await;
+        system
+            .post(
+                &format!("/v1/carts/{cart}/items"),
+                &token(OWNER, &[]),
+                item.clone(),
+            )
+            .await;
+        got[i] = system
+            .send(
+                Method::POST,
+                &format!("/v1/carts/{cart}/checkout"),
+                t.as_deref(),
+                None,
+            )
+            .await
+            .status
+            .as_u16();
+    }
+    check(
+        "POST /v1/carts/{id}/checkout".into(),
+        [401, 202, 404, 404],
+        got,
+    );
+
+    // Orders: pay is the owner's (an admin is told it is not theirs); cancel is the owner's or
+    // an admin's; ship is an admin's.
+    for (route, paid, body, expected) in [
+        (
+            "pay",
+            false,
+            Some(json!({ "payment_token": "tok_ok" })),
+            [401, 202, 404, 403],
+        ),
+        ("cancel", false, None, [401, 202, 404, 202]),
+        ("ship", true, None, [401, 403, 403, 202]),
+    ] {
+        let mut got = [0; 4];
+        for (i, (_, t)) in callers.iter().enumerate() {
+            let order = seed_order(&system, OWNER, paid).await;
+            got[i] = system
+                .send(
+                    Method::POST,
+                    &format!("/v1/orders/{order}/{route}"),
+                    t.as_deref(),
+                    body.clone(),
+                )
+                .await
+                .status
+                .as_u16();
+        }
+        check(format!("POST /v1/orders/{{id}}/{route}"), expected, got);
+    }
+
+    let wrong: Vec<_> = outcomes.iter().filter(|(_, e, g)| e != g).collect();
+    assert!(
+        wrong.is_empty(),
+        "routes answering the wrong callers (route, expected, got): {wrong:#?}"
+    );
+    assert!(outcomes.len() >= 11);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_that_names_the_field_and_changes_nothing() {
+    let system = TestSystem::start().await;
+    let alice = token(OWNER, &[]);
+    let product = system.product("BAD-1", 500, 10).await;
+    let cart = system.cart(OWNER).await;
+    let items = format!("/v1/carts/{cart}/items");
+
+    let malformed = Reply::from(
+        system
+            .request(Method::POST, &items, Some(&alice))
+            .header("content-type", "application/json")
+            .body("{\"product_id\": ")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (malformed.status, malformed.problem_code()),
+        (StatusCode::BAD_REQUEST, "malformed-json")
+    );
+
+    let not_json = Reply::from(
+        system
+            .request(Method::POST, &items, Some(&alice))
+            .header("content-type", "text/plain")
+            .body("product please")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(not_json.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let cases = [
+        (
+            "wrong type",
+            json!({ "product_id": product, "quantity": "two" }),
+            "quantity",
+        ),
+        ("missing field", json!({ "product_id": product }), "body"),
+        (
+            "quantity 0",
+            json!({ "product_id": product, "quantity": 0 }),
+            "quantity",
+        ),
+        (
+            "quantity 100",
+            json!({ "product_id": product, "quantity": 100 }),
+            "quantity",
+        ),
+        (
+            "unknown product",
+            json!({ "product_id": Uuid::new_v4(), "quantity": 1 }),
+            "product_id",
+        ),
+        (
+            "not a uuid",
+            json!({ "product_id": "mug", "quantity": 1 }),
+            "product_id",
+        ),
+        (
+            "client-sent price",
+            json!({ "product_id": product, "quantity": 1, "price": 1 }),
+            "price",
+        ),
+    ];
+    for (name, body, field) in cases {
+        let reply = system.post(&items, &alice, body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{name}: {reply:?}"
+        );
+        assert_eq!(reply.problem_code(), "validation-failed", "{name}");
+        assert_eq!(reply.body["errors"][0]["field"], field, "{name}: {reply:?}");
+    }
+
+    let admin = admin();
+    for (name, body, field) in [
+        (
+            "bad currency",
+            json!({ "sku": "X", "name": "X", "category": "c", "price": { "amount": 1, "currency": "eur" }, "stock": 1 }),
+            "price.currency",
+        ),
+        (
+            "negative price",
+            json!({ "sku": "X", "name": "X", "category": "c", "price": { "amount": -1, "currency": "EUR" }, "stock": 1 }),
+            "price.amount",
+        ),
+        (
+            "float price",
+            json!({ "sku": "X", "name": "X", "category": "c", "price": { "amount": 12.5, "currency": "EUR" }, "stock": 1 }),
+            "price.amount",
+        ),
+        (
+            "negative stock",
+            json!({ "sku": "X", "name": "X", "category": "c", "price": { "amount": 1, "currency": "EUR" }, "stock": -1 }),
+            "stock",
+        ),
+        (
+            "empty name",
+            json!({ "sku": "X", "name": " ", "category": "c", "price": { "amount": 1, "currency": "EUR" }, "stock": 1 }),
+            "name",
+        ),
+        (
+            "long name",
+            json!({ "sku": "X", "name": "n".repeat(201), "category": "c", "price": { "amount": 1, "currency": "EUR" }, "stock": 1 }),
+            "name",
+        ),
+        (
+            "bad sku",
+            json!({ "sku": "a b", "name": "X", "category": "c", "price": { "amount": 1, "currency": "EUR" }, "stock": 1 }),
+            "sku",
+        ),
+    ] {
+        let reply = system.post("/v1/products", &admin, body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{name}: {reply:?}"
+        );
+        assert_eq!(reply.body["errors"][0]["field"], field, "{name}: {reply:?}");
+    }
+
+    // Oversize bodies stop at the gateway, and at the command API if sent there directly.
+    let huge = json!({ "product_id": product, "quantity": 1, "padding": "x".repeat(70 * 1024) });
+    let reply = system.post(&items, &alice, huge.clone()).await;
+    assert_eq!(
+        (reply.status, reply.problem_code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large")
+    );
+    let direct = system
+        .http
+        .post(format!("{}{items}", system.command_api))
+        .bearer_auth(&alice)
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Unknown ids are 404 whatever their shape; a second product with the same SKU is 409.
+    for path in [
+        format!("/v1/carts/{}/items", Uuid::new_v4()),
+        "/v1/carts/not-a-uuid/items".to_owned(),
+    ] {
+        let reply = system
+            .post(
+                &path,
+                &alice,
+                json!({ "product_id": product, "quantity": 1 }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}: {reply:?}");
+    }
+    let duplicate = system
+        .post("/v1/products", &admin, json!({ "sku": "bad-1", "name": "Again", "category": "c", "price": { "amount": 1, "currency": "EUR" }, "stock": 1 }))
+        .await;
+    assert_eq!(
+        (duplicate.status, duplicate.problem_code()),
+        (StatusCode::CONFLICT, "product-exists")
+    );
+
+    // None of it changed the cart.
+    assert_eq!(
+        system
+            .store
+            .stream_version(&format!("cart-{cart}"))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn if_match_guards_against_lost_updates() {
+    let system = TestSystem::start().await;
+    let admin = admin();
+    let product = system.product("ETAG-1", 100, 10).await;
+    let path = format!("/v1/products/{product}/stock");
+    let stale = system
+        .request(Method::POST, &path, Some(&admin))
+        .header("if-match", "\"7\"")
+        .json(&json!({ "delta": 1 }))
+        .send()
+        .await
+        .unwrap();
+    let stale = Reply::from(stale).await;
+    assert_eq!(
+        (stale.status, stale.problem_code()),
+        (StatusCode::PRECONDITION_FAILED, "version-mismatch")
+    );
+    let fresh = system
+        .request(Method::POST, &path, Some(&admin))
+        .header("if-match", "\"1\"")
+        .json(&json!({ "delta": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK);
+    let garbage = system
+        .request(Method::POST, &path, Some(&admin))
+        .header("if-match", "yesterday")
+        .json(&json!({ "delta": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        system
+            .store
+            .stream_version(&format!("product-{product}"))
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+async fn with_key(
+    system: &TestSystem,
+    key: &str,
+    token: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Reply {
+    let response = system
+        .request(Method::POST, path, Some(token))
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    Reply::from(response).await
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_refuse_mismatches_and_report_work_in_progress() {
+    let system = TestSystem::start().await;
+    let alice = token(OWNER, &[]);
+    let product = system.product("IDEM-1", 250, 50).await;
+    let cart = system.cart(OWNER).await;
+    let items = format!("/v1/carts/{cart}/items");
+    let body = json!({ "product_id": product, "quantity": 2 });
+
+    let first = with_key(&system, "add-1", &alice, &items, body.clone()).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let again = with_key(&system, "add-1", &alice, &items, body.clone()).await;
+    assert_eq!(again.status, first.status);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("etag"), first.header("etag"));
+    assert_eq!(
+        again.header("x-consistency-token"),
+        first.header("x-consistency-token")
+    );
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        system
+            .store
+            .stream_version(&format!("cart-{cart}"))
+            .await
+            .unwrap(),
+        2,
+        "added once"
+    );
+
+    let other_body = with_key(
+        &system,
+        "add-1",
+        &alice,
+        &items,
+        json!({ "product_id": product, "quantity": 3 }),
+    )
+    .await;
+    assert_eq!(
+        (other_body.status, other_body.problem_code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused")
+    );
+
+    // Keys belong to their caller: another user's identical key is a different key.
+    let bob_cart = system.cart("bob").await;
+    let bob = with_key(
+        &system,
+        "add-1",
+        &token("bob", &[]),
+        &format!("/v1/carts/{bob_cart}/items"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(bob.status, StatusCode::OK, "{bob:?}");
+
+    // A rejection is a deterministic answer and is replayed too.
+    let too_many = json!({ "product_id": product, "quantity": 99 });
+    let rejected = with_key(&system, "add-2", &alice, &items, too_many.clone()).await;
+    assert_eq!(
+        rejected.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{rejected:?}"
+    );
+    let replayed = with_key(&system, "add-2", &alice, &items, too_many).await;
+    assert_eq!(
+        (replayed.status, replayed.header("idempotent-replayed")),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("true"))
+    );
+
+    // While the first request with a key is running, a duplicate is told so (409), not queued.
+    let mut holder = system.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7201))")
+        .bind(format!("{OWNER}\nadd-3"))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let busy = with_key(&system, "add-3", &alice, &items, body.clone()).await;
+    assert_eq!(
+        (busy.status, busy.problem_code()),
+        (StatusCode::CONFLICT, "idempotency-key-in-progress")
+    );
+    holder.rollback().await.unwrap();
+    let after = with_key(&system, "add-3", &alice, &items, body.clone()).await;
+    assert_eq!(after.status, StatusCode::OK);
+
+    // Many identical requests at once: exactly one does the work.
+    let version_before = system
+        .store
+        .stream_version(&format!("cart-{cart}"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (http, url, alice, body) = (
+            system.http.clone(),
+            format!("{}{items}", system.gateway),
+            alice.clone(),
+            json!({ "product_id": product, "quantity": 1 }),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(alice)
+                .header("idempotency-key", "burst")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.headers().get("idempotent-replayed").is_some(),
+            )
+        }));
+    }
+    let mut outcomes: HashMap<(u16, bool), usize> = HashMap::new();
+    for task in tasks {
+        *outcomes.entry(task.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        outcomes.get(&(200, false)),
+        Some(&1),
+        "exactly one executed: {outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .keys()
+            .all(|k| matches!(k, (200, _) | (409, false))),
+        "the others were replays or in-progress: {outcomes:?}"
+    );
+    assert_eq!(
+        system
+            .store
+            .stream_version(&format!("cart-{cart}"))
+            .await
+            .unwrap(),
+        version_before + 1
+    );
+
+    let bad_key = with_key(&system, &"k".repeat(300), &alice, &items, body).await;
+    assert_eq!(bad_key.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn racing_commands_keep_stock_whole_and_carts_complete() {
+    let system = TestSystem::start().await;
+    let admin = admin();
+    let last_unit = system.product("LAST-1", 100, 1).await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (http, url, admin) = (
+            system.http.clone(),
+            format!("{}/v1/products/{last_unit}/stock", system.gateway),
+            admin.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(admin)
+                .json(&json!({ "delta": -1 }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 422),
+        "{statuses:?}"
+    );
+    let (product, _) = system
+        .store
+        .load::<Product>(&format!("product-{last_unit}"))
+        .await
+        .unwrap();
+    assert_eq!(product.0.unwrap().available, 0);
+
+    // Concurrent adds of different products to one cart all land (conflicts are retried).
+    let alice = token(OWNER, &[]);
+    let cart = system.cart(OWNER).await;
+    let mut products = Vec::new();
+    for i in 0..12 {
+        products.push(system.product(&format!("RACE-{i}"), 100 + i, 10).await);
+    }
+    let mut tasks = Vec::new();
+    for product in &products {
+        let (http, url, alice, product) = (
+            system.http.clone(),
+            format!("{}/v1/carts/{cart}/items", system.gateway),
+            alice.clone(),
+            product.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(alice)
+                .json(&json!({ "product_id": product, "quantity": 1 }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let (cart_state, version) = system
+        .store
+        .load::<domain::cart::Cart>(&format!("cart-{cart}"))
+        .await
+        .unwrap();
+    assert_eq!(cart_state.0.unwrap().lines.len(), 12);
+    assert_eq!(version, 13);
+}
+
+#[tokio::test]
+async fn the_gateway_limits_rates_and_reports_missing_upstreams() {
+    let system = TestSystem::start_with(|config| config.gateway.per_user = (1, 2)).await;
+    let alice = token(OWNER, &[]);
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..4 {
+        let reply = system
+            .send(Method::POST, "/v1/carts", Some(&alice), None)
+            .await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = reply.header("retry-after").map(str::to_owned);
+            assert_eq!(reply.problem_code(), "rate-limited");
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    assert_eq!(&statuses[..2], &[201, 201], "{statuses:?}");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    assert!(
+        retry_after
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|s| s >= 1)
+    );
+    // Another user has a budget of their own.
+    let bob = system
+        .send(Method::POST, "/v1/carts", Some(&token("bob", &[])), None)
+        .await;
+    assert_eq!(bob.status, StatusCode::CREATED);
+
+    // Reads go to the query API, which is not running in this test.
+    let read = system
+        .send(Method::GET, "/v1/orders", Some(&token("bob", &[])), None)
+        .await;
+    assert_eq!(
+        (read.status, read.problem_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "upstream-unavailable")
+    );
+    // Anonymous reads of the catalog pass the gateway (and meet the same missing upstream);
+    // anonymous reads of anything else do not.
+    let catalog = system.send(Method::GET, "/v1/products", None, None).await;
+    assert_eq!(catalog.status, StatusCode::SERVICE_UNAVAILABLE);
+    let orders = system.send(Method::GET, "/v1/orders", None, None).await;
+    assert_eq!(orders.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn request_ids_health_and_metrics() {
+    let system = TestSystem::start().await;
+    let sent = system
+        .request(Method::POST, "/v1/carts", Some(&token(OWNER, &[])))
+        .header("x-request-id", "0192f3a0-0000-7000-8000-000000000001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("0192f3a0-0000-7000-8000-000000000001")
+    );
+    // The request id becomes the correlation id of the events.
+    let cart = Reply::from(sent).await.body["cart_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = system
+        .store
+        .read_stream(&format!("cart-{cart}"), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        events[0]
+            .metadata
+            .correlation_id
+            .map(|u| u.to_string())
+            .as_deref(),
+        Some("0192f3a0-0000-7000-8000-000000000001")
+    );
+    assert_eq!(events[0].metadata.actor.as_deref(), Some(OWNER));
+
+    for base in [&system.gateway, &system.command_api] {
+        for path in ["/livez", "/readyz"] {
+            let r = system
+                .http
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{base}{path}");
+        }
+    }
+    let metrics = system
+        .http
+        .get(format!("{}/metrics", system.gateway))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("http_requests_total"), "{metrics}");
+    assert!(metrics.contains("events_appended_total"), "{metrics}");
+    let unknown = system.send(Method::GET, "/nowhere", None, None).await;
+    assert_eq!(
+        (unknown.status, unknown.problem_code()),
+        (StatusCode::NOT_FOUND, "route-not-found")
+    );
+}

@@ -1,0 +1,513 @@
+//! From checkout to paid, end to end through the gateway: stock reservation, payments with the
+//! simulated provider, deadlines, cancel and refund, the race for the last units, and
+//! redelivery of every process input.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use eventstore::LogPosition;
+use messaging::Handler;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Reply, TestSystem, token};
+
+const ADMIN: &str = "admin";
+
+async fn order_view(system: &TestSystem, user: &str, order: &str) -> Reply {
+    let who = if user == ADMIN {
+        token(ADMIN, &["admin"])
+    } else {
+        token(user, &[])
+    };
+    system
+        .send(
+            Method::GET,
+            &format!("/v1/orders/{order}"),
+            Some(&who),
+            None,
+        )
+        .await
+}
+
+/// Polls the order view until its status is `want` (or fails after 20 s).
+async fn wait_for_status(system: &TestSystem, user: &str, order: &str, want: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let view = order_view(system, user, order).await;
+        if view.body["status"] == want {
+            return view.body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "order {order} never became {want}: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn product_view(system: &TestSystem, product: &str, after: Option<&Reply>) -> Value {
+    let mut request = system.request(Method::GET, &format!("/v1/products/{product}"), None);
+    if let Some(token) = after.and_then(|r| r.header("x-consistency-token")) {
+        request = request.header("x-consistency-token", token);
+    }
+    Reply::from(request.send().await.unwrap()).await.body
+}
+
+/// Waits until the product view shows `available`.
+async fn wait_for_available(system: &TestSystem, product: &str, available: i64) {
+    let started = Instant::now();
+    while product_view(system, product, None).await["available"] != available {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "available never became {available}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A cart for `user` with `quantity` of `product`, checked out; returns the checkout reply.
+async fn checkout(system: &TestSystem, user: &str, product: &str, quantity: u32) -> Reply {
+    let cart = system.cart(user).await;
+    let added = system
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            &token(user, &[]),
+            json!({ "product_id": product, "quantity": quantity }),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{added:?}");
+    system
+        .send(
+            Method::POST,
+            &format!("/v1/carts/{cart}/checkout"),
+            Some(&token(user, &[])),
+            None,
+        )
+        .await
+}
+
+async fn pay(system: &TestSystem, user: &str, order: &str, payment_token: &str) -> Reply {
+    system
+        .post(
+            &format!("/v1/orders/{order}/pay"),
+            &token(user, &[]),
+            json!({ "payment_token": payment_token }),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn happy_path_to_paid_and_shipped() {
+    let system = TestSystem::start_full().await;
+    let product = system.product("FLOW-1", 1500, 5).await;
+    let checked_out = checkout(&system, "alice", &product, 2).await;
+    assert_eq!(checked_out.status, StatusCode::ACCEPTED, "{checked_out:?}");
+    let order = checked_out.body["order_id"].as_str().unwrap().to_owned();
+
+    // Right after the 202, the order is there for whoever holds the consistency token.
+    let token_header = checked_out.header("x-consistency-token").unwrap();
+    assert!(
+        token_header.contains(&format!("order-{order}@1")),
+        "{token_header}"
+    );
+    let first = system
+        .request(
+            Method::GET,
+            &format!("/v1/orders/{order}"),
+            Some(&token("alice", &[])),
+        )
+        .header("x-consistency-token", token_header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+
+    wait_for_status(&system, "alice", &order, "awaiting_payment").await;
+    wait_for_available(&system, &product, 3).await;
+    assert_eq!(
+        pay(&system, "alice", &order, "tok_ok").await.status,
+        StatusCode::ACCEPTED
+    );
+    wait_for_status(&system, "alice", &order, "paid").await;
+    let shipped = system
+        .send(
+            Method::POST,
+            &format!("/v1/orders/{order}/ship"),
+            Some(&token(ADMIN, &["admin"])),
+            None,
+        )
+        .await;
+    assert_eq!(shipped.status, StatusCode::ACCEPTED, "{shipped:?}");
+    let view = wait_for_status(&system, "alice", &order, "shipped").await;
+
+    let history: Vec<&str> = view["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "placed",
+            "stock_reserved",
+            "awaiting_payment",
+            "payment_pending",
+            "paid",
+            "shipped"
+        ]
+    );
+    assert_eq!(view["total"], json!({ "amount": 3000, "currency": "EUR" }));
+    assert_eq!(view["lines"][0]["quantity"], 2);
+
+    // The order's events, without the payment token.
+    let events = system
+        .send(
+            Method::GET,
+            &format!("/v1/orders/{order}/events"),
+            Some(&token("alice", &[])),
+            None,
+        )
+        .await;
+    let items = events.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 6);
+    assert!(items.iter().all(|e| e["data"].get("token").is_none()));
+    // Another customer sees none of it.
+    let stranger = system
+        .send(
+            Method::GET,
+            &format!("/v1/orders/{order}/events"),
+            Some(&token("mallory", &[])),
+            None,
+        )
+        .await;
+    assert_eq!(stranger.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        order_view(&system, "mallory", &order).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        order_view(&system, ADMIN, &order).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_declined_payment_can_be_retried_and_slow_and_flaky_providers_get_there() {
+    let system = TestSystem::start_full().await;
+    let product = system.product("FLOW-2", 700, 10).await;
+    let order = checkout(&system, "bob", &product, 1).await.body["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_status(&system, "bob", &order, "awaiting_payment").await;
+    pay(&system, "bob", &order, "tok_declined").await;
+    let declined = wait_for_status(&system, "bob", &order, "payment_declined").await;
+    assert_eq!(
+        declined["history"].as_array().unwrap().last().unwrap()["detail"],
+        "card declined"
+    );
+    // Paying again while the first payment is with the provider is refused; after, accepted.
+    assert_eq!(
+        pay(&system, "bob", &order, "tok_ok").await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        pay(&system, "bob", &order, "tok_ok").await.status,
+        StatusCode::CONFLICT
+    );
+    wait_for_status(&system, "bob", &order, "paid").await;
+
+    for (user, payment_token) in [("carol", "tok_slow"), ("dave", "tok_error")] {
+        let order = checkout(&system, user, &product, 1).await.body["order_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        wait_for_status(&system, user, &order, "awaiting_payment").await;
+        pay(&system, user, &order, payment_token).await;
+        wait_for_status(&system, user, &order, "paid").await;
+    }
+    // Every payment was charged once, whatever the retries.
+    let charges: Vec<(String, i32)> =
+        sqlx::query_as("SELECT outcome, attempts FROM provider_sim.charges ORDER BY created_at")
+            .fetch_all(&system.db.pool)
+            .await
+            .unwrap();
+    let captured = charges.iter().filter(|(o, _)| o == "captured").count();
+    assert_eq!(captured, 3, "{charges:?}");
+    assert!(
+        charges.iter().any(|(_, attempts)| *attempts == 3),
+        "tok_error took three attempts: {charges:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_order_without_stock_is_rejected_and_holds_nothing() {
+    let system = TestSystem::start_full().await;
+    let product = system.product("FLOW-3", 100, 2).await;
+    let cart = system.cart("erin").await;
+    system
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            &token("erin", &[]),
+            json!({ "product_id": product, "quantity": 2 }),
+        )
+        .await;
+    // The shelf empties after the item went into the cart.
+    let emptied = system
+        .post(
+            &format!("/v1/products/{product}/stock"),
+            &token(ADMIN, &["admin"]),
+            json!({ "delta": -1 }),
+        )
+        .await;
+    assert_eq!(emptied.status, StatusCode::OK);
+    let order = system
+        .send(
+            Method::POST,
+            &format!("/v1/carts/{cart}/checkout"),
+            Some(&token("erin", &[])),
+            None,
+        )
+        .await;
+    let order = order.body["order_id"].as_str().unwrap().to_owned();
+    let rejected = wait_for_status(&system, "erin", &order, "rejected").await;
+    assert!(
+        rejected["history"].as_array().unwrap().last().unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("available")
+    );
+    wait_for_available(&system, &product, 1).await;
+    assert_eq!(product_view(&system, &product, None).await["available"], 1);
+}
+
+#[tokio::test]
+async fn an_unpaid_order_expires_at_its_deadline_and_gives_its_stock_back() {
+    let system =
+        TestSystem::start_full_with(|config| config.payment_window = Duration::from_secs(1)).await;
+    let product = system.product("FLOW-4", 100, 4).await;
+    let order = checkout(&system, "frank", &product, 3).await.body["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_status(&system, "frank", &order, "awaiting_payment").await;
+    wait_for_status(&system, "frank", &order, "expired").await;
+    wait_for_available(&system, &product, 4).await;
+    // The deadline fired once: one OrderExpired, no deadline left.
+    let expired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM eventstore.events WHERE event_type = 'OrderExpired'",
+    )
+    .fetch_one(&system.db.pool)
+    .await
+    .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM process.deadlines")
+        .fetch_one(&system.db.pool)
+        .await
+        .unwrap();
+    assert_eq!((expired, left), (1, 0));
+    // Paying an expired order is refused.
+    assert_eq!(
+        pay(&system, "frank", &order, "tok_ok").await.status,
+        StatusCode::CONFLICT
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_paid_order_refunds_it_and_releases_the_stock() {
+    let system = TestSystem::start_full().await;
+    let product = system.product("FLOW-5", 2500, 3).await;
+    let order = checkout(&system, "gina", &product, 2).await.body["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_status(&system, "gina", &order, "awaiting_payment").await;
+    pay(&system, "gina", &order, "tok_ok").await;
+    wait_for_status(&system, "gina", &order, "paid").await;
+    let cancelled = system
+        .post(
+            &format!("/v1/orders/{order}/cancel"),
+            &token("gina", &[]),
+            json!({ "reason": "too late" }),
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{cancelled:?}");
+    wait_for_status(&system, "gina", &order, "refunded").await;
+    wait_for_available(&system, &product, 3).await;
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM provider_sim.charges")
+        .fetch_one(&system.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(outcome, "refunded");
+    // Shipping a refunded order is an illegal transition.
+    let ship = system
+        .send(
+            Method::POST,
+            &format!("/v1/orders/{order}/ship"),
+            Some(&token(ADMIN, &["admin"])),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (ship.status, ship.problem_code()),
+        (StatusCode::CONFLICT, "illegal-order-transition")
+    );
+}
+
+#[tokio::test]
+async fn fifty_checkouts_race_for_ten_units() {
+    let system = TestSystem::start_full().await;
+    let product = system.product("RACE-10", 100, 10).await;
+    let mut carts = Vec::new();
+    for n in 0..50 {
+        let user = format!("racer-{n}");
+        let cart = system.cart(&user).await;
+        let added = system
+            .post(
+                &format!("/v1/carts/{cart}/items"),
+                &token(&user, &[]),
+                json!({ "product_id": product, "quantity": 1 }),
+            )
+            .await;
+        assert_eq!(added.status, StatusCode::OK);
+        carts.push((user, cart));
+    }
+    let mut tasks = Vec::new();
+    for (user, cart) in carts {
+        let (http, url) = (
+            system.http.clone(),
+            format!("{}/v1/carts/{cart}/checkout", system.gateway),
+        );
+        tasks.push(tokio::spawn(async move {
+            let reply = Reply::from(
+                http.post(url)
+                    .bearer_auth(token(&user, &[]))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            (user, reply.body["order_id"].as_str().map(str::to_owned))
+        }));
+    }
+    let mut orders = Vec::new();
+    for task in tasks {
+        let (user, order) = task.await.unwrap();
+        orders.push((user, order.expect("every checkout placed an order")));
+    }
+    // Wait until every order has left "placed", then count.
+    let mut statuses = Vec::new();
+    for (user, order) in &orders {
+        let started = Instant::now();
+        loop {
+            let status = order_view(&system, user, order).await.body["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if status == "awaiting_payment" || status == "rejected" {
+                statuses.push(status);
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "order stuck in {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "awaiting_payment").count(),
+        10
+    );
+    assert_eq!(statuses.iter().filter(|s| *s == "rejected").count(), 40);
+    let (state, _) = system
+        .store
+        .load::<domain::product::Product>(&format!("product-{product}"))
+        .await
+        .unwrap();
+    let state = state.0.unwrap();
+    assert_eq!((state.available, state.reservations.len()), (0, 10));
+    // And never below zero at any point: every StockReserved recorded a non-negative level.
+    let levels: Vec<i64> = sqlx::query_scalar(
+        "SELECT (data->>'available')::int8 FROM eventstore.events WHERE stream_id = $1 AND event_type = 'StockReserved'",
+    )
+    .bind(format!("product-{product}"))
+    .fetch_all(&system.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(levels.len(), 10);
+    assert!(levels.iter().all(|l| *l >= 0));
+}
+
+#[tokio::test]
+async fn redelivering_every_process_input_changes_nothing() {
+    let system = TestSystem::start_full().await;
+    let product = system.product("AGAIN-1", 900, 10).await;
+    let paid = checkout(&system, "hal", &product, 2).await.body["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cancelled = checkout(&system, "ida", &product, 1).await.body["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_status(&system, "hal", &paid, "awaiting_payment").await;
+    wait_for_status(&system, "ida", &cancelled, "awaiting_payment").await;
+    pay(&system, "hal", &paid, "tok_ok").await;
+    wait_for_status(&system, "hal", &paid, "paid").await;
+    system
+        .post(
+            &format!("/v1/orders/{cancelled}/cancel"),
+            &token("ida", &[]),
+            json!({}),
+        )
+        .await;
+    wait_for_status(&system, "ida", &cancelled, "cancelled").await;
+    wait_for_available(&system, &product, 8).await;
+
+    let snapshot = || async {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT stream_id, max(version) FROM eventstore.events GROUP BY stream_id ORDER BY stream_id")
+            .fetch_all(&system.db.pool)
+            .await
+            .unwrap();
+        let charges: i64 = sqlx::query_scalar("SELECT count(*) FROM provider_sim.charges")
+            .fetch_one(&system.db.pool)
+            .await
+            .unwrap();
+        (rows, charges)
+    };
+    let before = snapshot().await;
+    // Hand every order and payment event to a second order process, as a redelivery would.
+    let process = projectors::process::OrderProcess {
+        store: system.store.clone(),
+        pool: system.db.pool.clone(),
+        provider: projectors::process::SimulatedProvider {
+            pool: system.db.pool.clone(),
+            slow: Duration::ZERO,
+        },
+        payment_window: chrono::Duration::seconds(60),
+    };
+    let events = system
+        .store
+        .read_log(LogPosition::START, 10_000)
+        .await
+        .unwrap();
+    let mut handled = 0;
+    for event in events
+        .into_iter()
+        .filter(|e| matches!(e.stream_type(), "order" | "payment"))
+    {
+        process
+            .handle(messaging::Envelope::from(&event))
+            .await
+            .expect("a redelivery is handled");
+        handled += 1;
+    }
+    assert_eq!(handled, 11, "5 + 4 order events and 2 payment events");
+    assert_eq!(
+        snapshot().await,
+        before,
+        "no stream moved and nothing was charged again"
+    );
+}

@@ -1,0 +1,307 @@
+//! The read side end to end: commands through the gateway, events through the relay and
+//! RabbitMQ into the projectors, views through the query API — read back right after each
+//! command with its consistency token.
+
+mod support;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Reply, TestSystem, token};
+
+/// Sends a GET through the gateway carrying the consistency token of `after`.
+async fn read_after(system: &TestSystem, path: &str, token: Option<&str>, after: &Reply) -> Reply {
+    let consistency = after
+        .header("x-consistency-token")
+        .expect("a consistency token");
+    let mut request = system
+        .request(Method::GET, path, token)
+        .header("x-consistency-token", consistency);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    Reply::from(request.send().await.expect("answer")).await
+}
+
+#[tokio::test]
+async fn a_client_reads_its_own_writes_right_after_each_command() {
+    let system = TestSystem::start_full().await;
+    let admin = token("admin", &["admin"]);
+    let alice = token("alice", &[]);
+
+    let created = system
+        .post(
+            "/v1/products",
+            &admin,
+            json!({ "sku": "read-1", "name": "Blue enamel mug", "description": "holds 350 ml",
+                    "category": "kitchen", "price": { "amount": 1290, "currency": "EUR" }, "stock": 7 }),
+        )
+        .await;
+    let product = created.body["product_id"].as_str().unwrap().to_owned();
+    let view = read_after(&system, &format!("/v1/products/{product}"), None, &created).await;
+    assert_eq!(view.status, StatusCode::OK, "{view:?}");
+    assert_eq!(view.body["name"], "Blue enamel mug");
+    assert_eq!(view.body["available"], 7);
+    assert_eq!(view.header("etag"), Some("\"1\""));
+
+    let repriced = system
+        .post(
+            &format!("/v1/products/{product}/price"),
+            &admin,
+            json!({ "price": { "amount": 990, "currency": "EUR" } }),
+        )
+        .await;
+    let view = read_after(&system, &format!("/v1/products/{product}"), None, &repriced).await;
+    assert_eq!(
+        view.body["price"],
+        json!({ "amount": 990, "currency": "EUR" })
+    );
+
+    let cart_reply = system
+        .send(Method::POST, "/v1/carts", Some(&alice), None)
+        .await;
+    let cart = cart_reply.body["cart_id"].as_str().unwrap().to_owned();
+    let view = read_after(
+        &system,
+        &format!("/v1/carts/{cart}"),
+        Some(&alice),
+        &cart_reply,
+    )
+    .await;
+    assert_eq!(
+        (view.status, view.body["status"].as_str()),
+        (StatusCode::OK, Some("open")),
+        "{view:?}"
+    );
+
+    let added = system
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            &alice,
+            json!({ "product_id": product, "quantity": 3 }),
+        )
+        .await;
+    let view = read_after(&system, &format!("/v1/carts/{cart}"), Some(&alice), &added).await;
+    assert_eq!(view.body["items"][0]["quantity"], 3, "{view:?}");
+    assert_eq!(
+        view.body["total"],
+        json!({ "amount": 2970, "currency": "EUR" })
+    );
+    assert_eq!(view.header("etag"), Some("\"2\""));
+
+    let changed = system
+        .send(
+            Method::PUT,
+            &format!("/v1/carts/{cart}/items/{product}"),
+            Some(&alice),
+            Some(json!({ "quantity": 1 })),
+        )
+        .await;
+    let view = read_after(
+        &system,
+        &format!("/v1/carts/{cart}"),
+        Some(&alice),
+        &changed,
+    )
+    .await;
+    assert_eq!(view.body["total"]["amount"], 990);
+
+    let checked_out = system
+        .send(
+            Method::POST,
+            &format!("/v1/carts/{cart}/checkout"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    let view = read_after(
+        &system,
+        &format!("/v1/carts/{cart}"),
+        Some(&alice),
+        &checked_out,
+    )
+    .await;
+    assert_eq!(view.body["status"], "checked_out");
+    assert_eq!(view.body["order_id"], checked_out.body["order_id"]);
+
+    // A cart is its owner's: others (admins included) are told it does not exist.
+    for other in [token("mallory", &[]), admin.clone()] {
+        let reply = system
+            .send(
+                Method::GET,
+                &format!("/v1/carts/{cart}"),
+                Some(&other),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.problem_code()),
+            (StatusCode::NOT_FOUND, "cart-not-found")
+        );
+    }
+    // If-None-Match with the current ETag: 304, nothing sent again.
+    let etag = view.header("etag").unwrap().to_owned();
+    let cached = system
+        .request(Method::GET, &format!("/v1/carts/{cart}"), Some(&alice))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test]
+async fn the_catalog_is_searchable_filterable_and_paged() {
+    let system = TestSystem::start_full().await;
+    let admin = token("admin", &["admin"]);
+    let mut last = None;
+    for (i, (name, category)) in [
+        ("Blue mug", "kitchen"),
+        ("Red mug", "kitchen"),
+        ("Garden hose", "garden"),
+        ("Blue watering can", "garden"),
+        ("Teapot", "kitchen"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        last = Some(
+            system
+                .post("/v1/products", &admin, json!({ "sku": format!("CAT-{i}"), "name": name,
+                    "category": category, "price": { "amount": 100, "currency": "EUR" }, "stock": 1 }))
+                .await,
+        );
+    }
+    // Wait once for the last product; the relay publishes in log order, so the rest are there.
+    let everything = read_after(
+        &system,
+        "/v1/products?limit=100",
+        None,
+        last.as_ref().unwrap(),
+    )
+    .await;
+    assert_eq!(everything.body["items"].as_array().unwrap().len(), 5);
+
+    let blue = system
+        .send(Method::GET, "/v1/products?q=blue", None, None)
+        .await;
+    let names: Vec<&str> = blue.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| n.contains("Blue")));
+    let garden = system
+        .send(Method::GET, "/v1/products?category=garden", None, None)
+        .await;
+    assert_eq!(garden.body["items"].as_array().unwrap().len(), 2);
+
+    // Pages of two: every product exactly once, then no cursor.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/products?limit=2&cursor={c}"),
+            None => "/v1/products?limit=2".to_owned(),
+        };
+        let page = system.send(Method::GET, &path, None, None).await;
+        for item in page.body["items"].as_array().unwrap() {
+            seen.push(item["product_id"].as_str().unwrap().to_owned());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (5, 5));
+
+    for bad in [
+        "/v1/products?limit=0",
+        "/v1/products?limit=101",
+        "/v1/products?cursor=zzz",
+    ] {
+        let reply = system.send(Method::GET, bad, None, None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {reply:?}"
+        );
+    }
+    let bad_token = system
+        .request(Method::GET, "/v1/products", None)
+        .header("x-consistency-token", "nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_token.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn projections_report_their_progress_to_admins_only() {
+    let system = TestSystem::start_full().await;
+    let admin = token("admin", &["admin"]);
+    let created = system
+        .post(
+            "/v1/products",
+            &admin,
+            json!({ "sku": "ADM-1", "name": "X", "category": "c",
+            "price": { "amount": 100, "currency": "EUR" }, "stock": 1 }),
+        )
+        .await;
+    read_after(&system, "/v1/products", None, &created).await;
+    let reply = system
+        .send(Method::GET, "/v1/admin/projections", Some(&admin), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let items = reply.body["items"].as_array().unwrap();
+    let products: &Value = items.iter().find(|p| p["name"] == "products").unwrap();
+    assert_eq!(products["lag_events"], 0);
+    assert_eq!(products["serving_version"], 1);
+    assert_eq!(products["rebuilding_version"], Value::Null);
+    assert!(products["checkpoint"]["position"].as_i64().unwrap() > 0);
+    let customer = system
+        .send(
+            Method::GET,
+            "/v1/admin/projections",
+            Some(&token("alice", &[])),
+            None,
+        )
+        .await;
+    assert_eq!(customer.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_read_whose_view_never_catches_up_is_told_so_not_served_stale() {
+    let system = TestSystem::start_full_with(|config| {
+        config.consistency_wait = std::time::Duration::from_millis(200)
+    })
+    .await;
+    // A token for a version no product stream has reached (a client's stale or forged token).
+    let product = uuid::Uuid::new_v4();
+    let reply = Reply::from(
+        system
+            .request(Method::GET, &format!("/v1/products/{product}"), None)
+            .header("x-consistency-token", format!("product-{product}@5"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.problem_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "consistency-timeout")
+    );
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    // A token for a kind of stream the route does not serve is no reason to wait.
+    let other = system
+        .request(Method::GET, "/v1/products", None)
+        .header("x-consistency-token", format!("payment-{product}@9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+}

@@ -1,0 +1,79 @@
+//! Start-up with a dependency down: a clear error that names the dependency, where it was
+//! looked for (password hidden) and how to start it — never a hang or a panic.
+
+use std::time::Duration;
+
+use till::services::{self, Service, SystemConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A local port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_error(service: Service, configure: impl FnOnce(&mut SystemConfig)) -> String {
+    let mut config = SystemConfig::from_env().unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    config.command_api_addr = any;
+    config.query_api_addr = any;
+    config.relay_ops_addr = any;
+    configure(&mut config);
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        services::start(&[service], &config, &mut tasks, &shutdown),
+    )
+    .await
+    .expect("start-up gives up in time");
+    shutdown.cancel();
+    format!("{:#}", result.expect_err("start-up must fail"))
+}
+
+#[tokio::test]
+async fn each_unreachable_dependency_is_named_with_its_address_and_how_to_start_it() {
+    let port = closed_port();
+    let postgres = start_error(Service::CommandApi, |c| {
+        c.database_url = format!("postgres://postgres:secret@127.0.0.1:{port}/tillstream")
+    })
+    .await;
+    assert!(
+        postgres.contains(&format!(
+            "Postgres is not reachable at postgres://postgres:***@127.0.0.1:{port}"
+        )),
+        "{postgres}"
+    );
+    assert!(
+        postgres.contains("pg_ctlcluster") && !postgres.contains("secret"),
+        "{postgres}"
+    );
+
+    let rabbit = start_error(Service::Relay, |c| {
+        c.amqp_url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+    })
+    .await;
+    assert!(
+        rabbit.contains(&format!(
+            "RabbitMQ is not reachable at amqp://guest:***@127.0.0.1:{port}"
+        )),
+        "{rabbit}"
+    );
+    assert!(rabbit.contains("rabbitmq-server -detached"), "{rabbit}");
+
+    let redis = start_error(Service::QueryApi, |c| {
+        c.redis_url = format!("redis://127.0.0.1:{port}/")
+    })
+    .await;
+    assert!(
+        redis.contains(&format!(
+            "Redis is not reachable at redis://127.0.0.1:{port}/"
+        )),
+        "{redis}"
+    );
+    assert!(redis.contains("redis-server"), "{redis}");
+}
