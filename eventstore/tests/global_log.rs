@@ -259,3 +259,32 @@ async fn appends_wake_listeners_on_the_appended_channel() {
     let silence = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
     assert!(silence.is_err(), "unexpected notification: {silence:?}");
 }
+
+/// Reading the log must walk the `(transaction_id, position)` index, not sort the table: a sort
+/// makes every batch cost the whole table, and a rebuild or a relay far behind quadratic.
+#[tokio::test]
+async fn reading_the_global_log_walks_the_index_instead_of_sorting_the_table() {
+    let db = TestDatabase::new().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    // With sorting priced out, a plan that can avoid it does; one that cannot still sorts.
+    sqlx::query("SET enable_sort = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for by_stream_type in [false, true] {
+        let sql = eventstore::store::global_log_sql(by_stream_type);
+        let explain_sql = format!("EXPLAIN {sql}");
+        let mut explain = sqlx::query_scalar::<_, String>(&explain_sql)
+            .bind(0i64)
+            .bind(0i64)
+            .bind(1000i64);
+        if by_stream_type {
+            explain = explain.bind(vec!["cart".to_owned()]);
+        }
+        let plan = explain.fetch_all(&mut *conn).await.unwrap().join("\n");
+        assert!(
+            plan.contains("events_global_log") && !plan.contains("Sort"),
+            "the log read sorts instead of walking the index:\n{plan}"
+        );
+    }
+}

@@ -204,9 +204,9 @@ pub async fn events(command: EventsCommand) -> anyhow::Result<()> {
         EventsCommand::Tail { last, follow } => {
             // Start `last` events before the newest readable one.
             let start: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT transaction_id::text::int8, position FROM eventstore.events \
-                 WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY transaction_id DESC, position DESC OFFSET $1 LIMIT 1",
+                "SELECT e.transaction_id::text::int8, e.position FROM eventstore.events e \
+                 WHERE e.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY e.transaction_id DESC, e.position DESC OFFSET $1 LIMIT 1",
             )
             .bind(last.max(0))
             .fetch_optional(&pool)
