@@ -67,6 +67,9 @@ pub struct RebuildBenchArgs {
     /// Events seeded before rebuilding.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// Rebuild only these projections (repeatable); all of them by default.
+    #[arg(long = "projection", value_name = "NAME")]
+    pub projections: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -13,6 +13,16 @@ use super::scratch::ScratchDatabase;
 use crate::cli::RebuildBenchArgs;
 
 pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
+    if let Some(unknown) = args
+        .projections
+        .iter()
+        .find(|p| !PROJECTIONS.iter().any(|(name, _)| name == p))
+    {
+        anyhow::bail!(
+            "no projection {unknown:?}; there are: {}",
+            PROJECTIONS.map(|(name, _)| name).join(", ")
+        );
+    }
     let scratch = ScratchDatabase::create(4).await?;
     let started = Instant::now();
     let seeded = super::seed::seed(&scratch.pool, args.events).await?;
@@ -36,7 +46,9 @@ pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
     };
     let client = redis::Client::open(platform::settings::redis_url())?;
     let mut redis = redis::aio::ConnectionManager::new(client).await?;
-    for (name, stream_type) in PROJECTIONS {
+    for (name, stream_type) in PROJECTIONS.into_iter().filter(|(name, _)| {
+        args.projections.is_empty() || args.projections.iter().any(|p| p == name)
+    }) {
         // Baseline: the rows alone, streamed in the order a rebuild reads them.
         let scan_started = Instant::now();
         let scanned = sqlx::query_scalar::<_, serde_json::Value>(
