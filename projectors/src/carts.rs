@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+pub use crate::MoneyView;
 use crate::error::ProjectionError;
 use crate::ordering::{new_events_by_stream, stream_ids};
 use crate::tables::CARTS;
@@ -17,12 +18,6 @@ pub use platform::read_models::CartKeys;
 
 /// Stream type this projection reads.
 pub const STREAM_TYPE: &str = "cart";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MoneyView {
-    pub amount: i64,
-    pub currency: domain::values::Currency,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartItemView {

@@ -28,3 +28,10 @@ pub mod status;
 pub mod tables;
 
 pub use error::ProjectionError;
+
+/// An amount of money as the views show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MoneyView {
+    pub amount: i64,
+    pub currency: domain::values::Currency,
+}

@@ -1,14 +1,17 @@
-//! The orders view: one row per order with its status, its lines, and a status history entry per
-//! event (`read_orders_v<n>.orders`, `.order_lines`, `.order_history`).
+//! The orders view: one row per order with its status, and its lines and status history (one
+//! entry per event) as JSONB arrays in the API's shape (`read_orders_v<n>.orders`).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::order::{OrderEvent, OrderStatus};
 use eventstore::{EventStore, RecordedEvent};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::MoneyView;
 use crate::error::ProjectionError;
 use crate::ordering::{new_events_by_stream, stream_ids};
 use crate::tables::{ORDERS, PgProjection};
@@ -29,43 +32,35 @@ pub struct OrderRow {
     pub placed_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
+    pub lines: Json<Vec<OrderLineView>>,
+    pub history: Json<Vec<HistoryEntry>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderLineRow {
-    pub order_id: Uuid,
-    pub line_no: i32,
+/// One line of an order, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLineView {
     pub product_id: Uuid,
     pub sku: String,
     pub name: String,
-    pub unit_amount: i64,
-    pub quantity: i32,
-    pub line_amount: i64,
+    pub unit_price: MoneyView,
+    pub quantity: u32,
+    pub line_total: MoneyView,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRow {
-    pub order_id: Uuid,
+/// One event in an order's status history, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
     pub version: i64,
     pub status: String,
-    pub event_type: String,
+    pub event: String,
     pub detail: Option<String>,
     pub at: DateTime<Utc>,
 }
 
-/// What a batch changes: whole order rows, plus lines and history to add.
-#[derive(Debug, Default)]
-pub struct OrderChanges {
-    pub rows: Vec<OrderRow>,
-    pub lines: Vec<OrderLineRow>,
-    pub history: Vec<HistoryRow>,
-}
-
-/// Folds one event into an order's row, adding its lines and history entry to `changes`.
+/// Folds one event into an order's row.
 pub fn apply(
     row: Option<OrderRow>,
     recorded: &RecordedEvent,
-    changes: &mut OrderChanges,
 ) -> Result<Option<OrderRow>, ProjectionError> {
     let event: OrderEvent = recorded
         .decode()
@@ -86,18 +81,21 @@ pub fn apply(
                 total,
             },
         ) => {
-            for (i, line) in lines.iter().enumerate() {
-                changes.lines.push(OrderLineRow {
-                    order_id: order_id.0,
-                    line_no: i as i32 + 1,
+            let money = |amount| MoneyView {
+                amount,
+                currency: total.currency,
+            };
+            let lines = lines
+                .iter()
+                .map(|line| OrderLineView {
                     product_id: line.product_id.0,
                     sku: line.sku.as_str().to_owned(),
                     name: line.name.as_str().to_owned(),
-                    unit_amount: line.unit_price.amount,
-                    quantity: line.quantity.get() as i32,
-                    line_amount: line.line_total().amount,
-                });
-            }
+                    unit_price: money(line.unit_price.amount),
+                    quantity: line.quantity.get(),
+                    line_total: money(line.line_total().amount),
+                })
+                .collect();
             OrderRow {
                 order_id: order_id.0,
                 customer_id: customer_id.as_str().to_owned(),
@@ -110,6 +108,8 @@ pub fn apply(
                 placed_at: at,
                 updated_at: at,
                 version: 0,
+                lines: Json(lines),
+                history: Json(Vec::new()),
             }
         }
         (None, _) => return Ok(None),
@@ -149,11 +149,10 @@ pub fn apply(
     };
     row.version = recorded.version as i64;
     row.updated_at = at;
-    changes.history.push(HistoryRow {
-        order_id: row.order_id,
+    row.history.0.push(HistoryEntry {
         version: row.version,
         status: row.status.clone(),
-        event_type: recorded.event_type.clone(),
+        event: recorded.event_type.clone(),
         detail,
         at,
     });
@@ -161,7 +160,7 @@ pub fn apply(
 }
 
 const COLUMNS: &str = "order_id, customer_id, cart_id, status, total_amount, currency, pay_by, \
-payment_id, placed_at, updated_at, version";
+payment_id, placed_at, updated_at, version, lines, history";
 
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
@@ -177,81 +176,46 @@ async fn load(
     Ok(rows.into_iter().map(|r| (r.order_id, r)).collect())
 }
 
-/// Writes a batch's changes with three statements (UNNEST).
-pub async fn write(
+/// Writes rows with one statement (UNNEST), replacing older versions of them.
+pub async fn upsert(
     tx: &mut Transaction<'_, Postgres>,
     schema: &str,
-    changes: &OrderChanges,
+    rows: &[OrderRow],
 ) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     macro_rules! column {
-        ($rows:expr, $field:ident) => {
-            $rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
-    if !changes.rows.is_empty() {
-        let rows = &changes.rows;
-        sqlx::query(&format!(
-            "INSERT INTO \"{schema}\".orders ({COLUMNS}) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
-                                  $6::text[], $7::timestamptz[], $8::uuid[], $9::timestamptz[], \
-                                  $10::timestamptz[], $11::int8[]) \
-             ON CONFLICT (order_id) DO UPDATE SET \
-               status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, \
-               payment_id = EXCLUDED.payment_id, updated_at = EXCLUDED.updated_at, \
-               version = EXCLUDED.version \
-             WHERE orders.version < EXCLUDED.version"
-        ))
-        .bind(column!(rows, order_id))
-        .bind(column!(rows, customer_id))
-        .bind(column!(rows, cart_id))
-        .bind(column!(rows, status))
-        .bind(column!(rows, total_amount))
-        .bind(column!(rows, currency))
-        .bind(column!(rows, pay_by))
-        .bind(column!(rows, payment_id))
-        .bind(column!(rows, placed_at))
-        .bind(column!(rows, updated_at))
-        .bind(column!(rows, version))
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !changes.lines.is_empty() {
-        let lines = &changes.lines;
-        sqlx::query(&format!(
-            "INSERT INTO \"{schema}\".order_lines \
-               (order_id, line_no, product_id, sku, name, unit_amount, quantity, line_amount) \
-             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::uuid[], $4::text[], $5::text[], \
-                                  $6::int8[], $7::int4[], $8::int8[]) \
-             ON CONFLICT DO NOTHING"
-        ))
-        .bind(column!(lines, order_id))
-        .bind(column!(lines, line_no))
-        .bind(column!(lines, product_id))
-        .bind(column!(lines, sku))
-        .bind(column!(lines, name))
-        .bind(column!(lines, unit_amount))
-        .bind(column!(lines, quantity))
-        .bind(column!(lines, line_amount))
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !changes.history.is_empty() {
-        let history = &changes.history;
-        sqlx::query(&format!(
-            "INSERT INTO \"{schema}\".order_history (order_id, version, status, event_type, detail, at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-                                  $6::timestamptz[]) \
-             ON CONFLICT DO NOTHING"
-        ))
-        .bind(column!(history, order_id))
-        .bind(column!(history, version))
-        .bind(column!(history, status))
-        .bind(column!(history, event_type))
-        .bind(column!(history, detail))
-        .bind(column!(history, at))
-        .execute(&mut **tx)
-        .await?;
-    }
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".orders ({COLUMNS}) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
+                              $6::text[], $7::timestamptz[], $8::uuid[], $9::timestamptz[], \
+                              $10::timestamptz[], $11::int8[], $12::jsonb[], $13::jsonb[]) \
+         ON CONFLICT (order_id) DO UPDATE SET \
+           status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, \
+           payment_id = EXCLUDED.payment_id, updated_at = EXCLUDED.updated_at, \
+           version = EXCLUDED.version, history = EXCLUDED.history \
+         WHERE orders.version < EXCLUDED.version"
+    ))
+    .bind(column!(order_id))
+    .bind(column!(customer_id))
+    .bind(column!(cart_id))
+    .bind(column!(status))
+    .bind(column!(total_amount))
+    .bind(column!(currency))
+    .bind(column!(pay_by))
+    .bind(column!(payment_id))
+    .bind(column!(placed_at))
+    .bind(column!(updated_at))
+    .bind(column!(version))
+    .bind(column!(lines))
+    .bind(column!(history))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -268,17 +232,17 @@ pub async fn apply_to(
         rows.get(&id).map_or(0, |r| r.version as u64)
     })
     .await?;
-    let mut changes = OrderChanges::default();
+    let mut changed = Vec::with_capacity(plan.len());
     let mut applied = 0;
     for (id, new) in plan {
         let mut row = rows.remove(&id);
         for event in &new {
-            row = apply(row, event, &mut changes)?;
+            row = apply(row, event)?;
         }
         applied += new.len() as u64;
-        changes.rows.extend(row);
+        changed.extend(row);
     }
-    write(tx, schema, &changes).await?;
+    upsert(tx, schema, &changed).await?;
     Ok(applied)
 }
 

@@ -93,23 +93,13 @@ pub async fn list(
     Ok(with_etag(&headers, list_etag(&body), body))
 }
 
+/// An order with its lines and status history, both stored in the API's shape by the projector.
 #[derive(Debug, sqlx::FromRow)]
-struct LineRow {
-    product_id: Uuid,
-    sku: String,
-    name: String,
-    unit_amount: i64,
-    quantity: i32,
-    line_amount: i64,
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct HistoryRow {
-    version: i64,
-    status: String,
-    event_type: String,
-    detail: Option<String>,
-    at: DateTime<Utc>,
+struct OrderDetailRow {
+    #[sqlx(flatten)]
+    row: OrderRow,
+    lines: Value,
+    history: Value,
 }
 
 /// `GET /v1/orders/{id}` — with lines and status history.
@@ -121,8 +111,12 @@ pub async fn one(
 ) -> Result<Response, Problem> {
     let id = path_id(&id, "order")?;
     let schema = serving_schema(&state, &headers).await?;
-    let row: OrderRow = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM \"{schema}\".orders WHERE order_id = $1"
+    let OrderDetailRow {
+        row,
+        lines,
+        history,
+    } = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, lines, history FROM \"{schema}\".orders WHERE order_id = $1"
     ))
     .bind(id)
     .fetch_optional(&state.pool)
@@ -132,38 +126,9 @@ pub async fn one(
     if !principal.is_admin() && row.customer_id != principal.user_id {
         return Err(not_found());
     }
-    let lines: Vec<LineRow> = sqlx::query_as(&format!(
-        "SELECT product_id, sku, name, unit_amount, quantity, line_amount \
-         FROM \"{schema}\".order_lines WHERE order_id = $1 ORDER BY line_no"
-    ))
-    .bind(id)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(db_problem)?;
-    let history: Vec<HistoryRow> = sqlx::query_as(&format!(
-        "SELECT version, status, event_type, detail, at \
-         FROM \"{schema}\".order_history WHERE order_id = $1 ORDER BY version"
-    ))
-    .bind(id)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(db_problem)?;
     let mut body = row.json();
-    body["lines"] = lines
-        .iter()
-        .map(|l| {
-            json!({
-                "product_id": l.product_id, "sku": l.sku, "name": l.name,
-                "unit_price": { "amount": l.unit_amount, "currency": row.currency },
-                "quantity": l.quantity,
-                "line_total": { "amount": l.line_amount, "currency": row.currency },
-            })
-        })
-        .collect();
-    body["history"] = history
-        .iter()
-        .map(|h| json!({ "version": h.version, "status": h.status, "event": h.event_type, "detail": h.detail, "at": h.at }))
-        .collect();
+    body["lines"] = lines;
+    body["history"] = history;
     Ok(with_etag(&headers, format!("\"{}\"", row.version), body))
 }
 
