@@ -411,6 +411,32 @@ impl EventStore {
         self.upcast_rows(rows)
     }
 
+    /// Up to `limit` events of the streams of `stream_type` in stream order (by stream id, then
+    /// version), after `after`: the last stream id and version read, `None` to start.
+    ///
+    /// For rebuilds: a projection needs each stream's events in order but no order across
+    /// streams, and this walks the type's own range of the `(stream_id, version)` index, where
+    /// the global log visits every row of every type. Streams read past are not looked at again,
+    /// so an event appended to one of them meanwhile is not returned: a rebuild gets those from
+    /// the live projector.
+    pub async fn read_streams_of_type(
+        &self,
+        stream_type: &str,
+        after: Option<(&str, u64)>,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (first, last) = stream_type_range(stream_type);
+        let (after_stream, after_version) = after.unwrap_or((&first, 0));
+        let rows: Vec<EventRow> = sqlx::query_as(&streams_of_type_sql())
+            .bind(after_stream)
+            .bind(i64::try_from(after_version).unwrap_or(i64::MAX))
+            .bind(last)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        self.upcast_rows(rows)
+    }
+
     /// The newest event's global position and how many events the store holds.
     pub async fn head(&self) -> Result<(i64, i64), StoreError> {
         let (max, count): (Option<i64>, i64) =
@@ -445,6 +471,23 @@ pub fn global_log_sql(by_stream_type: bool) -> String {
            AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) {type_filter} \
          ORDER BY e.transaction_id, e.position LIMIT $3"
     )
+}
+
+/// The statement behind [`EventStore::read_streams_of_type`] (`$1`, `$2` the stream and version
+/// after which to read, `$3` the end of the type's range, `$4` the limit); public so that a test
+/// can check its plan.
+pub fn streams_of_type_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM eventstore.events e \
+         WHERE (e.stream_id, e.version) > ($1, $2) AND e.stream_id < $3 \
+         ORDER BY e.stream_id, e.version LIMIT $4"
+    )
+}
+
+/// The stream ids of one type, `<type>-…`, lie between `<type>-` and `<type>.` in byte order
+/// ('.' follows '-'); stream ids compare in byte order (migration 0008).
+fn stream_type_range(stream_type: &str) -> (String, String) {
+    (format!("{stream_type}-"), format!("{stream_type}."))
 }
 
 async fn stream_version_on(conn: &mut PgConnection, stream_id: &str) -> Result<u64, sqlx::Error> {

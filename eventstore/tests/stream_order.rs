@@ -1,0 +1,98 @@
+//! Reading one stream type in stream order, as rebuilds do: exactly that type's events, each
+//! stream's in version order, whatever the batch size, walking the `(stream_id, version)` index.
+
+use eventstore::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
+use platform::testing::TestDatabase;
+use serde_json::json;
+use uuid::Uuid;
+
+fn events(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "Noted".into(),
+            data: json!({ "n": i }),
+            metadata: Metadata::default(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reading_one_stream_type_in_stream_order_returns_exactly_its_events() {
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    // Types whose ids sort right next to `order-…`: a prefix of it, one it is a prefix of, and
+    // neighbours either side.
+    let mut expected = Vec::new();
+    for (stream_type, streams) in [
+        ("ord", 2),
+        ("order", 7),
+        ("orders", 2),
+        ("orderz", 1),
+        ("p", 2),
+    ] {
+        for s in 0..streams {
+            let stream = format!("{stream_type}-{}", Uuid::new_v4());
+            let n = 1 + s % 4;
+            store
+                .append(&stream, ExpectedVersion::NoStream, &events(n))
+                .await
+                .unwrap();
+            if stream_type == "order" {
+                expected.extend((1..=n as u64).map(|v| (stream.clone(), v)));
+            }
+        }
+    }
+    expected.sort();
+
+    for batch_size in [1, 3, 100] {
+        let mut read: Vec<RecordedEvent> = Vec::new();
+        loop {
+            let after = read.last().map(|e| (e.stream_id.as_str(), e.version));
+            let batch = store
+                .read_streams_of_type("order", after, batch_size)
+                .await
+                .unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() as i64 <= batch_size);
+            read.extend(batch);
+        }
+        let read: Vec<(String, u64)> = read.into_iter().map(|e| (e.stream_id, e.version)).collect();
+        assert_eq!(read, expected, "batch size {batch_size}");
+    }
+}
+
+#[tokio::test]
+async fn stream_ids_compare_in_byte_order_and_the_read_walks_their_index() {
+    let db = TestDatabase::new().await;
+    let collation: Option<String> = sqlx::query_scalar(
+        "SELECT collation_name FROM information_schema.columns \
+         WHERE table_schema = 'eventstore' AND table_name = 'events' AND column_name = 'stream_id'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(collation.as_deref(), Some("C"));
+
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query("SET enable_sort = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let explain = format!("EXPLAIN {}", eventstore::store::streams_of_type_sql());
+    let plan = sqlx::query_scalar::<_, String>(&explain)
+        .bind("order-")
+        .bind(0i64)
+        .bind("order.")
+        .bind(1000i64)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(
+        plan.contains("events_stream_version_unique") && !plan.contains("Sort"),
+        "the stream-order read does not walk the stream index:\n{plan}"
+    );
+}
