@@ -3,20 +3,27 @@
 //! 1. **Prepare**: a new version (schema or key prefix) is created empty and recorded as
 //!    `building_version`. From then on the live projector writes every event to both the
 //!    serving and the building version, so nothing that arrives during the rebuild is missed.
-//! 2. **Fill**: the store's global log is read directly (not the bus), only the projection's
-//!    stream type, in large batches; each batch is folded in memory and written in bulk
-//!    (UNNEST for Postgres, one pipeline for Redis). Rows only ever move to a higher stream
-//!    version, so the rebuild and the live projector can write the same rows in any order.
+//! 2. **Fill**: the event store is read directly (not the bus), the projection's stream type
+//!    only, stream by stream in large batches (a projection needs each stream's events in order,
+//!    not the global order, and the stream index holds a type's rows together); the next batch
+//!    is read while this one is folded in memory and written in bulk (UNNEST for Postgres, one
+//!    pipeline for Redis). Rows only ever move to a higher stream version, so the rebuild and
+//!    the live projector can write the same rows in any order.
+//!
+//!    Nothing falls between the two: an event committed before the fill reads its stream is
+//!    read by the fill, and one committed later reaches the live projector after step 1, which
+//!    writes it to the new version too.
 //! 3. **Switch**: once a read finds nothing more, one transaction makes the new version the
-//!    serving one; readers use it from their next request, the live projector from its next
-//!    batch. The old version is then dropped.
+//!    serving one and hands it the old version's place in the global log (the new version holds
+//!    everything the old one does); readers use it from their next request, the live projector
+//!    from its next batch. The old version is then dropped.
 //!
 //! Interrupted anywhere, the old version keeps serving; the next run drops the unfinished
 //! version and starts clean.
 
 use std::time::{Duration, Instant};
 
-use eventstore::{EventStore, LogPosition, RecordedEvent, StoreError};
+use eventstore::{EventStore, RecordedEvent, StoreError};
 use platform::read_models::{CARTS, CartKeys, ORDERS, PRODUCTS, schema};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -24,7 +31,7 @@ use sqlx::PgPool;
 use crate::error::ProjectionError;
 use crate::orders::Orders;
 use crate::products::Products;
-use crate::tables::{PgProjection, record_progress};
+use crate::tables::PgProjection;
 
 /// Events read from the store per batch, unless the caller says otherwise.
 pub const BATCH: i64 = 10_000;
@@ -96,9 +103,6 @@ pub async fn rebuild(
             return Ok(None);
         }
         let batch = batch?;
-        let Some(last) = batch.last().map(RecordedEvent::log_position) else {
-            continue; // the reader never sends an empty batch
-        };
         match &mut target {
             Target::Postgres { schema, projection } => {
                 let mut tx = pool.begin().await?;
@@ -106,17 +110,15 @@ pub async fn rebuild(
                     PRODUCTS => Products::apply_to(&mut tx, schema, store, &batch).await?,
                     _ => Orders::apply_to(&mut tx, schema, store, &batch).await?,
                 };
-                record_progress(&mut tx, projection, version, last, n).await?;
+                count_events(&mut tx, projection, version, n).await?;
                 tx.commit().await?;
             }
             Target::Redis { redis, keys } => {
-                crate::carts::apply_to(redis, keys, version, store, &batch).await?;
-                let _: () = redis::cmd("HSET")
+                let n = crate::carts::apply_to(redis, keys, version, store, &batch).await?;
+                let _: () = redis::cmd("HINCRBY")
                     .arg(keys.progress(version))
-                    .arg("transaction_id")
-                    .arg(last.transaction_id)
-                    .arg("position")
-                    .arg(last.position)
+                    .arg("events")
+                    .arg(n)
                     .query_async(*redis)
                     .await?;
             }
@@ -125,6 +127,9 @@ pub async fn rebuild(
         progress(done);
     }
     let old = switch(pool, name, version).await?;
+    if let (Target::Redis { redis, keys }, Some(old)) = (&mut target, old) {
+        take_over_cart_position(redis, keys, old, version).await?;
+    }
     let elapsed = started.elapsed();
     // Readers pick the serving version per request; give those in flight a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -141,9 +146,9 @@ pub async fn rebuild(
     }))
 }
 
-/// Reads the log of one stream type from the start in batches, one batch ahead of the consumer,
-/// until a read finds nothing more. A read error ends the stream after being passed on; a
-/// consumer that goes away (an interrupted rebuild) ends the reader at its next send.
+/// Reads the events of one stream type stream by stream in batches, one batch ahead of the
+/// consumer, until a read finds nothing more. A read error ends the stream after being passed
+/// on; a consumer that goes away (an interrupted rebuild) ends the reader at its next send.
 fn read_ahead(
     store: EventStore,
     stream_type: &'static str,
@@ -151,13 +156,17 @@ fn read_ahead(
 ) -> tokio::sync::mpsc::Receiver<Result<Vec<RecordedEvent>, StoreError>> {
     let (batches, receiver) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
-        let mut after = LogPosition::START;
+        let mut after: Option<(String, u64)> = None;
         loop {
             let batch = store
-                .read_log_of_types(after, &[stream_type], batch_size)
+                .read_streams_of_type(
+                    stream_type,
+                    after.as_ref().map(|(s, v)| (s.as_str(), *v)),
+                    batch_size,
+                )
                 .await;
-            let last = match &batch {
-                Ok(events) => events.last().map(RecordedEvent::log_position),
+            let next = match &batch {
+                Ok(events) => events.last().map(|e| (e.stream_id.clone(), e.version)),
                 Err(_) => None,
             };
             if matches!(&batch, Ok(events) if events.is_empty())
@@ -165,13 +174,34 @@ fn read_ahead(
             {
                 return;
             }
-            match last {
-                Some(last) => after = last,
+            match next {
+                Some(next) => after = Some(next),
                 None => return,
             }
         }
     });
     receiver
+}
+
+/// Adds a batch's events to the count of a version being built. Its place in the global log
+/// is the live projector's to record (and the old version's, at the switch).
+async fn count_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    projection: &str,
+    version: i32,
+    events: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO read.progress (projection, version, events) VALUES ($1, $2, $3) \
+         ON CONFLICT (projection, version) DO UPDATE \
+         SET events = read.progress.events + EXCLUDED.events, updated_at = now()",
+    )
+    .bind(projection)
+    .bind(version)
+    .bind(events as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Creates the version to build (dropping an unfinished one first) and records it.
@@ -230,10 +260,55 @@ async fn switch(pool: &PgPool, name: &str, version: i32) -> Result<Option<i32>, 
     .bind(version)
     .execute(&mut *tx)
     .await?;
+    // The new version holds everything the old one does, so it takes over the old one's place
+    // in the global log (unless the live projector has taken it further already).
+    sqlx::query(
+        "INSERT INTO read.progress AS new (projection, version, transaction_id, position) \
+         SELECT projection, $3, transaction_id, position FROM read.progress \
+         WHERE projection = $1 AND version = $2 \
+         ON CONFLICT (projection, version) DO UPDATE \
+         SET transaction_id = EXCLUDED.transaction_id, position = EXCLUDED.position \
+         WHERE (EXCLUDED.transaction_id, EXCLUDED.position) > (new.transaction_id, new.position)",
+    )
+    .bind(name)
+    .bind(old)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     tracing::info!(projection = name, from = old, to = version, "switched");
     Ok((old != version).then_some(old))
 }
+
+/// The Redis side of the position hand-over in [`switch`], for carts.
+async fn take_over_cart_position(
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    old: i32,
+    new: i32,
+) -> Result<(), ProjectionError> {
+    let _: i64 = redis::Script::new(TAKE_OVER_POSITION)
+        .key(keys.progress(old))
+        .key(keys.progress(new))
+        .invoke_async(redis)
+        .await?;
+    Ok(())
+}
+
+/// Copies `transaction_id` and `position` from KEYS[1] to KEYS[2] unless KEYS[2] is further.
+const TAKE_OVER_POSITION: &str = r"
+local function at(key)
+  local p = redis.call('HMGET', key, 'transaction_id', 'position')
+  return tonumber(p[1] or '0'), tonumber(p[2] or '0')
+end
+local old_tx, old_pos = at(KEYS[1])
+local new_tx, new_pos = at(KEYS[2])
+if old_tx > new_tx or (old_tx == new_tx and old_pos > new_pos) then
+  redis.call('HSET', KEYS[2], 'transaction_id', old_tx, 'position', old_pos)
+  return 1
+end
+return 0
+";
 
 async fn drop_postgres(pool: &PgPool, name: &str, version: i32) -> Result<(), ProjectionError> {
     sqlx::query(&format!(

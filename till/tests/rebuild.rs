@@ -333,3 +333,86 @@ async fn rebuilding_an_unknown_projection_is_refused_and_changes_nothing() {
         assert_eq!(serving(&system, name).await, (1, None));
     }
 }
+
+/// Once the new version serves, it stands where the old one stood in the global log: a quiet
+/// system shows no lag after a rebuild, without waiting for another event to come along.
+#[tokio::test]
+async fn a_rebuilt_version_takes_over_the_old_versions_place_in_the_log() {
+    let system = TestSystem::start_full().await;
+    let product = system.product("PLACE-1", 100, 10).await;
+    let shopper = token("placer", &[]);
+    let cart = system.post("/v1/carts", &shopper, json!({})).await;
+    let cart = cart.body["cart_id"].as_str().unwrap().to_owned();
+    let added = system
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            &shopper,
+            json!({ "product_id": product, "quantity": 2 }),
+        )
+        .await;
+    assert!(added.status.is_success(), "{:?}", added.body);
+    let checkout = system
+        .post(&format!("/v1/carts/{cart}/checkout"), &shopper, json!({}))
+        .await;
+    assert!(checkout.status.is_success(), "{:?}", checkout.body);
+    // The order process has done its part (stock reserved, awaiting payment): nothing more is
+    // coming.
+    let order = format!("/v1/orders/{}", checkout.body["order_id"].as_str().unwrap());
+    let started = Instant::now();
+    while system
+        .send(Method::GET, &order, Some(&shopper), None)
+        .await
+        .body["status"]
+        != "awaiting_payment"
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the order process stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut redis = redis().await;
+    let started = Instant::now();
+    while lags(&system, &mut redis)
+        .await
+        .iter()
+        .any(|(_, events)| *events > 0)
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "no catch-up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for name in ["products", "orders", "carts"] {
+        projectors::rebuild::rebuild(
+            &system.store,
+            &mut redis,
+            &system.cart_keys,
+            name,
+            BATCH_OF_TWO,
+            |_| {},
+            || false,
+        )
+        .await
+        .unwrap()
+        .expect("not interrupted");
+    }
+    let after = lags(&system, &mut redis).await;
+    assert!(
+        after.iter().all(|(_, events)| *events == 0),
+        "lag right after the rebuild: {after:?}"
+    );
+}
+
+const BATCH_OF_TWO: i64 = 2;
+
+async fn lags(
+    system: &TestSystem,
+    redis: &mut redis::aio::ConnectionManager,
+) -> Vec<(&'static str, i64)> {
+    projectors::status::measure(&system.db.pool, redis, &system.cart_keys)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.projection, l.events))
+        .collect()
+}
