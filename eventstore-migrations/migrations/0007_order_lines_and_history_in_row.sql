@@ -1,7 +1,10 @@
--- An order's lines and status history live in its own row, as JSONB arrays already in the API's
+-- An order's lines and status history live in its own row, as JSON arrays already in the API's
 -- shape, instead of in two side tables. Reading an order is then one row, and a projector writes
 -- one row per order touched instead of one per line and per event besides (a rebuild of the
 -- orders view wrote 2.7 rows per event, and Postgres's index upkeep for them was most of its time).
+-- They are `json`, not `jsonb`: they are only ever stored and served whole, and `json` is kept as
+-- written, where `jsonb` parses and re-sorts every document on the way in and prints it again on
+-- the way out.
 CREATE OR REPLACE FUNCTION read.create_orders_tables(target text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', target);
@@ -19,9 +22,9 @@ BEGIN
             updated_at   timestamptz NOT NULL,
             version      bigint      NOT NULL,
             -- [{product_id, sku, name, unit_price, quantity, line_total}], in line order
-            lines        jsonb       NOT NULL DEFAULT '[]',
+            lines        json        NOT NULL DEFAULT '[]',
             -- [{version, status, event, detail, at}], one entry per event, in version order
-            history      jsonb       NOT NULL DEFAULT '[]'
+            history      json        NOT NULL DEFAULT '[]'
         )$f$, target);
     EXECUTE format('CREATE INDEX IF NOT EXISTS orders_by_customer ON %I.orders (customer_id, order_id DESC)', target);
 END $$;
@@ -34,8 +37,8 @@ BEGIN
     FOR target IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 'read\_orders\_v%' LOOP
         EXECUTE format($f$
             ALTER TABLE %I.orders
-                ADD COLUMN IF NOT EXISTS lines jsonb NOT NULL DEFAULT '[]',
-                ADD COLUMN IF NOT EXISTS history jsonb NOT NULL DEFAULT '[]'
+                ADD COLUMN IF NOT EXISTS lines json NOT NULL DEFAULT '[]',
+                ADD COLUMN IF NOT EXISTS history json NOT NULL DEFAULT '[]'
         $f$, target);
         IF to_regclass(format('%I.order_lines', target)) IS NULL THEN
             CONTINUE;
@@ -43,15 +46,15 @@ BEGIN
         EXECUTE format($f$
             UPDATE %1$I.orders o SET
                 lines = coalesce((
-                    SELECT jsonb_agg(jsonb_build_object(
+                    SELECT json_agg(json_build_object(
                                'product_id', l.product_id, 'sku', l.sku, 'name', l.name,
-                               'unit_price', jsonb_build_object('amount', l.unit_amount, 'currency', o.currency),
+                               'unit_price', json_build_object('amount', l.unit_amount, 'currency', o.currency),
                                'quantity', l.quantity,
-                               'line_total', jsonb_build_object('amount', l.line_amount, 'currency', o.currency))
+                               'line_total', json_build_object('amount', l.line_amount, 'currency', o.currency))
                            ORDER BY l.line_no)
                     FROM %1$I.order_lines l WHERE l.order_id = o.order_id), '[]'),
                 history = coalesce((
-                    SELECT jsonb_agg(jsonb_build_object(
+                    SELECT json_agg(json_build_object(
                                'version', h.version, 'status', h.status, 'event', h.event_type,
                                'detail', h.detail, 'at', h.at)
                            ORDER BY h.version)

@@ -194,7 +194,7 @@ pub async fn upsert(
         "INSERT INTO \"{schema}\".orders ({COLUMNS}) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
                               $6::text[], $7::timestamptz[], $8::uuid[], $9::timestamptz[], \
-                              $10::timestamptz[], $11::int8[], $12::jsonb[], $13::jsonb[]) \
+                              $10::timestamptz[], $11::int8[], $12::text[]::json[], $13::text[]::json[]) \
          ON CONFLICT (order_id) DO UPDATE SET \
            status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, \
            payment_id = EXCLUDED.payment_id, updated_at = EXCLUDED.updated_at, \
@@ -212,11 +212,21 @@ pub async fn upsert(
     .bind(column!(placed_at))
     .bind(column!(updated_at))
     .bind(column!(version))
-    .bind(column!(lines))
-    .bind(column!(history))
+    // As text: a `json` column keeps it as written (sqlx's `Json` would be sent as jsonb).
+    .bind(json_column(rows, |r| &r.lines.0)?)
+    .bind(json_column(rows, |r| &r.history.0)?)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+fn json_column<T: Serialize>(
+    rows: &[OrderRow],
+    field: impl Fn(&OrderRow) -> &T,
+) -> Result<Vec<String>, sqlx::Error> {
+    rows.iter()
+        .map(|r| serde_json::to_string(field(r)).map_err(|e| sqlx::Error::Encode(Box::new(e))))
+        .collect()
 }
 
 /// Applies order events to one version's tables (see [`crate::products::apply_to`]).

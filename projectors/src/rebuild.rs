@@ -106,6 +106,11 @@ pub async fn rebuild(
         match &mut target {
             Target::Postgres { schema, projection } => {
                 let mut tx = pool.begin().await?;
+                // A crash loses at most the last batches, which is fine: an unfinished
+                // version is rebuilt from scratch anyway. The switch commits durably.
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
                 let n = match *projection {
                     PRODUCTS => Products::apply_to(&mut tx, schema, store, &batch).await?,
                     _ => Orders::apply_to(&mut tx, schema, store, &batch).await?,
