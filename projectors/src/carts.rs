@@ -177,9 +177,7 @@ pub async fn apply_to(
     store: &EventStore,
     events: &[RecordedEvent],
 ) -> Result<u64, ProjectionError> {
-    let mut ids = stream_ids(events, STREAM_TYPE);
-    ids.sort();
-    ids.dedup();
+    let ids = stream_ids(events, STREAM_TYPE);
     if ids.is_empty() {
         return Ok(0);
     }

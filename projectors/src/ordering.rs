@@ -22,13 +22,16 @@ fn by_stream<'a>(
     streams
 }
 
-/// The ids of the streams of `stream_type` in a batch.
+/// The ids of the streams of `stream_type` in a batch, each once, in order.
 pub fn stream_ids(events: &[RecordedEvent], stream_type: &str) -> Vec<uuid::Uuid> {
-    events
+    let mut ids: Vec<uuid::Uuid> = events
         .iter()
         .filter(|e| e.stream_type() == stream_type)
         .filter_map(|e| stream_uuid(&e.stream_id))
-        .collect()
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// For each stream of `stream_type` in a batch, the events to fold onto its view, given the

@@ -24,6 +24,7 @@
 use std::time::{Duration, Instant};
 
 use eventstore::{EventStore, RecordedEvent, StoreError};
+use futures::StreamExt;
 use platform::read_models::{CARTS, CartKeys, ORDERS, PRODUCTS, schema};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -57,16 +58,22 @@ impl Rebuilt {
 }
 
 /// Where a rebuild writes.
-enum Target<'a> {
+enum Target {
     Postgres {
         schema: String,
         projection: &'static str,
     },
     Redis {
-        redis: &'a mut ConnectionManager,
-        keys: &'a CartKeys,
+        redis: ConnectionManager,
+        keys: CartKeys,
     },
 }
+
+/// Batches applied at once. Batches are read in stream order, so two in flight share at most
+/// the stream at their boundary, and rows that only move to higher versions (gaps filled from
+/// the store) keep that correct in whichever order they commit. Two keep both of Postgres's
+/// cores busy; more only queue.
+const APPLIERS: usize = 2;
 
 /// Rebuilds `projection`. `progress` is told the events done so far (for a progress bar);
 /// `stop` is checked between batches (Ctrl-C): when it returns true the rebuild stops, the old
@@ -87,61 +94,45 @@ pub async fn rebuild(
     let started = Instant::now();
     let pool = store.pool();
     let version = prepare(pool, redis, keys, name).await?;
-    let mut target = match name {
-        CARTS => Target::Redis { redis, keys },
+    let target = match name {
+        CARTS => Target::Redis {
+            redis: redis.clone(),
+            keys: keys.clone(),
+        },
         _ => Target::Postgres {
             schema: schema(name, version),
             projection: name,
         },
     };
-    // The next batch is read while this one is applied: reading and writing then use both of
-    // Postgres's cores (and ours) instead of taking turns.
-    let mut batches = read_ahead(store.clone(), stream_type, batch_size);
+    // The next batch is read while earlier ones are applied, so reading and writing run side by
+    // side instead of taking turns.
+    let batches = read_ahead(store.clone(), stream_type, batch_size);
+    let mut applied = std::pin::pin!(
+        futures::stream::unfold(batches, |mut batches| async move {
+            batches.recv().await.map(|batch| (batch, batches))
+        })
+        .map(|batch| apply_batch(store, &target, version, batch))
+        .buffer_unordered(APPLIERS)
+    );
     let mut done = 0u64;
-    while let Some(batch) = batches.recv().await {
+    while let Some(events) = applied.next().await {
+        done += events?;
+        progress(done);
         if stop() {
             return Ok(None);
         }
-        let batch = batch?;
-        match &mut target {
-            Target::Postgres { schema, projection } => {
-                let mut tx = pool.begin().await?;
-                // A crash loses at most the last batches, which is fine: an unfinished
-                // version is rebuilt from scratch anyway. The switch commits durably.
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
-                    .await?;
-                let n = match *projection {
-                    PRODUCTS => Products::apply_to(&mut tx, schema, store, &batch).await?,
-                    _ => Orders::apply_to(&mut tx, schema, store, &batch).await?,
-                };
-                count_events(&mut tx, projection, version, n).await?;
-                tx.commit().await?;
-            }
-            Target::Redis { redis, keys } => {
-                let n = crate::carts::apply_to(redis, keys, version, store, &batch).await?;
-                let _: () = redis::cmd("HINCRBY")
-                    .arg(keys.progress(version))
-                    .arg("events")
-                    .arg(n)
-                    .query_async(*redis)
-                    .await?;
-            }
-        }
-        done += batch.len() as u64;
-        progress(done);
     }
     let old = switch(pool, name, version).await?;
-    if let (Target::Redis { redis, keys }, Some(old)) = (&mut target, old) {
+    if let (CARTS, Some(old)) = (name, old) {
         take_over_cart_position(redis, keys, old, version).await?;
     }
     let elapsed = started.elapsed();
     // Readers pick the serving version per request; give those in flight a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    match (&mut target, old) {
+    match (name, old) {
         (_, None) => {}
-        (Target::Postgres { .. }, Some(old)) => drop_postgres(pool, name, old).await?,
-        (Target::Redis { redis, keys }, Some(old)) => drop_redis(redis, keys, old).await?,
+        (CARTS, Some(old)) => drop_redis(redis, keys, old).await?,
+        (_, Some(old)) => drop_postgres(pool, name, old).await?,
     }
     Ok(Some(Rebuilt {
         projection: name,
@@ -149,6 +140,43 @@ pub async fn rebuild(
         events: done,
         elapsed,
     }))
+}
+
+/// Applies one batch to the version being built; returns how many events it held.
+async fn apply_batch(
+    store: &EventStore,
+    target: &Target,
+    version: i32,
+    batch: Result<Vec<RecordedEvent>, StoreError>,
+) -> Result<u64, ProjectionError> {
+    let batch = batch?;
+    match target {
+        Target::Postgres { schema, projection } => {
+            let mut tx = store.pool().begin().await?;
+            // A crash loses at most the last batches, which is fine: an unfinished version is
+            // rebuilt from scratch anyway. The switch commits durably.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+            let n = match *projection {
+                PRODUCTS => Products::apply_to(&mut tx, schema, store, &batch).await?,
+                _ => Orders::apply_to(&mut tx, schema, store, &batch).await?,
+            };
+            count_events(&mut tx, projection, version, n).await?;
+            tx.commit().await?;
+        }
+        Target::Redis { redis, keys } => {
+            let mut redis = redis.clone();
+            let n = crate::carts::apply_to(&mut redis, keys, version, store, &batch).await?;
+            let _: () = redis::cmd("HINCRBY")
+                .arg(keys.progress(version))
+                .arg("events")
+                .arg(n)
+                .query_async(&mut redis)
+                .await?;
+        }
+    }
+    Ok(batch.len() as u64)
 }
 
 /// Reads the events of one stream type stream by stream in batches, one batch ahead of the
