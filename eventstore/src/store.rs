@@ -411,30 +411,50 @@ impl EventStore {
         self.upcast_rows(rows)
     }
 
-    /// Up to `limit` events of the streams of `stream_type` in stream order (by stream id, then
-    /// version), after `after`: the last stream id and version read, `None` to start.
+    /// Every event of the streams of `stream_type` in stream order (by stream id, then
+    /// version), read with one statement and handed to `deliver` in batches of up to
+    /// `batch_size` as the rows arrive, so Postgres produces the next rows while `deliver`
+    /// works. `deliver` returns false to stop early.
     ///
     /// For rebuilds: a projection needs each stream's events in order but no order across
     /// streams, and this walks the type's own range of the `(stream_id, version)` index, where
-    /// the global log visits every row of every type. Streams read past are not looked at again,
-    /// so an event appended to one of them meanwhile is not returned: a rebuild gets those from
-    /// the live projector.
-    pub async fn read_streams_of_type(
+    /// the global log visits every row of every type. It reads one snapshot: events committed
+    /// after the statement started are not included (a rebuild gets those from the live
+    /// projector).
+    pub async fn scan_streams_of_type<F, Fut>(
         &self,
         stream_type: &str,
-        after: Option<(&str, u64)>,
-        limit: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        batch_size: usize,
+        mut deliver: F,
+    ) -> Result<(), StoreError>
+    where
+        F: FnMut(Vec<RecordedEvent>) -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        use futures::TryStreamExt;
         let (first, last) = stream_type_range(stream_type);
-        let (after_stream, after_version) = after.unwrap_or((&first, 0));
-        let rows: Vec<EventRow> = sqlx::query_as(&streams_of_type_sql())
-            .bind(after_stream)
-            .bind(i64::try_from(after_version).unwrap_or(i64::MAX))
+        let sql = streams_of_type_sql();
+        let mut rows = sqlx::query_as::<_, EventRow>(&sql)
+            .bind(first)
             .bind(last)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        self.upcast_rows(rows)
+            .fetch(&self.pool);
+        let mut batch = Vec::with_capacity(batch_size);
+        while let Some(row) = rows.try_next().await? {
+            batch.push(self.upcasters.upcast(row.into())?);
+            if batch.len() >= batch_size
+                && !deliver(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(batch_size),
+                ))
+                .await
+            {
+                return Ok(());
+            }
+        }
+        if !batch.is_empty() {
+            deliver(batch).await;
+        }
+        Ok(())
     }
 
     /// The newest event's global position and how many events the store holds.
@@ -473,14 +493,12 @@ pub fn global_log_sql(by_stream_type: bool) -> String {
     )
 }
 
-/// The statement behind [`EventStore::read_streams_of_type`] (`$1`, `$2` the stream and version
-/// after which to read, `$3` the end of the type's range, `$4` the limit); public so that a test
-/// can check its plan.
+/// The statement behind [`EventStore::scan_streams_of_type`] (`$1` and `$2` the start and end
+/// of the type's range of stream ids); public so that a test can check its plan.
 pub fn streams_of_type_sql() -> String {
     format!(
         "SELECT {EVENT_COLUMNS} FROM eventstore.events e \
-         WHERE (e.stream_id, e.version) > ($1, $2) AND e.stream_id < $3 \
-         ORDER BY e.stream_id, e.version LIMIT $4"
+         WHERE e.stream_id > $1 AND e.stream_id < $2 ORDER BY e.stream_id, e.version"
     )
 }
 

@@ -106,7 +106,11 @@ pub async fn rebuild(
     };
     // The next batch is read while earlier ones are applied, so reading and writing run side by
     // side instead of taking turns.
-    let batches = read_ahead(store.clone(), stream_type, batch_size);
+    let batches = read_ahead(
+        store.clone(),
+        stream_type,
+        usize::try_from(batch_size).unwrap_or(1).max(1),
+    );
     let mut applied = std::pin::pin!(
         futures::stream::unfold(batches, |mut batches| async move {
             batches.recv().await.map(|batch| (batch, batches))
@@ -179,38 +183,24 @@ async fn apply_batch(
     Ok(batch.len() as u64)
 }
 
-/// Reads the events of one stream type stream by stream in batches, one batch ahead of the
-/// consumer, until a read finds nothing more. A read error ends the stream after being passed
-/// on; a consumer that goes away (an interrupted rebuild) ends the reader at its next send.
+/// Reads the events of one stream type stream by stream in batches, in a task of its own so that
+/// reading goes on while batches are applied. A read error is passed on as the last item; a
+/// consumer that goes away (an interrupted rebuild) stops the read at its next batch.
 fn read_ahead(
     store: EventStore,
     stream_type: &'static str,
-    batch_size: i64,
+    batch_size: usize,
 ) -> tokio::sync::mpsc::Receiver<Result<Vec<RecordedEvent>, StoreError>> {
     let (batches, receiver) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
-        let mut after: Option<(String, u64)> = None;
-        loop {
-            let batch = store
-                .read_streams_of_type(
-                    stream_type,
-                    after.as_ref().map(|(s, v)| (s.as_str(), *v)),
-                    batch_size,
-                )
-                .await;
-            let next = match &batch {
-                Ok(events) => events.last().map(|e| (e.stream_id.clone(), e.version)),
-                Err(_) => None,
-            };
-            if matches!(&batch, Ok(events) if events.is_empty())
-                || batches.send(batch).await.is_err()
-            {
-                return;
-            }
-            match next {
-                Some(next) => after = Some(next),
-                None => return,
-            }
+        let read = store
+            .scan_streams_of_type(stream_type, batch_size, |batch| {
+                let batches = batches.clone();
+                async move { batches.send(Ok(batch)).await.is_ok() }
+            })
+            .await;
+        if let Err(e) = read {
+            let _ = batches.send(Err(e)).await;
         }
     });
     receiver
