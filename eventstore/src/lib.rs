@@ -23,7 +23,9 @@ pub mod upcast;
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use error::{AppendError, StoreError};
 pub use execute::{CommandOptions, EventIds, ExecuteError, Executed};
-pub use model::{Appended, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent};
+pub use model::{
+    Appended, EventData, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent,
+};
 pub use multi::StreamAppend;
 pub use store::{APPENDED_CHANNEL, EventStore};
 pub use upcast::Upcasters;

@@ -19,7 +19,9 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::error::{AppendError, StoreError};
-use crate::model::{Appended, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent};
+use crate::model::{
+    Appended, EventData, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent,
+};
 use crate::upcast::Upcasters;
 
 /// How often an append with [`ExpectedVersion::Any`] retries after losing a race.
@@ -100,7 +102,7 @@ struct EventRow {
     event_id: Uuid,
     event_type: String,
     schema_version: i32,
-    data: serde_json::Value,
+    data: Json<EventData>,
     metadata: Json<Metadata>,
     recorded_at: DateTime<Utc>,
 }
@@ -115,7 +117,7 @@ impl From<EventRow> for RecordedEvent {
             event_id: row.event_id,
             event_type: row.event_type,
             schema_version: row.schema_version,
-            data: row.data,
+            data: row.data.0,
             metadata: row.metadata.0,
             recorded_at: row.recorded_at,
         }

@@ -8,7 +8,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::error::StoreError;
-use crate::model::RecordedEvent;
+use crate::model::{EventData, RecordedEvent};
 
 type Lift = Box<dyn Fn(Value) -> Value + Send + Sync>;
 
@@ -63,8 +63,12 @@ impl Upcasters {
         }
         if let Some(chain) = self.chains.get(&event.event_type) {
             let from = usize::try_from(event.schema_version.max(1) - 1).unwrap_or(0);
-            for lift in &chain[from..] {
-                event.data = lift(std::mem::take(&mut event.data));
+            let lifts = &chain[from..];
+            if !lifts.is_empty() {
+                let data = lifts
+                    .iter()
+                    .fold(event.data.to_value(), |data, lift| lift(data));
+                event.data = EventData::from_value(&data);
             }
         }
         event.schema_version = current;

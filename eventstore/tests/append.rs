@@ -100,7 +100,7 @@ async fn expected_versions_are_enforced_and_conflicts_report_the_actual_version(
     let stored = store.read_stream(&s, 0).await.unwrap();
     let ns: Vec<u64> = stored
         .iter()
-        .map(|e| e.data["n"].as_u64().unwrap())
+        .map(|e| e.data.to_value()["n"].as_u64().unwrap())
         .collect();
     assert_eq!(ns, vec![1, 2, 3, 4, 5]);
     let versions: Vec<u64> = stored.iter().map(|e| e.version).collect();

@@ -16,7 +16,7 @@
 //! `cart.*` for one aggregate or `#` for everything.
 
 use chrono::{DateTime, Utc};
-use eventstore::{LogPosition, Metadata, RecordedEvent};
+use eventstore::{EventData, LogPosition, Metadata, RecordedEvent};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,7 @@ pub struct Envelope {
     pub transaction_id: u64,
     pub event_type: String,
     pub schema_version: i32,
-    pub data: serde_json::Value,
+    pub data: EventData,
     #[serde(default)]
     pub metadata: Metadata,
     pub recorded_at: DateTime<Utc>,
@@ -193,7 +193,7 @@ mod tests {
             event_id: Uuid::now_v7(),
             event_type: "CartItemAdded".into(),
             schema_version: 2,
-            data: json!({"product_id": "p", "quantity": 2}),
+            data: EventData::from_value(&json!({"product_id": "p", "quantity": 2})),
             metadata: Metadata {
                 correlation_id: Some(Uuid::new_v4()),
                 causation_id: None,

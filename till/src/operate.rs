@@ -189,7 +189,7 @@ fn print_event(e: &eventstore::RecordedEvent) {
         e.stream_id,
         e.version,
         e.event_type,
-        e.data
+        e.data.as_str()
     );
 }
 
