@@ -111,20 +111,38 @@ pub async fn rebuild(
         stream_type,
         usize::try_from(batch_size).unwrap_or(1).max(1),
     );
+    // On an interruption or an error no new batch starts, but those in flight finish: a
+    // transaction dropped half-way would keep its row locks until its connection is next used.
+    let halt = std::cell::Cell::new(Halt::No);
     let mut applied = std::pin::pin!(
         futures::stream::unfold(batches, |mut batches| async move {
             batches.recv().await.map(|batch| (batch, batches))
         })
+        .take_while(|_| std::future::ready(halt.get() == Halt::No))
         .map(|batch| apply_batch(store, &target, version, batch))
         .buffer_unordered(APPLIERS)
     );
     let mut done = 0u64;
+    let mut failure = None;
     while let Some(events) = applied.next().await {
-        done += events?;
-        progress(done);
-        if stop() {
-            return Ok(None);
+        match events {
+            Ok(events) => {
+                done += events;
+                progress(done);
+                if stop() && halt.get() == Halt::No {
+                    halt.set(Halt::Stopped);
+                }
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+                halt.set(Halt::Failed);
+            }
         }
+    }
+    match (halt.get(), failure) {
+        (_, Some(e)) => return Err(e),
+        (Halt::Stopped, None) => return Ok(None),
+        _ => {}
     }
     let old = switch(pool, name, version).await?;
     if let (CARTS, Some(old)) = (name, old) {
@@ -144,6 +162,14 @@ pub async fn rebuild(
         events: done,
         elapsed,
     }))
+}
+
+/// Why a rebuild stopped taking new batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Halt {
+    No,
+    Stopped,
+    Failed,
 }
 
 /// Applies one batch to the version being built; returns how many events it held.
