@@ -2,6 +2,8 @@
 //! JSON, its stream version and its owner. Writes go through a Lua script that only replaces a
 //! view with a newer one, so a view never goes backwards whoever writes it.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use domain::cart::CartEvent;
 use eventstore::{EventStore, RecordedEvent};
@@ -12,7 +14,7 @@ use uuid::Uuid;
 
 pub use crate::MoneyView;
 use crate::error::ProjectionError;
-use crate::ordering::{new_events_by_stream, stream_ids};
+use crate::ordering::{applied_events, new_events_by_stream, streams_to_load};
 use crate::tables::CARTS;
 pub use platform::read_models::CartKeys;
 
@@ -177,33 +179,33 @@ pub async fn apply_to(
     store: &EventStore,
     events: &[RecordedEvent],
 ) -> Result<u64, ProjectionError> {
-    let ids = stream_ids(events, STREAM_TYPE);
-    if ids.is_empty() {
-        return Ok(0);
+    let ids = streams_to_load(events, STREAM_TYPE);
+    let mut views: HashMap<Uuid, CartView> = HashMap::new();
+    if !ids.is_empty() {
+        let mut read = redis::pipe();
+        for id in &ids {
+            read.cmd("HGET").arg(keys.cart(version, *id)).arg("view");
+        }
+        let stored: Vec<Option<String>> = read.query_async(redis).await?;
+        views.extend(
+            ids.iter()
+                .zip(stored)
+                .filter_map(|(id, json)| Some((*id, serde_json::from_str(&json?).ok()?))),
+        );
     }
-    let mut read = redis::pipe();
-    for id in &ids {
-        read.cmd("HGET").arg(keys.cart(version, *id)).arg("view");
-    }
-    let stored: Vec<Option<String>> = read.query_async(redis).await?;
-    let mut views: std::collections::HashMap<Uuid, CartView> = ids
-        .iter()
-        .zip(stored)
-        .filter_map(|(id, json)| Some((*id, serde_json::from_str(&json?).ok()?)))
-        .collect();
     let plan = new_events_by_stream(store, events, STREAM_TYPE, |id| {
         views.get(&id).map_or(0, |v| v.version)
     })
     .await?;
     let mut write = redis::pipe();
-    let mut applied = 0;
-    let mut writes = 0;
+    let mut folded = HashMap::with_capacity(plan.len());
+    let mut written_ids = Vec::with_capacity(plan.len());
     for (id, new) in plan {
         let mut view = views.remove(&id);
         for event in &new {
             view = apply(view, event)?;
         }
-        applied += new.len() as u64;
+        folded.insert(id, new.len() as u64);
         if let Some(view) = view {
             let json = serde_json::to_string(&view).map_err(|e| ProjectionError::Undecodable {
                 event_id: new[0].event_id,
@@ -219,14 +221,20 @@ pub async fn apply_to(
                 .arg(view.version)
                 .arg(json)
                 .arg(&view.customer_id);
-            writes += 1;
+            written_ids.push(id);
         }
     }
-    if writes == 0 {
-        return Ok(applied);
+    if written_ids.is_empty() {
+        return Ok(0);
     }
-    let _: Vec<i64> = write.query_async(redis).await?;
-    Ok(applied)
+    let written: Vec<i64> = write.query_async(redis).await?;
+    Ok(applied_events(
+        &folded,
+        written_ids
+            .into_iter()
+            .zip(written)
+            .filter_map(|(id, written)| (written == 1).then_some(id)),
+    ))
 }
 
 /// Applies a live batch to the serving version (and a building one, if a rebuild runs).

@@ -22,16 +22,33 @@ fn by_stream<'a>(
     streams
 }
 
-/// The ids of the streams of `stream_type` in a batch, each once, in order.
-pub fn stream_ids(events: &[RecordedEvent], stream_type: &str) -> Vec<uuid::Uuid> {
-    let mut ids: Vec<uuid::Uuid> = events
-        .iter()
-        .filter(|e| e.stream_type() == stream_type)
-        .filter_map(|e| stream_uuid(&e.stream_id))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+/// The streams of `stream_type` in a batch whose stored view the batch needs: those whose events
+/// here do not start at version 1. A stream that starts in the batch is folded from nothing;
+/// should a view of it be stored already (the other writer, live projector or rebuild, got there
+/// first), ours is written only if it is newer, as every write checks the version. In a rebuild,
+/// which reads stream by stream, that leaves only the stream at a batch's edge to load.
+pub fn streams_to_load(events: &[RecordedEvent], stream_type: &str) -> Vec<uuid::Uuid> {
+    let mut first_versions: BTreeMap<&str, u64> = BTreeMap::new();
+    for event in events.iter().filter(|e| e.stream_type() == stream_type) {
+        let first = first_versions
+            .entry(event.stream_id.as_str())
+            .or_insert(event.version);
+        *first = (*first).min(event.version);
+    }
+    first_versions
+        .into_iter()
+        .filter(|(_, first)| *first > 1)
+        .filter_map(|(stream_id, _)| stream_uuid(stream_id))
+        .collect()
+}
+
+/// How many events took effect, given how many each stream's fold used and which streams'
+/// views were written (a write older than the stored view is refused and counts nothing).
+pub fn applied_events(
+    folded: &std::collections::HashMap<uuid::Uuid, u64>,
+    written: impl IntoIterator<Item = uuid::Uuid>,
+) -> u64 {
+    written.into_iter().filter_map(|id| folded.get(&id)).sum()
 }
 
 /// For each stream of `stream_type` in a batch, the events to fold onto its view, given the

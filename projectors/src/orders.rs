@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::MoneyView;
 use crate::error::ProjectionError;
-use crate::ordering::{new_events_by_stream, stream_ids};
+use crate::ordering::{applied_events, new_events_by_stream, streams_to_load};
 use crate::tables::{ORDERS, PgProjection};
 
 /// Stream type this projection reads.
@@ -176,21 +176,22 @@ async fn load(
     Ok(rows.into_iter().map(|r| (r.order_id, r)).collect())
 }
 
-/// Writes rows with one statement (UNNEST), replacing older versions of them.
+/// Writes rows with one statement (UNNEST), replacing older versions of them; returns the ids
+/// of the rows written (a row older than the stored one is not).
 pub async fn upsert(
     tx: &mut Transaction<'_, Postgres>,
     schema: &str,
     rows: &[OrderRow],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     macro_rules! column {
         ($field:ident) => {
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
-    sqlx::query(&format!(
+    sqlx::query_scalar(&format!(
         "INSERT INTO \"{schema}\".orders ({COLUMNS}) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
                               $6::text[], $7::timestamptz[], $8::uuid[], $9::timestamptz[], \
@@ -199,7 +200,8 @@ pub async fn upsert(
            status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, \
            payment_id = EXCLUDED.payment_id, updated_at = EXCLUDED.updated_at, \
            version = EXCLUDED.version, history = EXCLUDED.history \
-         WHERE orders.version < EXCLUDED.version"
+         WHERE orders.version < EXCLUDED.version \
+         RETURNING order_id"
     ))
     .bind(column!(order_id))
     .bind(column!(customer_id))
@@ -215,9 +217,8 @@ pub async fn upsert(
     // As text: a `json` column keeps it as written (sqlx's `Json` would be sent as jsonb).
     .bind(json_column(rows, |r| &r.lines.0)?)
     .bind(json_column(rows, |r| &r.history.0)?)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .fetch_all(&mut **tx)
+    .await
 }
 
 fn json_column<T: Serialize>(
@@ -236,24 +237,24 @@ pub async fn apply_to(
     store: &EventStore,
     events: &[RecordedEvent],
 ) -> Result<u64, ProjectionError> {
-    let ids = stream_ids(events, STREAM_TYPE);
+    let ids = streams_to_load(events, STREAM_TYPE);
     let mut rows = load(tx, schema, &ids).await?;
     let plan = new_events_by_stream(store, events, STREAM_TYPE, |id| {
         rows.get(&id).map_or(0, |r| r.version as u64)
     })
     .await?;
     let mut changed = Vec::with_capacity(plan.len());
-    let mut applied = 0;
+    let mut folded = HashMap::with_capacity(plan.len());
     for (id, new) in plan {
         let mut row = rows.remove(&id);
         for event in &new {
             row = apply(row, event)?;
         }
-        applied += new.len() as u64;
+        folded.insert(id, new.len() as u64);
         changed.extend(row);
     }
-    upsert(tx, schema, &changed).await?;
-    Ok(applied)
+    let written = upsert(tx, schema, &changed).await?;
+    Ok(applied_events(&folded, written))
 }
 
 /// The orders projection, for [`crate::tables::apply_live`] and rebuilds.

@@ -10,7 +10,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::ProjectionError;
-use crate::ordering::{new_events_by_stream, stream_ids};
+use crate::ordering::{applied_events, new_events_by_stream, streams_to_load};
 use crate::tables::{PRODUCTS, PgProjection};
 
 /// Stream type this projection reads.
@@ -120,21 +120,22 @@ async fn load(
     Ok(rows.into_iter().map(|r| (r.product_id, r)).collect())
 }
 
-/// Writes rows with one statement (UNNEST), replacing what is there.
+/// Writes rows with one statement (UNNEST), replacing older versions of them; returns the ids
+/// of the rows written (a row older than the stored one is not).
 pub async fn upsert(
     tx: &mut Transaction<'_, Postgres>,
     schema: &str,
     rows: &[ProductRow],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     macro_rules! column {
         ($field:ident) => {
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
-    sqlx::query(&format!(
+    sqlx::query_scalar(&format!(
         "INSERT INTO \"{schema}\".products ({COLUMNS}) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
                               $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::bool[], \
@@ -145,7 +146,8 @@ pub async fn upsert(
            currency = EXCLUDED.currency, available = EXCLUDED.available, \
            reserved = EXCLUDED.reserved, discontinued = EXCLUDED.discontinued, \
            version = EXCLUDED.version, updated_at = EXCLUDED.updated_at \
-         WHERE products.version < EXCLUDED.version"
+         WHERE products.version < EXCLUDED.version \
+         RETURNING product_id"
     ))
     .bind(column!(product_id))
     .bind(column!(sku))
@@ -160,9 +162,8 @@ pub async fn upsert(
     .bind(column!(version))
     .bind(column!(created_at))
     .bind(column!(updated_at))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .fetch_all(&mut **tx)
+    .await
 }
 
 /// Applies product events to one version's tables: loads the affected rows, folds what is new
@@ -174,24 +175,24 @@ pub async fn apply_to(
     store: &EventStore,
     events: &[RecordedEvent],
 ) -> Result<u64, ProjectionError> {
-    let ids = stream_ids(events, STREAM_TYPE);
+    let ids = streams_to_load(events, STREAM_TYPE);
     let mut rows = load(tx, schema, &ids).await?;
     let plan = new_events_by_stream(store, events, STREAM_TYPE, |id| {
         rows.get(&id).map_or(0, |r| r.version as u64)
     })
     .await?;
     let mut changed = Vec::with_capacity(plan.len());
-    let mut applied = 0;
+    let mut folded = HashMap::with_capacity(plan.len());
     for (id, new) in plan {
         let mut row = rows.remove(&id);
         for event in &new {
             row = apply(row, event)?;
         }
-        applied += new.len() as u64;
+        folded.insert(id, new.len() as u64);
         changed.extend(row);
     }
-    upsert(tx, schema, &changed).await?;
-    Ok(applied)
+    let written = upsert(tx, schema, &changed).await?;
+    Ok(applied_events(&folded, written))
 }
 
 /// The products projection, for [`crate::tables::apply_live`] and rebuilds.
