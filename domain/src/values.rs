@@ -191,11 +191,16 @@ MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF 
 SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES \
 VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG";
 
+/// The codes of [`ISO_4217`] as a set: every stored event with money in it is checked against
+/// it when it is decoded, so the lookup must not walk the list.
+static ACTIVE_CURRENCIES: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+    std::sync::LazyLock::new(|| ISO_4217.split_ascii_whitespace().collect());
+
 impl Currency {
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let valid = raw.len() == 3
             && raw.bytes().all(|b| b.is_ascii_uppercase())
-            && ISO_4217.split_ascii_whitespace().any(|code| code == raw);
+            && ACTIVE_CURRENCIES.contains(raw);
         if !valid {
             return Err(InvalidValue::new(
                 "currency",

@@ -147,12 +147,16 @@ pub fn apply(
 /// Writes a view only if it is newer than the stored one. A view at a higher version already
 /// holds everything a lower one does, so two writers (the live projector and a rebuild) can
 /// write the same key in any order and the newest view wins.
-const SET_IF_NEWER: &str = r"
+static SET_IF_NEWER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'view', ARGV[2], 'customer_id', ARGV[3])
 return 1
-";
+",
+    )
+});
 
 /// Reads a stored view.
 pub async fn read(
@@ -197,7 +201,10 @@ pub async fn apply_to(
         views.get(&id).map_or(0, |v| v.version)
     })
     .await?;
+    // The pipeline loads the script first, then calls it by its hash: Redis need not hash the
+    // script's text for every cart, and a Redis restart that emptied its script cache is covered.
     let mut write = redis::pipe();
+    write.load_script(&SET_IF_NEWER).ignore();
     let mut folded = HashMap::with_capacity(plan.len());
     let mut written_ids = Vec::with_capacity(plan.len());
     for (id, new) in plan {
@@ -211,16 +218,13 @@ pub async fn apply_to(
                 event_id: new[0].event_id,
                 reason: e.to_string(),
             })?;
-            // EVAL, not EVALSHA: Redis caches the compiled script either way, and EVAL survives a
-            // Redis restart that flushed the script cache.
-            write
-                .cmd("EVAL")
-                .arg(SET_IF_NEWER)
-                .arg(1)
-                .arg(keys.cart(version, id))
-                .arg(view.version)
-                .arg(json)
-                .arg(&view.customer_id);
+            write.invoke_script(
+                SET_IF_NEWER
+                    .key(keys.cart(version, id))
+                    .arg(view.version)
+                    .arg(json)
+                    .arg(&view.customer_id),
+            );
             written_ids.push(id);
         }
     }
