@@ -496,3 +496,24 @@ async fn a_replay_from_scratch_builds_the_same_views_as_the_live_run() {
     );
     f.cleanup().await;
 }
+
+/// Redis forgets its scripts when it restarts (or on SCRIPT FLUSH); cart writes must not depend
+/// on a script loaded earlier.
+#[tokio::test]
+async fn cart_views_are_written_after_redis_forgot_its_scripts() {
+    let mut f = Fixture::new().await;
+    let (_, carts, _) = scenario(&f).await;
+    let events = f.all_events().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut f.redis)
+        .await
+        .unwrap();
+    let (_, _, c) = f.apply(&events).await;
+    assert!(c > 0);
+    for id in &carts {
+        let view = carts::read(&mut f.redis, &f.keys, 1, id.0).await.unwrap();
+        assert!(view.is_some(), "cart {id:?} has no view");
+    }
+    f.cleanup().await;
+}
