@@ -380,36 +380,12 @@ impl EventStore {
         after: LogPosition,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read_log_filtered(after, None, limit).await
-    }
-
-    /// Like [`EventStore::read_log`], only events of the given stream types (e.g. `cart`).
-    #[instrument(skip(self), err(level = "debug"))]
-    pub async fn read_log_of_types(
-        &self,
-        after: LogPosition,
-        stream_types: &[&str],
-        limit: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read_log_filtered(after, Some(stream_types), limit)
-            .await
-    }
-
-    async fn read_log_filtered(
-        &self,
-        after: LogPosition,
-        stream_types: Option<&[&str]>,
-        limit: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = global_log_sql(stream_types.is_some());
-        let mut query = sqlx::query_as::<_, EventRow>(&sql)
+        let rows = sqlx::query_as::<_, EventRow>(&global_log_sql())
             .bind(i64::try_from(after.transaction_id).unwrap_or(i64::MAX))
             .bind(after.position)
-            .bind(limit);
-        if let Some(types) = stream_types {
-            query = query.bind(types.to_vec());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         self.upcast_rows(rows)
     }
 
@@ -476,21 +452,16 @@ impl EventStore {
 }
 
 /// The statement that reads the global log (`$1`/`$2` the position after which to read, `$3`
-/// the limit, `$4` the stream types when `by_stream_type`). Public so that a test can check its
-/// plan walks the `(transaction_id, position)` index instead of sorting the table.
-pub fn global_log_sql(by_stream_type: bool) -> String {
-    let type_filter = if by_stream_type {
-        "AND e.stream_type = ANY($4)"
-    } else {
-        ""
-    };
+/// the limit). Public so that a test can check its plan walks the `(transaction_id, position)`
+/// index instead of sorting the table.
+pub fn global_log_sql() -> String {
     // The columns are qualified on purpose: the select list names a cast of `transaction_id`
     // `transaction_id`, and an unqualified ORDER BY would sort by that cast, which no index
     // serves: every read would sort the whole table.
     format!(
         "SELECT {EVENT_COLUMNS} FROM eventstore.events e \
          WHERE (e.transaction_id, e.position) > ($1::int8::text::xid8, $2) \
-           AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) {type_filter} \
+           AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
          ORDER BY e.transaction_id, e.position LIMIT $3"
     )
 }
