@@ -114,12 +114,12 @@ pub async fn rebuild(
     );
     // On an interruption or an error no new batch starts, but those in flight finish: a
     // transaction dropped half-way would keep its row locks until its connection is next used.
-    let halt = std::cell::Cell::new(Halt::No);
+    let halted = std::cell::Cell::new(false);
     let mut applied = std::pin::pin!(
         futures::stream::unfold(batches, |mut batches| async move {
             batches.recv().await.map(|batch| (batch, batches))
         })
-        .take_while(|_| std::future::ready(halt.get() == Halt::No))
+        .take_while(|_| std::future::ready(!halted.get()))
         .map(|batch| apply_batch(store, &target, version, batch))
         .buffer_unordered(APPLIERS)
     );
@@ -130,20 +130,19 @@ pub async fn rebuild(
             Ok(events) => {
                 done += events;
                 progress(done);
-                if stop() && halt.get() == Halt::No {
-                    halt.set(Halt::Stopped);
-                }
+                halted.set(halted.get() || stop());
             }
             Err(e) => {
                 failure.get_or_insert(e);
-                halt.set(Halt::Failed);
+                halted.set(true);
             }
         }
     }
-    match (halt.get(), failure) {
-        (_, Some(e)) => return Err(e),
-        (Halt::Stopped, None) => return Ok(None),
-        _ => {}
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if halted.get() {
+        return Ok(None); // stopped
     }
     let old = switch(pool, name, version).await?;
     if let (CARTS, Some(old)) = (name, old) {
@@ -163,14 +162,6 @@ pub async fn rebuild(
         events: done,
         elapsed,
     }))
-}
-
-/// Why a rebuild stopped taking new batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Halt {
-    No,
-    Stopped,
-    Failed,
 }
 
 /// Applies one batch to the version being built; returns how many events it held.
