@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 pub use crate::MoneyView;
 use crate::error::ProjectionError;
-use crate::ordering::{applied_events, new_events_by_stream, streams_to_load};
+use crate::ordering::{fold_streams, new_events_by_stream, streams_to_load};
 use crate::tables::CARTS;
 pub use platform::read_models::CartKeys;
 
@@ -184,60 +184,51 @@ pub async fn apply_to(
     events: &[RecordedEvent],
 ) -> Result<u64, ProjectionError> {
     let ids = streams_to_load(events, STREAM_TYPE);
-    let mut views: HashMap<Uuid, CartView> = HashMap::new();
+    let mut stored: HashMap<Uuid, CartView> = HashMap::new();
     if !ids.is_empty() {
         let mut read = redis::pipe();
         for id in &ids {
             read.cmd("HGET").arg(keys.cart(version, *id)).arg("view");
         }
-        let stored: Vec<Option<String>> = read.query_async(redis).await?;
-        views.extend(
+        let views: Vec<Option<String>> = read.query_async(redis).await?;
+        stored.extend(
             ids.iter()
-                .zip(stored)
+                .zip(views)
                 .filter_map(|(id, json)| Some((*id, serde_json::from_str(&json?).ok()?))),
         );
     }
     let plan = new_events_by_stream(store, events, STREAM_TYPE, |id| {
-        views.get(&id).map_or(0, |v| v.version)
+        stored.get(&id).map_or(0, |v| v.version)
     })
     .await?;
+    let folded = fold_streams(plan, stored, apply)?;
+    if folded.views.is_empty() {
+        return Ok(0);
+    }
     // The pipeline loads the script first, then calls it by its hash: Redis need not hash the
     // script's text for every cart, and a Redis restart that emptied its script cache is covered.
     let mut write = redis::pipe();
     write.load_script(&SET_IF_NEWER).ignore();
-    let mut folded = HashMap::with_capacity(plan.len());
-    let mut written_ids = Vec::with_capacity(plan.len());
-    for (id, new) in plan {
-        let mut view = views.remove(&id);
-        for event in &new {
-            view = apply(view, event)?;
-        }
-        folded.insert(id, new.len() as u64);
-        if let Some(view) = view {
-            let json = serde_json::to_string(&view).map_err(|e| ProjectionError::Undecodable {
-                event_id: new[0].event_id,
-                reason: e.to_string(),
-            })?;
-            write.invoke_script(
-                SET_IF_NEWER
-                    .key(keys.cart(version, id))
-                    .arg(view.version)
-                    .arg(json)
-                    .arg(&view.customer_id),
-            );
-            written_ids.push(id);
-        }
-    }
-    if written_ids.is_empty() {
-        return Ok(0);
+    for view in &folded.views {
+        let json = serde_json::to_string(view).map_err(|e| ProjectionError::Undecodable {
+            event_id: folded.last_event(view.cart_id),
+            reason: e.to_string(),
+        })?;
+        write.invoke_script(
+            SET_IF_NEWER
+                .key(keys.cart(version, view.cart_id))
+                .arg(view.version)
+                .arg(json)
+                .arg(&view.customer_id),
+        );
     }
     let written: Vec<i64> = write.query_async(redis).await?;
-    Ok(applied_events(
-        &folded,
-        written_ids
-            .into_iter()
+    Ok(folded.applied(
+        folded
+            .views
+            .iter()
             .zip(written)
-            .filter_map(|(id, written)| (written == 1).then_some(id)),
+            .filter_map(|(view, written)| (written == 1).then_some(view.cart_id)),
     ))
 }
 

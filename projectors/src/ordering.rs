@@ -1,9 +1,11 @@
 //! Per-stream ordering for projections: what to apply, given the version a view has stored.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use eventstore::{EventStore, RecordedEvent, StoreError};
+
+use crate::error::ProjectionError;
 
 /// Groups the events of one stream type by stream, each stream's events in version order
 /// without duplicates.
@@ -42,13 +44,54 @@ pub fn streams_to_load(events: &[RecordedEvent], stream_type: &str) -> Vec<uuid:
         .collect()
 }
 
-/// How many events took effect, given how many each stream's fold used and which streams'
-/// views were written (a write older than the stored view is refused and counts nothing).
-pub fn applied_events(
-    folded: &std::collections::HashMap<uuid::Uuid, u64>,
-    written: impl IntoIterator<Item = uuid::Uuid>,
-) -> u64 {
-    written.into_iter().filter_map(|id| folded.get(&id)).sum()
+/// The views a batch folded, and which events went into each.
+#[derive(Debug)]
+pub struct Folded<V> {
+    pub views: Vec<V>,
+    /// Per stream: how many events were folded, and the last one.
+    events: HashMap<uuid::Uuid, (u64, uuid::Uuid)>,
+}
+
+impl<V> Folded<V> {
+    /// How many events took effect, given the streams whose views were written (a write older
+    /// than the stored view is refused and counts nothing).
+    pub fn applied(&self, written: impl IntoIterator<Item = uuid::Uuid>) -> u64 {
+        written
+            .into_iter()
+            .filter_map(|id| self.events.get(&id).map(|(n, _)| n))
+            .sum()
+    }
+
+    /// The last event folded into a stream's view (to name in an error).
+    pub fn last_event(&self, stream: uuid::Uuid) -> uuid::Uuid {
+        self.events
+            .get(&stream)
+            .map_or(uuid::Uuid::nil(), |(_, e)| *e)
+    }
+}
+
+/// Folds each stream's new events (from [`new_events_by_stream`]) onto its stored view, if
+/// any. A stream whose fold ends with no view (events for something never created) is left out.
+pub fn fold_streams<V>(
+    plan: Vec<(uuid::Uuid, Vec<Cow<'_, RecordedEvent>>)>,
+    mut stored: HashMap<uuid::Uuid, V>,
+    apply: impl Fn(Option<V>, &RecordedEvent) -> Result<Option<V>, ProjectionError>,
+) -> Result<Folded<V>, ProjectionError> {
+    let mut folded = Folded {
+        views: Vec::with_capacity(plan.len()),
+        events: HashMap::with_capacity(plan.len()),
+    };
+    for (id, new) in plan {
+        let mut view = stored.remove(&id);
+        for event in &new {
+            view = apply(view, event)?;
+        }
+        if let Some(last) = new.last() {
+            folded.events.insert(id, (new.len() as u64, last.event_id));
+        }
+        folded.views.extend(view);
+    }
+    Ok(folded)
 }
 
 /// For each stream of `stream_type` in a batch, the events to fold onto its view, given the

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::MoneyView;
 use crate::error::ProjectionError;
-use crate::ordering::{applied_events, new_events_by_stream, streams_to_load};
+use crate::ordering::{fold_streams, new_events_by_stream, streams_to_load};
 use crate::tables::{ORDERS, PgProjection};
 
 /// Stream type this projection reads.
@@ -238,23 +238,14 @@ pub async fn apply_to(
     events: &[RecordedEvent],
 ) -> Result<u64, ProjectionError> {
     let ids = streams_to_load(events, STREAM_TYPE);
-    let mut rows = load(tx, schema, &ids).await?;
+    let rows = load(tx, schema, &ids).await?;
     let plan = new_events_by_stream(store, events, STREAM_TYPE, |id| {
         rows.get(&id).map_or(0, |r| r.version as u64)
     })
     .await?;
-    let mut changed = Vec::with_capacity(plan.len());
-    let mut folded = HashMap::with_capacity(plan.len());
-    for (id, new) in plan {
-        let mut row = rows.remove(&id);
-        for event in &new {
-            row = apply(row, event)?;
-        }
-        folded.insert(id, new.len() as u64);
-        changed.extend(row);
-    }
-    let written = upsert(tx, schema, &changed).await?;
-    Ok(applied_events(&folded, written))
+    let folded = fold_streams(plan, rows, apply)?;
+    let written = upsert(tx, schema, &folded.views).await?;
+    Ok(folded.applied(written))
 }
 
 /// The orders projection, for [`crate::tables::apply_live`] and rebuilds.
