@@ -416,3 +416,45 @@ async fn lags(
         .map(|l| (l.projection, l.events))
         .collect()
 }
+
+/// An event the projection cannot decode stops the rebuild with that event named; the batches
+/// in flight finish, and the old version keeps serving.
+#[tokio::test]
+async fn a_rebuild_that_meets_an_undecodable_event_fails_and_the_old_version_keeps_serving() {
+    let system = TestSystem::start_without_projectors().await;
+    for i in 0..12 {
+        system.product(&format!("BAD-{i}"), 100, 10).await;
+    }
+    let poison = eventstore::NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "ProductCreated".into(),
+        data: json!({ "not": "a product" }),
+        metadata: eventstore::Metadata::default(),
+    };
+    system
+        .store
+        .append(
+            &format!("product-{}", Uuid::new_v4()),
+            eventstore::ExpectedVersion::NoStream,
+            std::slice::from_ref(&poison),
+        )
+        .await
+        .unwrap();
+    let mut redis = redis().await;
+    let err = projectors::rebuild::rebuild(
+        &system.store,
+        &mut redis,
+        &system.cart_keys,
+        PRODUCTS,
+        BATCH_OF_TWO,
+        |_| {},
+        || false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, projectors::ProjectionError::Undecodable { event_id, .. } if event_id == poison.event_id),
+        "{err:?}"
+    );
+    assert_eq!(serving(&system, PRODUCTS).await, (1, Some(2)));
+}
