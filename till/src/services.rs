@@ -62,6 +62,12 @@ impl Service {
         !matches!(self, Self::Gateway | Self::DevIssuer)
     }
 
+    /// Services whose statements are all keyed lookups and appends: they get a pool that
+    /// plans each statement once (see [`PoolSettings::generic_plans`]).
+    fn writes_events(self) -> bool {
+        matches!(self, Self::CommandApi | Self::Processes)
+    }
+
     fn needs_redis(self) -> bool {
         matches!(self, Self::QueryApi | Self::Projectors)
     }
@@ -119,7 +125,7 @@ impl SystemConfig {
         };
         Ok(Self {
             database_url: platform::settings::database_url(),
-            database_connections: 32,
+            database_connections: count_var("TILL_DATABASE_CONNECTIONS", 32)?,
             amqp_url: platform::settings::amqp_url(),
             redis_url: platform::settings::redis_url(),
             identity,
@@ -146,6 +152,18 @@ impl SystemConfig {
             gateway: gateway::GatewaySettings::from_env(),
             link_gateway: false,
         })
+    }
+}
+
+fn count_var(name: &str, default: u32) -> anyhow::Result<u32> {
+    match std::env::var(name) {
+        Ok(raw) if !raw.trim().is_empty() => raw
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("{name}={raw} is not a positive whole number")),
+        _ => Ok(default),
     }
 }
 
@@ -239,13 +257,36 @@ async fn prepare_bus(config: &SystemConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn database(config: &SystemConfig) -> anyhow::Result<PgPool> {
+/// The pools `services` need: one for the write side and one for everything else, each
+/// only if some service uses it.
+async fn databases(
+    services: &[Service],
+    config: &SystemConfig,
+) -> anyhow::Result<(Option<PgPool>, Option<PgPool>)> {
+    if !services.iter().any(|s| s.needs_database()) {
+        return Ok((None, None));
+    }
     create_and_migrate(&config.database_url).await?;
-    let settings = PoolSettings {
-        max_connections: config.database_connections,
-        ..PoolSettings::default()
+    let pool = |generic_plans: bool| {
+        let settings = PoolSettings {
+            max_connections: config.database_connections,
+            generic_plans,
+            ..PoolSettings::default()
+        };
+        async move { connect(&config.database_url, &settings).await }
     };
-    connect(&config.database_url, &settings).await
+    let writes = match services.iter().any(|s| s.writes_events()) {
+        true => Some(pool(true).await?),
+        false => None,
+    };
+    let reads = match services
+        .iter()
+        .any(|s| s.needs_database() && !s.writes_events())
+    {
+        true => Some(pool(false).await?),
+        false => None,
+    };
+    Ok((writes, reads))
 }
 
 /// Starts `services` into `tasks`; they stop when `shutdown` is cancelled.
@@ -263,10 +304,7 @@ pub async fn start(
         true => Some(connect_redis(&config.redis_url).await?),
         false => None,
     };
-    let pool = match services.iter().any(|s| s.needs_database()) {
-        true => Some(database(config).await?),
-        false => None,
-    };
+    let (write_pool, pool) = databases(services, config).await?;
     let mut started: Vec<Started> = Vec::new();
     let mut gateway_settings = config.gateway.clone();
 
@@ -288,7 +326,7 @@ pub async fn start(
             }
             Service::CommandApi => {
                 let state = command_api::AppState {
-                    store: EventStore::new(pool.clone().context("needs the database")?)
+                    store: EventStore::new(write_pool.clone().context("needs the database")?)
                         .with_append_notifications()
                         .with_aggregate_cache(COMMAND_CACHE_CAPACITY),
                     verifier: Arc::clone(&verifier),
@@ -425,7 +463,7 @@ pub async fn start(
                 spawn_lag_monitor(tasks, pool, redis, config.cart_keys.clone(), shutdown);
             }
             Service::Processes => {
-                let pool = pool.clone().context("needs the database")?;
+                let pool = write_pool.clone().context("needs the database")?;
                 let store = EventStore::new(pool.clone()).with_append_notifications();
                 let process = OrderProcess {
                     store: store.clone(),
