@@ -98,9 +98,12 @@ fn quota((rate, burst): (u32, u32)) -> Quota {
 
 /// The gateway's routes: `/v1/*` forwarded, plus its own `/livez`, `/readyz`, `/metrics`.
 pub fn router(settings: GatewaySettings, verifier: Arc<JwtVerifier>) -> Router {
+    // Idle upstream connections are kept however many there are (closed after 90 s idle): a
+    // cap below the number of concurrent requests closes connections after every burst and
+    // opens them again for the next one.
     let http = reqwest::Client::builder()
         .timeout(settings.upstream_timeout)
-        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_secs(90))
         .build()
         .unwrap_or_default();
     let gateway = Gateway {

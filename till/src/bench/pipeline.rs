@@ -255,8 +255,10 @@ async fn freshness(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    // A cart per shopper, so commands do not contend on one stream.
-    let shoppers = 64;
+    // A cart per shopper, so commands do not contend on one stream. Each shopper waits for its
+    // answer and read-back before its next command; one that fell behind (a slow read) sends
+    // its missed commands at once, so the rate asked for is the rate sent.
+    let shoppers = (args.rate / 10).clamp(16, 1_000);
     let mut carts = Vec::new();
     for n in 0..shoppers {
         let token = issuer.token(&format!("fresh-{n}"), &[], Duration::from_secs(3600))?;
@@ -286,10 +288,12 @@ async fn freshness(
     for (n, (token, cart)) in carts.into_iter().enumerate() {
         let (http, gateway) = (http.clone(), gateway.to_owned());
         let product = products[n % products.len()].clone();
+        // Shoppers start spread over one period, so the commands arrive evenly, not in waves.
+        let first = tokio::time::Instant::now() + period.mul_f64(n as f64 / shoppers as f64);
         probes.spawn(async move {
             let mut outcomes = Vec::new();
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = tokio::time::interval_at(first, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for k in 0..per_shopper {
                 tick.tick().await;
                 // Add one, then set it back to one: the cart never grows past a line.
