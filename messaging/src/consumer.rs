@@ -408,10 +408,16 @@ impl<H: Handler> ConsumerRunner<H> {
         let mut outcomes = Vec::with_capacity(batch.len());
         match handled {
             Ok(()) => {
-                for delivery in &batch {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                    outcomes.push(Outcome::Acked);
+                // One ack for the whole batch: the channel has this one consumer, which settles
+                // each batch before taking the next, so every delivery up to the batch's last
+                // is in the batch. An ack per delivery waited on the connection's I/O thread
+                // once per message.
+                if let Some(last) = batch.last() {
+                    last.acker
+                        .ack(BasicAckOptions { multiple: true })
+                        .await?;
                 }
+                outcomes.extend(batch.iter().map(|_| Outcome::Acked));
             }
             Err(error) => {
                 debug!(error = %error_chain(&error), size = batch.len(), "batch failed; handling one by one");

@@ -40,6 +40,70 @@ impl CartKeys {
     pub fn pattern(&self, version: i32) -> String {
         format!("{}:carts:v{version}:*", self.prefix)
     }
+
+    /// The pub/sub channel on which the projector announces the cart views it has just
+    /// written (see [`CartsApplied`]), so reads waiting for their own write are woken by it.
+    pub fn applied_channel(&self) -> String {
+        format!("{}:carts:applied", self.prefix)
+    }
+}
+
+/// An announcement on [`CartKeys::applied_channel`]: in projection version `version`, each
+/// listed cart's view is now at least at the listed stream version. Sent as text:
+/// `v<version> <cart id>@<stream version> …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartsApplied {
+    pub version: i32,
+    pub carts: Vec<(uuid::Uuid, u64)>,
+}
+
+impl CartsApplied {
+    pub fn to_message(&self) -> String {
+        let mut message = format!("v{}", self.version);
+        for (cart, version) in &self.carts {
+            message.push_str(&format!(" {cart}@{version}"));
+        }
+        message
+    }
+
+    /// `None` for a message not in the format above.
+    pub fn parse(message: &str) -> Option<Self> {
+        let mut parts = message.split(' ');
+        let version = parts.next()?.strip_prefix('v')?.parse().ok()?;
+        let carts = parts
+            .map(|part| {
+                let (cart, at) = part.split_once('@')?;
+                Some((uuid::Uuid::parse_str(cart).ok()?, at.parse().ok()?))
+            })
+            .collect::<Option<_>>()?;
+        Some(Self { version, carts })
+    }
+
+    /// Whether `cart` is announced at `version` or later.
+    pub fn covers(&self, cart: uuid::Uuid, version: u64) -> bool {
+        self.carts.iter().any(|(c, v)| *c == cart && *v >= version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cart_announcements_round_trip_and_garbage_is_refused() {
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let applied = CartsApplied {
+            version: 3,
+            carts: vec![(a, 7), (b, 1)],
+        };
+        let parsed = CartsApplied::parse(&applied.to_message()).unwrap();
+        assert_eq!(parsed, applied);
+        assert!(parsed.covers(a, 7) && parsed.covers(a, 2));
+        assert!(!parsed.covers(a, 8) && !parsed.covers(uuid::Uuid::new_v4(), 1));
+        for bad in ["", "3 x@1", "v3 nope", "v3 {a}@", "vx"] {
+            assert_eq!(CartsApplied::parse(bad), None, "{bad}");
+        }
+    }
 }
 
 /// Serving version of a projection.

@@ -17,6 +17,7 @@ use crate::error::ProjectionError;
 use crate::ordering::{fold_streams, new_events_by_stream, streams_to_load};
 use crate::tables::CARTS;
 pub use platform::read_models::CartKeys;
+use platform::read_models::CartsApplied;
 
 /// Stream type this projection reads.
 pub const STREAM_TYPE: &str = "cart";
@@ -182,7 +183,7 @@ pub async fn apply_to(
     version: i32,
     store: &EventStore,
     events: &[RecordedEvent],
-) -> Result<u64, ProjectionError> {
+) -> Result<CartsWritten, ProjectionError> {
     let ids = streams_to_load(events, STREAM_TYPE);
     let mut stored: HashMap<Uuid, CartView> = HashMap::new();
     if !ids.is_empty() {
@@ -203,7 +204,7 @@ pub async fn apply_to(
     .await?;
     let folded = fold_streams(plan, stored, apply)?;
     if folded.views.is_empty() {
-        return Ok(0);
+        return Ok(CartsWritten::default());
     }
     // The pipeline loads the script first, then calls it by its hash: Redis need not hash the
     // script's text for every cart, and a Redis restart that emptied its script cache is covered.
@@ -223,13 +224,31 @@ pub async fn apply_to(
         );
     }
     let written: Vec<i64> = write.query_async(redis).await?;
-    Ok(folded.applied(
-        folded
+    Ok(CartsWritten {
+        events: folded.applied(
+            folded
+                .views
+                .iter()
+                .zip(&written)
+                .filter_map(|(view, written)| (*written == 1).then_some(view.cart_id)),
+        ),
+        // A view not written was older than the stored one: either way the cart is now at
+        // least at this version.
+        carts: folded
             .views
             .iter()
-            .zip(written)
-            .filter_map(|(view, written)| (written == 1).then_some(view.cart_id)),
-    ))
+            .map(|view| (view.cart_id, view.version))
+            .collect(),
+    })
+}
+
+/// What [`apply_to`] did.
+#[derive(Debug, Default)]
+pub struct CartsWritten {
+    /// Events that took effect.
+    pub events: u64,
+    /// Each cart the batch touched, and the version its view is now at (at least).
+    pub carts: Vec<(Uuid, u64)>,
 }
 
 /// Applies a live batch to the serving version (and a building one, if a rebuild runs).
@@ -256,8 +275,9 @@ pub async fn apply_live(
     .await?;
     let mut applied = 0;
     for version in std::iter::once(serving).chain(building) {
-        let n = apply_to(redis, keys, version, store, &events).await?;
-        let _: () = redis::pipe()
+        let written = apply_to(redis, keys, version, store, &events).await?;
+        let mut progress = redis::pipe();
+        progress
             .cmd("HSET")
             .arg(keys.progress(version))
             .arg("transaction_id")
@@ -268,13 +288,24 @@ pub async fn apply_live(
             .cmd("HINCRBY")
             .arg(keys.progress(version))
             .arg("events")
-            .arg(n)
-            .ignore()
-            .query_async(redis)
-            .await?;
+            .arg(written.events)
+            .ignore();
         if version == serving {
-            applied = n;
+            applied = written.events;
+            // Reads waiting for their own write (read-your-writes) wake on this.
+            if !written.carts.is_empty() {
+                let announcement = CartsApplied {
+                    version,
+                    carts: written.carts,
+                };
+                progress
+                    .cmd("PUBLISH")
+                    .arg(keys.applied_channel())
+                    .arg(announcement.to_message())
+                    .ignore();
+            }
         }
+        let _: () = progress.query_async(redis).await?;
     }
     Ok(applied)
 }

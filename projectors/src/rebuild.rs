@@ -189,7 +189,9 @@ async fn apply_batch(
         }
         Target::Redis { redis, keys } => {
             let mut redis = redis.clone();
-            let n = crate::carts::apply_to(&mut redis, keys, version, store, &batch).await?;
+            let n = crate::carts::apply_to(&mut redis, keys, version, store, &batch)
+                .await?
+                .events;
             let _: () = redis::cmd("HINCRBY")
                 .arg(keys.progress(version))
                 .arg("events")

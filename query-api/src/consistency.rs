@@ -1,11 +1,28 @@
 //! Read-your-writes. A command answers with `X-Consistency-Token: <stream>@<version>` (several
 //! joined by `;`); a read that sends it back waits, bounded, until the view it serves holds each
 //! of those streams at that version or later. Streams the view does not hold are ignored.
+//!
+//! A waiting read checks the view, then waits for a reason to check again. For carts that is the
+//! projector's announcement of the carts it just wrote ([`CartWakeups`], Redis pub/sub): the
+//! read checks again when its cart is announced, so a thousand waiting reads cost no polling.
+//! Announcements are only hints (the view is always what is checked), so a lost one costs at
+//! most [`ANNOUNCED_RECHECK`]; while the subscription is down, and for the Postgres views,
+//! reads poll with a short backoff.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
 use platform::problem::Problem;
+use platform::read_models::{CartKeys, CartsApplied};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// How long a read that relies on announcements waits before it checks again anyway.
+pub const ANNOUNCED_RECHECK: Duration = Duration::from_millis(100);
+/// Polling backoff without announcements: from the first to the last pause.
+const POLL_PAUSES: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(10));
 
 pub const HEADER: &str = "x-consistency-token";
 
@@ -44,12 +61,15 @@ pub fn parse(headers: &HeaderMap) -> Result<Vec<Awaited>, Problem> {
         .collect()
 }
 
-/// Waits until `current(awaited)` reports a version at or past each awaited one, polling until
-/// `limit`. `current` returns the version the view holds (0 = not there yet).
+/// Waits until `current(awaited)` reports a version at or past each awaited one, until
+/// `limit`. `current` returns the version the view holds (0 = not there yet). With `wakeups`
+/// (announcements of the projection version the read serves), a check waits for the stream to
+/// be announced; without, it polls.
 pub async fn wait_for<F, Fut>(
     awaited: &[Awaited],
     stream_type: &str,
     limit: Duration,
+    wakeups: Option<(&CartWakeups, i32)>,
     mut current: F,
 ) -> Result<(), Problem>
 where
@@ -58,33 +78,139 @@ where
 {
     let started = Instant::now();
     for wanted in awaited.iter().filter(|a| a.stream_type == stream_type) {
-        let mut pause = Duration::from_millis(2);
+        // Subscribed before the first check, so an announcement between the check and the
+        // wait is not missed.
+        let mut announcements = wakeups.map(|(w, version)| (w, w.subscribe(), version));
+        let mut pause = POLL_PAUSES.0;
         loop {
             if current(wanted.id).await? >= wanted.version {
                 break;
             }
-            if started.elapsed() >= limit {
-                metrics::counter!("consistency_wait_timeouts_total").increment(1);
-                return Err(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "consistency-timeout",
-                    "Not consistent yet",
-                )
-                .with_detail(format!(
-                    "the read model has not caught up with {}-{}@{} within {} ms; retry",
-                    wanted.stream_type,
-                    wanted.id,
-                    wanted.version,
-                    limit.as_millis()
-                ))
-                .with_header(header::RETRY_AFTER, "1"));
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(timed_out(wanted, limit));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(10));
+            match &mut announcements {
+                Some((wakeups, feed, version)) if wakeups.is_listening() => {
+                    let wait = left.min(ANNOUNCED_RECHECK);
+                    announced(feed, *version, wanted, wait).await;
+                }
+                _ => {
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(POLL_PAUSES.1);
+                }
+            }
         }
     }
     metrics::histogram!("consistency_wait_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn timed_out(wanted: &Awaited, limit: Duration) -> Problem {
+    metrics::counter!("consistency_wait_timeouts_total").increment(1);
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "consistency-timeout",
+        "Not consistent yet",
+    )
+    .with_detail(format!(
+        "the read model has not caught up with {}-{}@{} within {} ms; retry",
+        wanted.stream_type,
+        wanted.id,
+        wanted.version,
+        limit.as_millis()
+    ))
+    .with_header(header::RETRY_AFTER, "1")
+}
+
+/// Returns once `wanted` is announced in projection `version`, announcements were missed
+/// (the feed lagged or closed), or `wait` is over: each is a reason to check the view again.
+async fn announced(
+    feed: &mut broadcast::Receiver<Arc<CartsApplied>>,
+    version: i32,
+    wanted: &Awaited,
+    wait: Duration,
+) {
+    let _ = tokio::time::timeout(wait, async {
+        loop {
+            match feed.recv().await {
+                Ok(applied) if applied.version == version && applied.covers(wanted.id, wanted.version) => {
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// The cart projector's announcements of written carts, fanned out to waiting reads. One
+/// subscription per query API process; [`CartWakeups::listen`] keeps it up.
+#[derive(Debug)]
+pub struct CartWakeups {
+    feed: broadcast::Sender<Arc<CartsApplied>>,
+    listening: AtomicBool,
+}
+
+impl Default for CartWakeups {
+    /// Not listening (until [`CartWakeups::listen`] runs): reads poll.
+    fn default() -> Self {
+        Self {
+            // Announcements are small and consumed at once; a read that falls this far behind
+            // just checks its view again.
+            feed: broadcast::channel(1024).0,
+            listening: AtomicBool::new(false),
+        }
+    }
+}
+
+impl CartWakeups {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<CartsApplied>> {
+        self.feed.subscribe()
+    }
+
+    fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes to the announcements of `keys` and passes them on until `shutdown`,
+    /// subscribing again (after a pause) whenever the connection is lost.
+    pub async fn listen(&self, client: redis::Client, keys: CartKeys, shutdown: CancellationToken) {
+        use futures::StreamExt;
+        let channel = keys.applied_channel();
+        while !shutdown.is_cancelled() {
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            }
+            .await;
+            match subscribed {
+                Ok(mut pubsub) => {
+                    self.listening.store(true, Ordering::Relaxed);
+                    let mut messages = pubsub.on_message();
+                    while let Some(Some(message)) =
+                        shutdown.run_until_cancelled(messages.next()).await
+                    {
+                        let text: String = message.get_payload().unwrap_or_default();
+                        if let Some(applied) = CartsApplied::parse(&text) {
+                            // Nobody waiting is fine.
+                            let _ = self.feed.send(Arc::new(applied));
+                        }
+                    }
+                    self.listening.store(false, Ordering::Relaxed);
+                    tracing::debug!("cart announcements lost; reads poll until they are back");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot subscribe to cart announcements; reads poll")
+                }
+            }
+            let _ = shutdown
+                .run_until_cancelled(tokio::time::sleep(Duration::from_secs(1)))
+                .await;
+        }
+    }
 }
 
 /// The serving schema of a Postgres projection, after waiting for the request's consistency
@@ -103,7 +229,7 @@ pub async fn serving_schema(
         .map_err(crate::db_problem)?;
     let schema = platform::read_models::schema(projection, version);
     let sql = format!("SELECT version FROM \"{schema}\".{table} WHERE {id_column} = $1");
-    wait_for(&awaited, stream_type, state.consistency_wait, |id| {
+    wait_for(&awaited, stream_type, state.consistency_wait, None, |id| {
         let (pool, sql) = (state.pool.clone(), sql.clone());
         async move {
             let version: Option<i64> = sqlx::query_scalar(&sql)

@@ -53,6 +53,8 @@ pub struct AppState {
     pub cart_keys: CartKeys,
     pub verifier: Arc<JwtVerifier>,
     pub consistency_wait: Duration,
+    /// Wakes reads that wait for a cart write; see [`consistency::CartWakeups`].
+    pub cart_wakeups: Arc<consistency::CartWakeups>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -343,12 +343,24 @@ pub async fn start(
                 });
             }
             Service::QueryApi => {
+                let cart_wakeups = Arc::new(query_api::consistency::CartWakeups::default());
+                let listening = (Arc::clone(&cart_wakeups), config.cart_keys.clone());
+                let (client, shutdown_listener) = (
+                    redis::Client::open(config.redis_url.as_str())?,
+                    shutdown.clone(),
+                );
+                tasks.spawn(async move {
+                    let (wakeups, keys) = listening;
+                    wakeups.listen(client, keys, shutdown_listener).await;
+                    Ok(())
+                });
                 let state = query_api::AppState {
                     pool: pool.clone().context("needs the database")?,
                     redis: redis.clone().context("needs Redis")?,
                     cart_keys: config.cart_keys.clone(),
                     verifier: Arc::clone(&verifier),
                     consistency_wait: config.consistency_wait,
+                    cart_wakeups,
                 };
                 let (listener, addr) = bind("the query API", config.query_api_addr).await?;
                 spawn_http(tasks, listener, query_api::router(state), shutdown);

@@ -23,7 +23,8 @@ pub async fn one(
         .await
         .map_err(db_problem)?;
     let key = state.cart_keys.cart(version, id);
-    consistency::wait_for(&awaited, "cart", state.consistency_wait, |cart| {
+    let wakeups = Some((state.cart_wakeups.as_ref(), version));
+    consistency::wait_for(&awaited, "cart", state.consistency_wait, wakeups, |cart| {
         let (mut redis, key) = (state.redis.clone(), state.cart_keys.cart(version, cart));
         async move {
             let stored: Option<u64> = redis::cmd("HGET")
