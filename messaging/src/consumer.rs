@@ -413,9 +413,7 @@ impl<H: Handler> ConsumerRunner<H> {
                 // is in the batch. An ack per delivery waited on the connection's I/O thread
                 // once per message.
                 if let Some(last) = batch.last() {
-                    last.acker
-                        .ack(BasicAckOptions { multiple: true })
-                        .await?;
+                    last.acker.ack(BasicAckOptions { multiple: true }).await?;
                 }
                 outcomes.extend(batch.iter().map(|_| Outcome::Acked));
             }

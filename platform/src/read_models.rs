@@ -85,6 +85,17 @@ impl CartsApplied {
     }
 }
 
+/// Serving version of a projection.
+pub async fn serving_version(
+    executor: impl sqlx::PgExecutor<'_>,
+    projection: &str,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT serving_version FROM read.projections WHERE name = $1")
+        .bind(projection)
+        .fetch_one(executor)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,15 +115,4 @@ mod tests {
             assert_eq!(CartsApplied::parse(bad), None, "{bad}");
         }
     }
-}
-
-/// Serving version of a projection.
-pub async fn serving_version(
-    executor: impl sqlx::PgExecutor<'_>,
-    projection: &str,
-) -> Result<i32, sqlx::Error> {
-    sqlx::query_scalar("SELECT serving_version FROM read.projections WHERE name = $1")
-        .bind(projection)
-        .fetch_one(executor)
-        .await
 }

@@ -517,3 +517,46 @@ async fn cart_views_are_written_after_redis_forgot_its_scripts() {
     }
     f.cleanup().await;
 }
+
+/// Reads waiting for their own cart write are woken by the projector's announcement: it must
+/// name every cart of the batch, at the version its view is now at, in the serving version.
+#[tokio::test]
+async fn a_cart_batch_announces_each_cart_at_its_views_version() {
+    use futures::StreamExt;
+    use platform::read_models::CartsApplied;
+
+    let mut f = Fixture::new().await;
+    let (_, carts, _) = scenario(&f).await;
+    let events = f.all_events().await;
+    let client = redis::Client::open(platform::settings::redis_url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(f.keys.applied_channel()).await.unwrap();
+
+    f.apply(&events).await;
+
+    let message: String = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        pubsub.on_message().next(),
+    )
+    .await
+    .expect("an announcement")
+    .unwrap()
+    .get_payload()
+    .unwrap();
+    let applied = CartsApplied::parse(&message).expect("a well-formed announcement");
+    assert_eq!(applied.version, 1);
+    assert_eq!(applied.carts.len(), carts.len());
+    for id in &carts {
+        let view = carts::read(&mut f.redis, &f.keys, 1, id.0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            applied.covers(id.0, view.version),
+            "cart {id:?} at {}",
+            view.version
+        );
+        assert!(!applied.covers(id.0, view.version + 1));
+    }
+    f.cleanup().await;
+}

@@ -19,7 +19,8 @@ use platform::read_models::{CartKeys, CartsApplied};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-/// How long a read that relies on announcements waits before it checks again anyway.
+/// How long a read that relies on announcements waits before it checks again anyway (the
+/// default of [`CartWakeups`]).
 pub const ANNOUNCED_RECHECK: Duration = Duration::from_millis(100);
 /// Polling backoff without announcements: from the first to the last pause.
 const POLL_PAUSES: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(10));
@@ -92,7 +93,7 @@ where
             }
             match &mut announcements {
                 Some((wakeups, feed, version)) if wakeups.is_listening() => {
-                    let wait = left.min(ANNOUNCED_RECHECK);
+                    let wait = left.min(wakeups.recheck);
                     announced(feed, *version, wanted, wait).await;
                 }
                 _ => {
@@ -134,7 +135,9 @@ async fn announced(
     let _ = tokio::time::timeout(wait, async {
         loop {
             match feed.recv().await {
-                Ok(applied) if applied.version == version && applied.covers(wanted.id, wanted.version) => {
+                Ok(applied)
+                    if applied.version == version && applied.covers(wanted.id, wanted.version) =>
+                {
                     return;
                 }
                 Ok(_) => {}
@@ -151,26 +154,35 @@ async fn announced(
 pub struct CartWakeups {
     feed: broadcast::Sender<Arc<CartsApplied>>,
     listening: AtomicBool,
+    /// How long a read waits for an announcement before it checks its view anyway.
+    recheck: Duration,
 }
 
 impl Default for CartWakeups {
-    /// Not listening (until [`CartWakeups::listen`] runs): reads poll.
+    /// Rechecks after [`ANNOUNCED_RECHECK`].
     fn default() -> Self {
+        Self::new(ANNOUNCED_RECHECK)
+    }
+}
+
+impl CartWakeups {
+    /// Not listening (until [`CartWakeups::listen`] runs): reads poll.
+    pub fn new(recheck: Duration) -> Self {
         Self {
             // Announcements are small and consumed at once; a read that falls this far behind
             // just checks its view again.
             feed: broadcast::channel(1024).0,
             listening: AtomicBool::new(false),
+            recheck,
         }
     }
-}
 
-impl CartWakeups {
     fn subscribe(&self) -> broadcast::Receiver<Arc<CartsApplied>> {
         self.feed.subscribe()
     }
 
-    fn is_listening(&self) -> bool {
+    /// Whether the subscription is up (reads wait for announcements) or not (reads poll).
+    pub fn is_listening(&self) -> bool {
         self.listening.load(Ordering::Relaxed)
     }
 
