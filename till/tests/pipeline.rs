@@ -133,7 +133,7 @@ async fn projectors_stopped_and_restarted_mid_stream_lose_and_duplicate_nothing(
         .await
         .unwrap();
     let stored: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM eventstore.events WHERE stream_type = 'cart'")
+        sqlx::query_scalar("SELECT count(*) FROM eventstore.events WHERE stream_id LIKE 'cart-%'")
             .fetch_one(&system.db.pool)
             .await
             .unwrap();
