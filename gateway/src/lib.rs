@@ -6,6 +6,10 @@
 //! else to the command API — with a request id (`x-request-id`, generated unless the client
 //! sent a valid one). The services verify the token again themselves: nothing downstream
 //! trusts the gateway's word for who the caller is.
+//!
+//! Forwarding uses hyper's pooled client directly: the upstreams are two fixed plain-HTTP
+//! addresses, so a general HTTP client's URL parsing, redirects and decompression were only
+//! cost on every request.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -13,14 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use platform::http::{Readiness, operational_routes, track_metrics};
 use platform::identity::{AuthError, JwtVerifier};
 use platform::problem::Problem;
@@ -81,11 +89,14 @@ impl GatewaySettings {
     }
 }
 
+/// The pooled HTTP/1 client the gateway forwards with.
+type Upstream = Client<HttpConnector, Full<Bytes>>;
+
 #[derive(Clone)]
 struct Gateway {
     settings: Arc<GatewaySettings>,
     verifier: Arc<JwtVerifier>,
-    http: reqwest::Client,
+    http: Upstream,
     per_user: Arc<DefaultKeyedRateLimiter<String>>,
     per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
 }
@@ -98,14 +109,15 @@ fn quota((rate, burst): (u32, u32)) -> Quota {
 
 /// The gateway's routes: `/v1/*` forwarded, plus its own `/livez`, `/readyz`, `/metrics`.
 pub fn router(settings: GatewaySettings, verifier: Arc<JwtVerifier>) -> Router {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(settings.upstream_timeout));
     // Idle upstream connections are kept however many there are (closed after 90 s idle): a
     // cap below the number of concurrent requests closes connections after every burst and
     // opens them again for the next one.
-    let http = reqwest::Client::builder()
-        .timeout(settings.upstream_timeout)
+    let http: Upstream = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build()
-        .unwrap_or_default();
+        .build(connector);
     let gateway = Gateway {
         per_user: Arc::new(RateLimiter::keyed(quota(settings.per_user))),
         per_ip: Arc::new(RateLimiter::keyed(quota(settings.per_ip))),
@@ -181,28 +193,22 @@ fn spawn_limiter_cleanup(gateway: &Gateway) {
 }
 
 fn upstream_readiness(gateway: &Gateway) -> Readiness {
-    let check = |name: &'static str, base: String, http: reqwest::Client| {
-        move || {
-            let (url, http) = (format!("{base}/livez"), http.clone());
-            async move {
-                http.get(&url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .and_then(reqwest::Response::error_for_status)
-                    .map(|_| ())
-                    .map_err(|e| format!("{name} at {url}: {e}"))
+    let base = gateway.settings.command_api.clone();
+    let http = gateway.http.clone();
+    Readiness::default().check("command-api", move || {
+        let (url, http) = (format!("{base}/livez"), http.clone());
+        async move {
+            let request = http::Request::get(url.as_str())
+                .body(Full::default())
+                .map_err(|e| format!("command-api at {url}: {e}"))?;
+            match tokio::time::timeout(Duration::from_secs(2), http.request(request)).await {
+                Ok(Ok(response)) if response.status().is_success() => Ok(()),
+                Ok(Ok(response)) => Err(format!("command-api at {url}: {}", response.status())),
+                Ok(Err(e)) => Err(format!("command-api at {url}: {e}")),
+                Err(_) => Err(format!("command-api at {url}: no answer within 2 s")),
             }
         }
-    };
-    Readiness::default().check(
-        "command-api",
-        check(
-            "command-api",
-            gateway.settings.command_api.clone(),
-            gateway.http.clone(),
-        ),
-    )
+    })
 }
 
 /// Anonymous callers may read the catalog; everything else needs a token.
@@ -270,7 +276,9 @@ async fn forward_inner(
         .uri
         .path_and_query()
         .map_or(path.as_str(), |pq| pq.as_str());
-    let url = format!("{upstream}{path_and_query}");
+    let uri: Uri = format!("{upstream}{path_and_query}")
+        .parse()
+        .map_err(|e| Problem::internal(&e))?;
     let mut headers = forwardable(&parts.headers);
     let forwarded_for = match parts
         .headers
@@ -283,45 +291,46 @@ async fn forward_inner(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), value);
     }
-    let upstream_response = gateway
-        .http
-        .request(parts.method.clone(), &url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| upstream_problem(name, &e))?;
+    let mut upstream_request = http::Request::new(Full::new(body));
+    *upstream_request.method_mut() = parts.method.clone();
+    *upstream_request.uri_mut() = uri;
+    *upstream_request.headers_mut() = headers;
 
-    let mut response = Response::builder().status(upstream_response.status());
-    if let Some(response_headers) = response.headers_mut() {
-        *response_headers = forwardable(upstream_response.headers());
-    }
-    // Answers are small JSON documents (lists are capped at 100 items): reading them whole is
-    // cheaper than streaming them through.
-    let body = upstream_response
-        .bytes()
+    // One deadline for the whole exchange: answers are small JSON documents (lists are capped
+    // at 100 items), so reading them whole is cheaper than streaming them through.
+    let exchange = async {
+        let response = gateway.http.request(upstream_request).await.map_err(|e| {
+            tracing::warn!(upstream = name, error = %e, "upstream unreachable");
+            unavailable(name)
+        })?;
+        let (head, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| {
+            tracing::warn!(upstream = name, error = %e, "upstream answer broken off");
+            unavailable(name)
+        })?;
+        Ok::<_, Problem>((head, body.to_bytes()))
+    };
+    let (head, body) = tokio::time::timeout(gateway.settings.upstream_timeout, exchange)
         .await
-        .map_err(|e| upstream_problem(name, &e))?;
-    response
-        .body(Body::from(body))
-        .map_err(|e| Problem::internal(&e))
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                "Gateway timeout",
+            )
+            .with_detail(format!("the {name} did not answer in time"))
+        })??;
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = head.status;
+    *response.headers_mut() = forwardable(&head.headers);
+    Ok(response)
 }
 
-fn upstream_problem(name: &str, error: &reqwest::Error) -> Problem {
-    if error.is_timeout() {
-        Problem::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream-timeout",
-            "Gateway timeout",
-        )
-        .with_detail(format!("the {name} did not answer in time"))
-    } else {
-        tracing::warn!(upstream = name, error = %error, "upstream unreachable");
-        Problem::service_unavailable(
-            "upstream-unavailable",
-            format!("the {name} is not reachable right now; try again shortly"),
-        )
-    }
+fn unavailable(name: &str) -> Problem {
+    Problem::service_unavailable(
+        "upstream-unavailable",
+        format!("the {name} is not reachable right now; try again shortly"),
+    )
 }
 
 /// Headers minus the hop-by-hop ones (RFC 9110 §7.6.1) and `host`.
