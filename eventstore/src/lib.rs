@@ -27,5 +27,5 @@ pub use model::{
     Appended, EventData, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent,
 };
 pub use multi::StreamAppend;
-pub use store::{APPENDED_CHANNEL, EventStore};
+pub use store::{APPENDED_CHANNEL, EventStore, stream_type_range};
 pub use upcast::Upcasters;

@@ -435,6 +435,19 @@ impl EventStore {
         Ok(())
     }
 
+    /// How many events the streams of `stream_type` hold: what
+    /// [`EventStore::scan_streams_of_type`] reads (for progress bars).
+    pub async fn count_events_of_type(&self, stream_type: &str) -> Result<i64, StoreError> {
+        let (first, last) = stream_type_range(stream_type);
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM eventstore.events WHERE stream_id > $1 AND stream_id < $2",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// The newest event's global position and how many events the store holds.
     pub async fn head(&self) -> Result<(i64, i64), StoreError> {
         let (max, count): (Option<i64>, i64) =
@@ -477,7 +490,7 @@ pub fn streams_of_type_sql() -> String {
 
 /// The stream ids of one type, `<type>-…`, lie between `<type>-` and `<type>.` in byte order
 /// ('.' follows '-'); stream ids compare in byte order (migration 0008).
-fn stream_type_range(stream_type: &str) -> (String, String) {
+pub fn stream_type_range(stream_type: &str) -> (String, String) {
     (format!("{stream_type}-"), format!("{stream_type}."))
 }
 

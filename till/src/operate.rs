@@ -89,12 +89,7 @@ pub async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("no projection named {name}; try products, orders or carts")
                     })?;
-                let total: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM eventstore.events WHERE stream_type = $1",
-                )
-                .bind(stream_type)
-                .fetch_one(&pool)
-                .await?;
+                let total = store.count_events_of_type(stream_type).await?;
                 let bar = ProgressBar::new(total.max(0) as u64);
                 bar.set_style(ProgressStyle::with_template(
                     "{prefix:>9} [{bar:40}] {pos}/{len} events  {per_sec}  ETA {eta}",

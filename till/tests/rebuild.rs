@@ -458,3 +458,48 @@ async fn a_rebuild_that_meets_an_undecodable_event_fails_and_the_old_version_kee
     );
     assert_eq!(serving(&system, PRODUCTS).await, (1, Some(2)));
 }
+
+/// The operator's commands, run as the `till` binary against a live system: status, then a
+/// rebuild of every projection, then status again.
+#[tokio::test]
+async fn till_projections_status_and_rebuild_all_work_from_the_command_line() {
+    let system = TestSystem::start_full().await;
+    let admin = token("admin", &["admin"]);
+    let product = system
+        .post(
+            "/v1/products",
+            &admin,
+            json!({ "sku": "CLI-1", "name": "Mug", "category": "kitchen",
+                    "price": { "amount": 900, "currency": "EUR" }, "stock": 3 }),
+        )
+        .await;
+    assert_eq!(product.status, reqwest::StatusCode::CREATED, "{product:?}");
+    let till = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_till"))
+            .args(args)
+            .env("DATABASE_URL", &system.db.url)
+            .env("TILL_REDIS_PREFIX", &system.cart_keys.prefix)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "till {args:?}: {stdout}\n{stderr}");
+        stdout
+    };
+
+    let status = till(&["projections", "status"]);
+    for name in ["products", "orders", "carts"] {
+        assert!(status.contains(name), "{status}");
+    }
+    let rebuilt = till(&["projections", "rebuild", "--all"]);
+    assert!(
+        rebuilt.contains("products: rebuilt 1 events into v2"),
+        "{rebuilt}"
+    );
+    for name in ["products", "orders", "carts"] {
+        assert_eq!(serving(&system, name).await, (2, None), "{name}");
+    }
+    let listed = till(&["projections", "list"]);
+    assert!(listed.contains("v2"), "{listed}");
+}
