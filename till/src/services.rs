@@ -156,8 +156,13 @@ impl SystemConfig {
 }
 
 fn count_var(name: &str, default: u32) -> anyhow::Result<u32> {
-    match std::env::var(name) {
-        Ok(raw) if !raw.trim().is_empty() => raw
+    parse_count(name, std::env::var(name).ok(), default)
+}
+
+/// A positive count from a variable's value; unset or blank means `default`.
+fn parse_count(name: &str, raw: Option<String>, default: u32) -> anyhow::Result<u32> {
+    match raw {
+        Some(raw) if !raw.trim().is_empty() => raw
             .trim()
             .parse()
             .ok()
@@ -630,4 +635,21 @@ pub async fn run_until_stopped(
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_count;
+
+    #[test]
+    fn counts_default_when_unset_and_refuse_what_is_not_a_positive_number() {
+        let count = |raw: Option<&str>| parse_count("N", raw.map(str::to_owned), 32);
+        assert_eq!(count(None).unwrap(), 32);
+        assert_eq!(count(Some("  ")).unwrap(), 32);
+        assert_eq!(count(Some(" 8 ")).unwrap(), 8);
+        for bad in ["0", "-1", "eight", "1.5"] {
+            let error = count(Some(bad)).unwrap_err().to_string();
+            assert_eq!(error, format!("N={bad} is not a positive whole number"));
+        }
+    }
 }
