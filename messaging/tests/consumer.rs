@@ -544,3 +544,63 @@ async fn the_consumer_survives_the_broker_going_away_and_applies_everything_once
     stop(consumer.shutdown, consumer.task).await;
     proxy.stop.cancel();
 }
+
+/// A handled batch is acked as a whole, with one multiple-ack for its last delivery: once the
+/// consumer has stopped (and its channel has given back whatever it had not acked), nothing it
+/// handled is left in the queue to be delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handled_batch_is_acked_whole_and_nothing_is_left_to_redeliver() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let bus = TestBus::new();
+    let handler = TestHandler::new(&store);
+    let consumer = start_consumer_with(
+        &bus,
+        ConsumerSettings {
+            prefetch: 64,
+            batch_size: 32,
+            batch_linger: Duration::from_millis(50),
+            ..consumer_settings(&bus, "batches")
+        },
+        handler.clone(),
+    )
+    .await;
+    let (stop_relay, relay) = start_relay(&store, &bus);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.extend(append_to(&store, &stream(), 10, "Noted").await);
+    }
+    within_explained(
+        &db.pool,
+        "every event to be handled and acked",
+        consumer.handle.wait_for(|s| s.acked >= ids.len() as u64),
+    )
+    .await;
+    stop(stop_relay, relay).await;
+    stop(consumer.shutdown, consumer.task).await;
+
+    let connection = amqp().await;
+    let channel = connection.create_channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            &bus.topology.queue("batches"),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.message_count(),
+        0,
+        "handled messages left to redeliver"
+    );
+    for id in &ids {
+        assert_eq!(handler.applied(*id), 1, "applied exactly once");
+    }
+}
