@@ -107,8 +107,38 @@ fn quota((rate, burst): (u32, u32)) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
+/// Why the gateway cannot start with its settings.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{variable}={url} is not an http:// URL with a host: the gateway forwards plain HTTP to the \
+     services it fronts (terminate TLS in front of the gateway instead)"
+)]
+pub struct InvalidUpstream {
+    pub variable: &'static str,
+    pub url: String,
+}
+
+/// Checks an upstream base URL: plain `http://`, a host, nothing after the path.
+fn upstream_base(variable: &'static str, url: &str) -> Result<(), InvalidUpstream> {
+    let invalid = || InvalidUpstream {
+        variable,
+        url: url.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid())?;
+    match (uri.scheme_str(), uri.host(), uri.query()) {
+        (Some("http"), Some(_), None) => Ok(()),
+        _ => Err(invalid()),
+    }
+}
+
 /// The gateway's routes: `/v1/*` forwarded, plus its own `/livez`, `/readyz`, `/metrics`.
-pub fn router(settings: GatewaySettings, verifier: Arc<JwtVerifier>) -> Router {
+/// Refuses upstream URLs it cannot forward to.
+pub fn router(
+    settings: GatewaySettings,
+    verifier: Arc<JwtVerifier>,
+) -> Result<Router, InvalidUpstream> {
+    upstream_base("TILL_COMMAND_API_URL", &settings.command_api)?;
+    upstream_base("TILL_QUERY_API_URL", &settings.query_api)?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(settings.upstream_timeout));
@@ -139,10 +169,10 @@ pub fn router(settings: GatewaySettings, verifier: Arc<JwtVerifier>) -> Router {
         .merge(operational_routes(readiness))
         .fallback(|| async { Problem::not_found("route-not-found", "no such route") })
         .layer(from_fn_with_state("gateway", track_metrics));
-    match cors {
+    Ok(match cors {
         Some(cors) => router.layer(cors),
         None => router,
-    }
+    })
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -276,6 +306,7 @@ async fn forward_inner(
         .uri
         .path_and_query()
         .map_or(path.as_str(), |pq| pq.as_str());
+    // The base was checked at start-up and the path came parsed from the request.
     let uri: Uri = format!("{upstream}{path_and_query}")
         .parse()
         .map_err(|e| Problem::internal(&e))?;

@@ -518,8 +518,8 @@ pub async fn start(
                 spawn_deadline_worker(tasks, store, config.deadline_interval, shutdown);
             }
             Service::Gateway => {
+                let router = gateway::router(gateway_settings.clone(), Arc::clone(&verifier))?;
                 let (listener, addr) = bind("the gateway", gateway_settings.listen).await?;
-                let router = gateway::router(gateway_settings.clone(), Arc::clone(&verifier));
                 spawn_http(tasks, listener, router, shutdown);
                 started.push(Started {
                     service,

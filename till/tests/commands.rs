@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use domain::cart::CartLine;
 use domain::order::{Order, OrderCommand, PaymentToken};
@@ -902,6 +903,39 @@ async fn the_gateway_limits_rates_and_reports_missing_upstreams() {
     assert_eq!(catalog.status, StatusCode::SERVICE_UNAVAILABLE);
     let orders = system.send(Method::GET, "/v1/orders", None, None).await;
     assert_eq!(orders.status, StatusCode::UNAUTHORIZED);
+}
+
+/// An upstream that takes the request and never answers gets the gateway's deadline: 504
+/// problem+json, in about the configured time.
+#[tokio::test]
+async fn an_upstream_that_does_not_answer_in_time_is_a_504() {
+    // Accepts connections and never answers on them.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let system = TestSystem::start_with(|config| {
+        config.gateway.query_api = silent_url;
+        config.gateway.upstream_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let read = system
+        .send(Method::GET, "/v1/orders", Some(&token(OWNER, &[])), None)
+        .await;
+    assert_eq!(
+        (read.status, read.problem_code()),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

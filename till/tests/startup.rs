@@ -77,3 +77,31 @@ async fn each_unreachable_dependency_is_named_with_its_address_and_how_to_start_
     );
     assert!(redis.contains("redis-server"), "{redis}");
 }
+
+/// The gateway forwards plain HTTP; an upstream it cannot reach that way is refused at start-up,
+/// naming the variable, instead of failing every request later.
+#[tokio::test]
+async fn the_gateway_refuses_upstream_urls_it_cannot_forward_to() {
+    for (url, command_api) in [
+        ("https://commands.example:8443", true),
+        ("not a url", true),
+        ("http://127.0.0.1:8082?x=1", false),
+    ] {
+        let error = start_error(Service::Gateway, |c| {
+            c.link_gateway = false;
+            match command_api {
+                true => c.gateway.command_api = url.into(),
+                false => c.gateway.query_api = url.into(),
+            }
+        })
+        .await;
+        let variable = match command_api {
+            true => "TILL_COMMAND_API_URL",
+            false => "TILL_QUERY_API_URL",
+        };
+        assert!(
+            error.contains(&format!("{variable}={url} is not an http:// URL")),
+            "{error}"
+        );
+    }
+}
