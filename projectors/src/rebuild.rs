@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use eventstore::{EventStore, RecordedEvent, StoreError};
+use eventstore::{EventStore, LogPosition, RecordedEvent, StoreError};
 use futures::StreamExt;
 use platform::read_models::{CARTS, CartKeys, ORDERS, PRODUCTS, schema};
 use redis::aio::ConnectionManager;
@@ -32,7 +32,7 @@ use sqlx::PgPool;
 use crate::error::ProjectionError;
 use crate::orders::Orders;
 use crate::products::Products;
-use crate::tables::PgProjection;
+use crate::tables::{PgProjection, record_progress};
 
 /// Events read from the store per batch, unless the caller says otherwise.
 pub const BATCH: i64 = 10_000;
@@ -184,7 +184,9 @@ async fn apply_batch(
                 PRODUCTS => Products::apply_to(&mut tx, schema, store, &batch).await?,
                 _ => Orders::apply_to(&mut tx, schema, store, &batch).await?,
             };
-            count_events(&mut tx, projection, version, n).await?;
+            // Counted only: the version's place in the global log is the live projector's to
+            // record (and the old version's, at the switch); START never moves it.
+            record_progress(&mut tx, projection, version, LogPosition::START, n).await?;
             tx.commit().await?;
         }
         Target::Redis { redis, keys } => {
@@ -224,27 +226,6 @@ fn read_ahead(
         }
     });
     receiver
-}
-
-/// Adds a batch's events to the count of a version being built. Its place in the global log
-/// is the live projector's to record (and the old version's, at the switch).
-async fn count_events(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    projection: &str,
-    version: i32,
-    events: u64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO read.progress (projection, version, events) VALUES ($1, $2, $3) \
-         ON CONFLICT (projection, version) DO UPDATE \
-         SET events = read.progress.events + EXCLUDED.events, updated_at = now()",
-    )
-    .bind(projection)
-    .bind(version)
-    .bind(events as i64)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Creates the version to build (dropping an unfinished one first) and records it.
