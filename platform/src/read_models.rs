@@ -59,9 +59,10 @@ pub struct CartsApplied {
 
 impl CartsApplied {
     pub fn to_message(&self) -> String {
+        use std::fmt::Write;
         let mut message = format!("v{}", self.version);
         for (cart, version) in &self.carts {
-            message.push_str(&format!(" {cart}@{version}"));
+            let _ = write!(message, " {cart}@{version}"); // writing to a String cannot fail
         }
         message
     }

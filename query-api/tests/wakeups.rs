@@ -1,11 +1,12 @@
 //! Read-your-writes wake-ups through the real Redis: a read waiting for its cart is woken by
 //! the projector's announcement, other announcements do not end its wait, a lost announcement
-//! costs one recheck, and without a subscription reads poll and still time out cleanly.
+//! costs one recheck, and with Redis down reads poll and still time out cleanly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use platform::problem::Problem;
 use platform::read_models::{CartKeys, CartsApplied};
 use query_api::consistency::{Awaited, CartWakeups, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -40,9 +41,8 @@ fn setup() -> Setup {
     }
 }
 
-/// A subscription to the setup's channel, running until the setup is dropped.
-async fn listening(setup: &Setup, recheck: Duration) -> Arc<CartWakeups> {
-    let wakeups = Arc::new(CartWakeups::new(recheck));
+/// Runs `wakeups`' subscription to the setup's channel until the setup is dropped.
+fn spawn_listener(setup: &Setup, wakeups: &Arc<CartWakeups>) {
     let (w, client, keys, shutdown) = (
         wakeups.clone(),
         setup.client.clone(),
@@ -50,6 +50,12 @@ async fn listening(setup: &Setup, recheck: Duration) -> Arc<CartWakeups> {
         setup.shutdown.clone(),
     );
     tokio::spawn(async move { w.listen(client, keys, shutdown).await });
+}
+
+/// A subscription to the setup's channel, running until the setup is dropped.
+async fn listening(setup: &Setup, recheck: Duration) -> Arc<CartWakeups> {
+    let wakeups = Arc::new(CartWakeups::new(recheck));
+    spawn_listener(setup, &wakeups);
     for _ in 0..500 {
         if wakeups.is_listening() {
             return wakeups;
@@ -79,7 +85,7 @@ fn waiting_read(
     view: Arc<View>,
     cart: Uuid,
     limit: Duration,
-) -> tokio::task::JoinHandle<Result<(), platform::problem::Problem>> {
+) -> tokio::task::JoinHandle<Result<(), Problem>> {
     tokio::spawn(async move {
         let awaited = [Awaited {
             stream_type: "cart".into(),
@@ -101,6 +107,15 @@ async fn first_check(view: &View) {
     while view.checks.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits (bounded) for a read to end, and expects it to have found its view.
+async fn finishes(read: tokio::task::JoinHandle<Result<(), Problem>>, why: &str) {
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect(why)
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -141,11 +156,7 @@ async fn a_waiting_read_is_woken_by_its_carts_announcement_not_by_others() {
         },
     )
     .await;
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the announcement woke the read")
-        .unwrap()
-        .unwrap();
+    finishes(read, "the announcement woke the read").await;
     assert_eq!(
         view.checks.load(Ordering::SeqCst),
         2,
@@ -162,27 +173,28 @@ async fn a_lost_announcement_costs_one_recheck() {
     first_check(&view).await;
 
     view.version.store(2, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the recheck found the view")
-        .unwrap()
-        .unwrap();
+    finishes(read, "the recheck found the view").await;
     assert_eq!(view.checks.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
-async fn without_a_subscription_reads_poll_and_time_out_with_a_clear_answer() {
-    let (cart, view) = (Uuid::new_v4(), Arc::new(View::default()));
-    // Never listening: the read polls.
+async fn with_redis_down_reads_poll_and_time_out_with_a_clear_answer() {
+    let mut setup = setup();
+    // Nothing listens there: the subscription keeps failing (and retrying).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    setup.client =
+        redis::Client::open(format!("redis://{}/", closed.local_addr().unwrap())).unwrap();
+    drop(closed);
     let wakeups = Arc::new(CartWakeups::new(Duration::from_secs(60)));
+    spawn_listener(&setup, &wakeups);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!wakeups.is_listening());
+
+    let (cart, view) = (Uuid::new_v4(), Arc::new(View::default()));
     let read = waiting_read(wakeups.clone(), view.clone(), cart, Duration::from_secs(60));
     first_check(&view).await;
     view.version.store(2, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("polling found the view")
-        .unwrap()
-        .unwrap();
+    finishes(read, "polling found the view").await;
 
     let view = Arc::new(View::default());
     let problem = waiting_read(wakeups, view.clone(), cart, Duration::from_millis(300))

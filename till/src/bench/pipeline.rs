@@ -252,13 +252,14 @@ async fn freshness(
     issuer: &DevIssuer,
     args: &PipelineBenchArgs,
 ) -> anyhow::Result<(Histogram<u64>, f64, u64)> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()?;
     // A cart per shopper, so commands do not contend on one stream. Each shopper waits for its
     // answer and read-back before its next command; one that fell behind (a slow read) sends
     // its missed commands at once, so the rate asked for is the rate sent.
     let shoppers = (args.rate / 10).clamp(16, 1_000);
+    // One request in flight per shopper: keep a connection for each, never reopen them.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::try_from(shoppers).unwrap_or(usize::MAX))
+        .build()?;
     let mut carts = Vec::new();
     for n in 0..shoppers {
         let token = issuer.token(&format!("fresh-{n}"), &[], Duration::from_secs(3600))?;
