@@ -80,7 +80,7 @@ pub enum ExecuteError<R: std::error::Error + 'static> {
 impl EventStore {
     /// The aggregate's current state and version, from its stream: read whole, or, with an
     /// aggregate cache, only the events after the cached version.
-    #[instrument(skip(self), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self), err(level = "debug"))]
     pub async fn load<A>(&self, stream_id: &str) -> Result<(A, u64), StoreError>
     where
         A: Aggregate,
@@ -128,7 +128,7 @@ impl EventStore {
     /// Runs `command` against the aggregate in `stream_id`: load, decide, append, retrying on
     /// conflicts (see the module docs). With an aggregate cache, the first try decides on the
     /// cached state and lets the append's version check prove it current.
-    #[instrument(skip(self, command, options), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, command, options), err(level = "debug"))]
     pub async fn execute<A>(
         &self,
         stream_id: &str,
@@ -228,7 +228,7 @@ impl EventStore {
     /// One load → decide → append attempt inside the caller's transaction, so the caller can
     /// commit other rows with the events (an idempotency record). A lost race is returned as
     /// [`ExecuteError::Conflicted`] (or `VersionMismatch` under `If-Match`): roll back and retry.
-    #[instrument(skip(self, tx, command, options), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, tx, command, options), err(level = "debug"))]
     pub async fn decide_and_append_in<A>(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,

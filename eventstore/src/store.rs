@@ -179,7 +179,7 @@ impl EventStore {
 
     /// Appends events to a stream if it is at the expected version. Retrying the same append
     /// (same event ids) after it succeeded returns the stored result and writes nothing.
-    #[instrument(skip(self, events), fields(events = events.len()), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, events), fields(events = events.len()), err(level = "debug"))]
     pub async fn append(
         &self,
         stream_id: &str,
@@ -223,7 +223,7 @@ impl EventStore {
     /// Appends inside the caller's transaction, so that other writes (an idempotency record, a
     /// second stream) commit or roll back with the events. A savepoint keeps the transaction
     /// usable after a conflict. A lost race is reported, not retried: the caller decides again.
-    #[instrument(skip(self, tx, events), fields(events = events.len()), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, tx, events), fields(events = events.len()), err(level = "debug"))]
     pub async fn append_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -336,7 +336,7 @@ impl EventStore {
     }
 
     /// The stream's events with a version above `after_version`, upcast, in version order.
-    #[instrument(skip(self), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self), err(level = "debug"))]
     pub async fn read_stream(
         &self,
         stream_id: &str,
@@ -374,7 +374,7 @@ impl EventStore {
     /// commit a lower position after a reader has moved past it; the transaction-id horizon
     /// makes the reader wait for it instead. The cost is that any long transaction on the server
     /// holds every reader back until it ends; a stuck one shows up as relay lag.
-    #[instrument(skip(self), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self), err(level = "debug"))]
     pub async fn read_log(
         &self,
         after: LogPosition,

@@ -61,7 +61,7 @@ pub enum OrderingError {
 
 /// The events to apply, in version order, for `incoming` when the read model has `stored`:
 /// empty (skip), the incoming event alone, or the missing events from the store followed by it.
-#[instrument(skip(store, incoming), fields(stream_id = %incoming.stream_id, version = incoming.version))]
+#[instrument(level = "debug", skip(store, incoming), fields(stream_id = %incoming.stream_id, version = incoming.version))]
 pub async fn events_to_apply(
     store: &EventStore,
     stored: u64,
