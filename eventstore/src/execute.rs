@@ -85,8 +85,8 @@ impl EventStore {
     where
         A: Aggregate,
     {
-        let mut conn = self.pool().acquire().await?;
-        self.load_on::<A>(&mut conn, stream_id).await
+        self.on_connection(async |conn| self.load_on::<A>(conn, stream_id).await)
+            .await
     }
 
     /// The cached state and version of an aggregate, if the cache holds it. Only to be trusted
@@ -228,7 +228,11 @@ impl EventStore {
     /// One load → decide → append attempt inside the caller's transaction, so the caller can
     /// commit other rows with the events (an idempotency record). A lost race is returned as
     /// [`ExecuteError::Conflicted`] (or `VersionMismatch` under `If-Match`): roll back and retry.
-    #[instrument(level = "debug", skip(self, tx, command, options), err(level = "debug"))]
+    #[instrument(
+        level = "debug",
+        skip(self, tx, command, options),
+        err(level = "debug")
+    )]
     pub async fn decide_and_append_in<A>(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,

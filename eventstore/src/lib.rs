@@ -6,6 +6,8 @@
 //! - [`multi`]: atomic appends to several streams in one statement.
 //! - [`cache`]: in-process aggregate states, trusted only where an append proves them current.
 //! - [`checkpoint`]: named positions of global-log readers.
+//! - `connections`: the connections appends and stream reads run on (no round trip to hand
+//!   one back).
 //! - [`upcast`]: lifting stored events of an older schema version to the current one.
 //! - [`model`] and [`error`]: the types they share.
 //!
@@ -13,6 +15,7 @@
 
 pub mod cache;
 pub mod checkpoint;
+mod connections;
 pub mod error;
 pub mod execute;
 pub mod model;
@@ -21,6 +24,7 @@ pub mod store;
 pub mod upcast;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint};
+pub use connections::DatabaseFailure;
 pub use error::{AppendError, StoreError};
 pub use execute::{CommandOptions, EventIds, ExecuteError, Executed};
 pub use model::{

@@ -87,7 +87,7 @@ impl EventStore {
                 ExpectedVersion::Exact(v) => (3, i64::try_from(v).unwrap_or(i64::MAX)),
             })
             .unzip();
-        let result: Result<Vec<(String, i64)>, sqlx::Error> = sqlx::query_as(APPEND_STREAMS_SQL)
+        let statement = sqlx::query_as(APPEND_STREAMS_SQL)
             .bind(&columns.0)
             .bind(&columns.1)
             .bind(&columns.2)
@@ -101,8 +101,9 @@ impl EventStore {
                     .collect::<Vec<_>>(),
             )
             .bind(modes)
-            .bind(exacts)
-            .fetch_all(self.pool())
+            .bind(exacts);
+        let result: Result<Vec<(String, i64)>, sqlx::Error> = self
+            .on_connection(async |conn| statement.fetch_all(conn).await)
             .await;
         let rows = match result {
             Ok(rows) if !rows.is_empty() || columns.1.is_empty() => rows,

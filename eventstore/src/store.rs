@@ -18,6 +18,7 @@ use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::connections::{Connections, DatabaseFailure};
 use crate::error::{AppendError, StoreError};
 use crate::model::{
     Appended, EventData, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent,
@@ -34,6 +35,8 @@ pub const APPENDED_CHANNEL: &str = "eventstore_appended";
 #[derive(Debug, Clone)]
 pub struct EventStore {
     pool: PgPool,
+    /// Where appends and stream reads run (see [`crate::connections`]).
+    connections: Connections,
     upcasters: Arc<Upcasters>,
     notifier: Option<Arc<AppendNotifier>>,
     pub(crate) cache: Option<Arc<crate::cache::AggregateCache>>,
@@ -50,16 +53,23 @@ struct AppendNotifier {
 }
 
 impl AppendNotifier {
-    fn start(pool: PgPool) -> Arc<Self> {
+    fn start(connections: Connections) -> Arc<Self> {
         let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
         // Ends when the last store clone (and so the sender) is dropped.
         tokio::spawn(async move {
             while woken.recv().await.is_some() {
-                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(APPENDED_CHANNEL)
-                    .execute(&pool)
-                    .await
-                {
+                let notified = match connections.get().await {
+                    Ok(mut taken) => {
+                        let notified = sqlx::query("SELECT pg_notify($1, '')")
+                            .bind(APPENDED_CHANNEL)
+                            .execute(&mut taken.conn)
+                            .await;
+                        taken.note(&notified);
+                        notified.map(drop)
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = notified {
                     // Readers poll as a fallback; a lost wake-up only delays them.
                     tracing::debug!(error = %e, "append notification failed");
                 }
@@ -139,6 +149,7 @@ impl EventStore {
 
     pub fn with_upcasters(pool: PgPool, upcasters: Upcasters) -> Self {
         Self {
+            connections: Connections::like(&pool),
             pool,
             upcasters: Arc::new(upcasters),
             notifier: None,
@@ -157,7 +168,7 @@ impl EventStore {
     /// runtime. Appends made with [`EventStore::append_in`] are announced by
     /// [`EventStore::announce_appended`] once the caller has committed.
     pub fn with_append_notifications(mut self) -> Self {
-        self.notifier = Some(AppendNotifier::start(self.pool.clone()));
+        self.notifier = Some(AppendNotifier::start(self.connections.clone()));
         self
     }
 
@@ -186,14 +197,21 @@ impl EventStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<Appended, AppendError> {
-        let mut conn = self.pool.acquire().await?;
+        self.on_connection(async |conn| self.append_on(conn, stream_id, expected, events).await)
+            .await
+    }
+
+    async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, AppendError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self
-                .try_insert(&mut conn, stream_id, expected, events)
-                .await?
-            {
+            match self.try_insert(conn, stream_id, expected, events).await? {
                 Ok(appended) => {
                     if !appended.positions.is_empty() {
                         self.announce_appended();
@@ -201,13 +219,12 @@ impl EventStore {
                     return Ok(appended);
                 }
                 Err(missed) => {
-                    let outcome =
-                        resolve_miss(&mut conn, stream_id, expected, events, missed).await?;
+                    let outcome = resolve_miss(conn, stream_id, expected, events, missed).await?;
                     match outcome {
                         Resolution::Done(result) => return result,
                         Resolution::Retry if attempt < ANY_VERSION_ATTEMPTS => continue,
                         Resolution::Retry => {
-                            let actual = stream_version_on(&mut conn, stream_id).await?;
+                            let actual = stream_version_on(conn, stream_id).await?;
                             return Err(AppendError::WrongExpectedVersion {
                                 stream_id: stream_id.to_owned(),
                                 expected,
@@ -331,8 +348,8 @@ impl EventStore {
 
     /// The stream's current version; 0 when it has no events.
     pub async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(stream_version_on(&mut conn, stream_id).await?)
+        self.on_connection(async |conn| Ok(stream_version_on(conn, stream_id).await?))
+            .await
     }
 
     /// The stream's events with a version above `after_version`, upcast, in version order.
@@ -342,9 +359,21 @@ impl EventStore {
         stream_id: &str,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        self.read_stream_on(&mut conn, stream_id, after_version)
+        self.on_connection(async |conn| self.read_stream_on(conn, stream_id, after_version).await)
             .await
+    }
+
+    /// Runs `f` on one of the connections the store's appends and stream reads use (see
+    /// `connections`), e.g. to look at that session's state.
+    pub async fn on_connection<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: DatabaseFailure + From<sqlx::Error>,
+    {
+        let mut taken = self.connections.get().await.map_err(E::from)?;
+        let result = f(&mut taken.conn).await;
+        taken.note(&result);
+        result
     }
 
     /// Like [`EventStore::read_stream`], on the caller's connection (inside its transaction:

@@ -20,15 +20,21 @@ fn event(n: u64) -> NewEvent {
 }
 
 /// (generic, custom) plans made for the prepared statements that insert events, on the
-/// pool's one connection.
-async fn append_plans(pool: &sqlx::PgPool) -> (i64, i64) {
-    sqlx::query_as(
-        "SELECT coalesce(sum(generic_plans), 0)::int8, coalesce(sum(custom_plans), 0)::int8 \
-         FROM pg_prepared_statements WHERE statement LIKE '%INSERT INTO eventstore.events%'",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
+/// store's one connection (prepared statements belong to their session).
+async fn append_plans(store: &EventStore) -> (i64, i64) {
+    store
+        .on_connection(async |conn| {
+            sqlx::query_as(
+                "SELECT coalesce(sum(generic_plans), 0)::int8, \
+                        coalesce(sum(custom_plans), 0)::int8 \
+                 FROM pg_prepared_statements \
+                 WHERE statement LIKE '%INSERT INTO eventstore.events%'",
+            )
+            .fetch_one(conn)
+            .await
+        })
+        .await
+        .unwrap()
 }
 
 /// Ten single-stream and ten two-stream appends, with a conflict in between; returns the
@@ -98,7 +104,7 @@ async fn the_write_sides_connections_plan_appends_once() {
 
     assert_eq!(appends(&store).await, (20, 10));
 
-    let (generic, custom) = append_plans(&pool).await;
+    let (generic, custom) = append_plans(&store).await;
     assert_eq!(custom, 0, "no append was planned for its own parameters");
     assert!(generic >= 20, "the appends ran on generic plans: {generic}");
 }

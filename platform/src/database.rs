@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::{Connection, Postgres};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres};
 
 use crate::settings::redact;
 

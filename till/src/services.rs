@@ -310,6 +310,10 @@ pub async fn start(
         false => None,
     };
     let (write_pool, pool) = databases(services, config).await?;
+    // One store per pool, cloned into each service: a store's own connections (see
+    // `eventstore::connections`) are shared by its clones, not opened again per service.
+    let write_store = write_pool.clone().map(EventStore::new);
+    let store = pool.clone().map(EventStore::new);
     let mut started: Vec<Started> = Vec::new();
     let mut gateway_settings = config.gateway.clone();
 
@@ -331,7 +335,9 @@ pub async fn start(
             }
             Service::CommandApi => {
                 let state = command_api::AppState {
-                    store: EventStore::new(write_pool.clone().context("needs the database")?)
+                    store: write_store
+                        .clone()
+                        .context("needs the database")?
                         .with_append_notifications()
                         .with_aggregate_cache(COMMAND_CACHE_CAPACITY),
                     verifier: Arc::clone(&verifier),
@@ -385,7 +391,7 @@ pub async fn start(
                 settings.name = format!("relay:{}", config.topology.prefix());
                 settings.checkpoint = settings.name.clone();
                 let relay = Relay::new(
-                    EventStore::new(pool.clone().context("needs the database")?),
+                    store.clone().context("needs the database")?,
                     config.topology.clone(),
                     settings,
                 );
@@ -420,7 +426,7 @@ pub async fn start(
             Service::Projectors => {
                 let pool = pool.clone().context("needs the database")?;
                 let redis = redis.clone().context("needs Redis")?;
-                let store = EventStore::new(pool.clone());
+                let store = store.clone().context("needs the database")?;
                 let consumer = |consumer: (&str, &str)| {
                     projectors::live::consumer_settings(consumer, config.amqp_url.clone())
                 };
@@ -481,7 +487,10 @@ pub async fn start(
             }
             Service::Processes => {
                 let pool = write_pool.clone().context("needs the database")?;
-                let store = EventStore::new(pool.clone()).with_append_notifications();
+                let store = write_store
+                    .clone()
+                    .context("needs the database")?
+                    .with_append_notifications();
                 let process = OrderProcess {
                     store: store.clone(),
                     pool: pool.clone(),

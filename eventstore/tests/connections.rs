@@ -1,0 +1,133 @@
+//! The connections appends and stream reads run on (`eventstore::connections`): handed back
+//! without a round trip, so they must recover by themselves from a statement cancelled
+//! half-way and from a connection the server has ended.
+
+use std::time::Duration;
+
+use eventstore::{AppendError, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError};
+use platform::database::{PoolSettings, connect};
+use platform::testing::TestDatabase;
+use serde_json::json;
+use uuid::Uuid;
+
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "Noted".into(),
+        data: json!({ "n": n }),
+        metadata: Metadata::default(),
+    }
+}
+
+async fn store_with(url: &str, connections: u32) -> (sqlx::PgPool, EventStore) {
+    let settings = PoolSettings {
+        max_connections: connections,
+        ..PoolSettings::default()
+    };
+    let pool = connect(url, &settings).await.unwrap();
+    (pool.clone(), EventStore::new(pool))
+}
+
+/// Ends every other session on the test database, as a server restart or an operator would.
+async fn terminate_other_sessions(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn versions(store: &EventStore, stream: &str) -> Vec<u64> {
+    let events = store.read_stream(stream, 0).await.unwrap();
+    events.iter().map(|e| e.version).collect()
+}
+
+#[tokio::test]
+async fn a_statement_cancelled_half_way_leaves_the_connection_usable() {
+    let db = TestDatabase::new().await;
+    let (_pool, store) = store_with(&db.url, 1).await;
+    let stream = format!("test-{}", Uuid::new_v4());
+    store
+        .append(&stream, ExpectedVersion::NoStream, &[event(1)])
+        .await
+        .unwrap();
+
+    // The request that ran this statement went away while Postgres was still working on it.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        store.on_connection(async |conn| sqlx::query("SELECT pg_sleep(0.3)").execute(conn).await),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the statement was cut off");
+
+    // The store's one connection answers the next statements correctly.
+    let appended = store
+        .append(&stream, ExpectedVersion::Exact(1), &[event(2)])
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 2);
+    assert_eq!(versions(&store, &stream).await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn connections_the_server_ended_are_replaced_after_one_failure_each() {
+    let db = TestDatabase::new().await;
+    let (pool, store) = store_with(&db.url, 2).await;
+    let stream = format!("test-{}", Uuid::new_v4());
+    // Two appends at once: the store opens both of its connections.
+    let (first, second) = ([event(1)], [event(2)]);
+    let (a, b) = tokio::join!(
+        store.append(&stream, ExpectedVersion::Any, &first),
+        store.append(&stream, ExpectedVersion::Any, &second),
+    );
+    a.unwrap();
+    b.unwrap();
+    assert!(terminate_other_sessions(&pool).await >= 2);
+
+    // Right away (no idle check yet): each dead connection fails one statement, clearly, and is
+    // then closed instead of being handed out again.
+    let mut failures = 0;
+    let mut version = 2;
+    for n in 3..=6 {
+        match store
+            .append(&stream, ExpectedVersion::Exact(version), &[event(n)])
+            .await
+        {
+            Ok(appended) => version = appended.version,
+            Err(AppendError::Store(StoreError::Database(_))) => failures += 1,
+            Err(other) => panic!("unexpected failure: {other}"),
+        }
+    }
+    assert!(
+        failures <= 2,
+        "{failures} failures for two dead connections"
+    );
+    assert_eq!(version, 6 - failures);
+    assert_eq!(
+        versions(&store, &stream).await,
+        (1..=version).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_checked_before_it_is_used() {
+    let db = TestDatabase::new().await;
+    let (pool, store) = store_with(&db.url, 1).await;
+    let stream = format!("test-{}", Uuid::new_v4());
+    store
+        .append(&stream, ExpectedVersion::NoStream, &[event(1)])
+        .await
+        .unwrap();
+    assert!(terminate_other_sessions(&pool).await >= 1);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    // Idle for more than a second: pinged, found dead, replaced; the append never sees it.
+    let appended = store
+        .append(&stream, ExpectedVersion::Exact(1), &[event(2)])
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 2);
+}
