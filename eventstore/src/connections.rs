@@ -90,10 +90,19 @@ impl DatabaseFailure for AppendError {
 }
 
 /// The connection cannot be used again: the socket or the protocol failed, or the server ended
-/// the session (a FATAL error, such as `pg_terminate_backend` or a shutdown).
+/// the session.
 fn is_connection_failure(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+    ) || session_ended(e)
+}
+
+/// The server ended the session (a FATAL error: `pg_terminate_backend`, a shutdown or restart).
+/// Unlike a broken socket, this says the statement took no effect: the server was ending the
+/// session instead of running it, or rolled it back to end the session.
+pub(crate) fn session_ended(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => db
             .try_downcast_ref::<PgDatabaseError>()
             .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
@@ -144,6 +153,11 @@ impl Connections {
             .build()
             .expect("a pool with a runtime and timeouts builds");
         Self { pool }
+    }
+
+    /// The most connections open at once.
+    pub(crate) fn max_size(&self) -> usize {
+        self.pool.status().max_size
     }
 
     /// A connection, as the `PgPool` would fail to give one: timeouts as `PoolTimedOut`.

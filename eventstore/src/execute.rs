@@ -7,12 +7,13 @@
 //! (`If-Match`) is told about the mismatch instead of being retried past it.
 
 use domain::Aggregate;
+use sqlx::postgres::PgConnection;
 use tracing::instrument;
 use uuid::Uuid;
 
 use crate::error::{AppendError, StoreError};
 use crate::model::{ExpectedVersion, Metadata, NewEvent};
-use crate::store::EventStore;
+use crate::store::{EventStore, on_live_connection};
 
 /// How ids of new events are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +86,7 @@ impl EventStore {
     where
         A: Aggregate,
     {
-        self.on_connection(async |conn| self.load_on::<A>(conn, stream_id).await)
-            .await
+        on_live_connection!(self, |conn| self.load_on::<A>(conn, stream_id).await)
     }
 
     /// The cached state and version of an aggregate, if the cache holds it. Only to be trusted

@@ -36,7 +36,7 @@ pub const APPENDED_CHANNEL: &str = "eventstore_appended";
 pub struct EventStore {
     pool: PgPool,
     /// Where appends and stream reads run (see [`crate::connections`]).
-    connections: Connections,
+    pub(crate) connections: Connections,
     upcasters: Arc<Upcasters>,
     notifier: Option<Arc<AppendNotifier>>,
     pub(crate) cache: Option<Arc<crate::cache::AggregateCache>>,
@@ -78,6 +78,38 @@ impl AppendNotifier {
         Arc::new(Self { wake })
     }
 }
+
+/// Runs `$body` with `$conn` bound to one of the store's own connections, for operations that
+/// are safe to repeat (reads, and appends, which event ids make idempotent): if the server had
+/// ended that session (a restart, `pg_terminate_backend`), the body runs again on the next
+/// connection, as the pings the store no longer sends would have found the dead one first.
+/// A macro, not a method taking an async closure: the command API's handlers must be `Send`,
+/// which the compiler cannot yet prove through a repeatedly called async closure.
+macro_rules! on_live_connection {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let mut attempts_left = $store.connections.max_size();
+        loop {
+            let mut taken = match $store.connections.get().await {
+                Ok(taken) => taken,
+                Err(e) => break Err(e.into()),
+            };
+            let $conn: &mut PgConnection = &mut taken.conn;
+            let result = $body;
+            taken.note(&result);
+            match &result {
+                Err(e)
+                    if attempts_left > 0
+                        && $crate::connections::DatabaseFailure::database_error(e)
+                            .is_some_and($crate::connections::session_ended) =>
+                {
+                    attempts_left -= 1;
+                }
+                _ => break result,
+            }
+        }
+    }};
+}
+pub(crate) use on_live_connection;
 
 const APPEND_SQL: &str = r#"
 WITH head AS (
@@ -197,8 +229,9 @@ impl EventStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<Appended, AppendError> {
-        self.on_connection(async |conn| self.append_on(conn, stream_id, expected, events).await)
-            .await
+        on_live_connection!(self, |conn| self
+            .append_on(conn, stream_id, expected, events)
+            .await)
     }
 
     async fn append_on(
@@ -348,8 +381,7 @@ impl EventStore {
 
     /// The stream's current version; 0 when it has no events.
     pub async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
-        self.on_connection(async |conn| Ok(stream_version_on(conn, stream_id).await?))
-            .await
+        on_live_connection!(self, |conn| Ok(stream_version_on(conn, stream_id).await?))
     }
 
     /// The stream's events with a version above `after_version`, upcast, in version order.
@@ -359,8 +391,9 @@ impl EventStore {
         stream_id: &str,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.on_connection(async |conn| self.read_stream_on(conn, stream_id, after_version).await)
-            .await
+        on_live_connection!(self, |conn| self
+            .read_stream_on(conn, stream_id, after_version)
+            .await)
     }
 
     /// Runs `f` on one of the connections the store's appends and stream reads use (see
