@@ -1,5 +1,6 @@
 //! The orders view: one row per order with its status, and its lines and status history (one
-//! entry per event) as JSONB arrays in the API's shape (`read_orders_v<n>.orders`).
+//! entry per event) as JSON arrays in the API's shape, stored as text
+//! (`read_orders_v<n>.orders`; migration 0010 says why).
 
 use std::collections::HashMap;
 
@@ -161,6 +162,9 @@ pub fn apply(
 
 const COLUMNS: &str = "order_id, customer_id, cart_id, status, total_amount, currency, pay_by, \
 payment_id, placed_at, updated_at, version, lines, history";
+/// [`COLUMNS`] as read back: the text documents as JSON, for sqlx's `Json`.
+const SELECTED: &str = "order_id, customer_id, cart_id, status, total_amount, currency, pay_by, \
+payment_id, placed_at, updated_at, version, lines::json AS lines, history::json AS history";
 
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
@@ -168,7 +172,7 @@ async fn load(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM \"{schema}\".orders WHERE order_id = ANY($1)"
+        "SELECT {SELECTED} FROM \"{schema}\".orders WHERE order_id = ANY($1)"
     ))
     .bind(ids)
     .fetch_all(&mut **tx)
@@ -195,7 +199,7 @@ pub async fn upsert(
         "INSERT INTO \"{schema}\".orders ({COLUMNS}) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
                               $6::text[], $7::timestamptz[], $8::uuid[], $9::timestamptz[], \
-                              $10::timestamptz[], $11::int8[], $12::text[]::json[], $13::text[]::json[]) \
+                              $10::timestamptz[], $11::int8[], $12::text[], $13::text[]) \
          ON CONFLICT (order_id) DO UPDATE SET \
            status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, \
            payment_id = EXCLUDED.payment_id, updated_at = EXCLUDED.updated_at, \
@@ -214,7 +218,7 @@ pub async fn upsert(
     .bind(column!(placed_at))
     .bind(column!(updated_at))
     .bind(column!(version))
-    // As text: a `json` column keeps it as written (sqlx's `Json` would be sent as jsonb).
+    // As text, as stored: no JSON check on the way in (see migration 0010).
     .bind(json_column(rows, |r| &r.lines.0)?)
     .bind(json_column(rows, |r| &r.history.0)?)
     .fetch_all(&mut **tx)

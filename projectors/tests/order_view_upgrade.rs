@@ -1,6 +1,6 @@
-//! Migration 0007 moved order lines and history from side tables into the order's row. An
-//! orders version built before it must come out of the migration with every line and history
-//! entry in place, in order, in the shape the API serves.
+//! Migration 0007 moved order lines and history from side tables into the order's row, and
+//! 0010 stores them as text. An orders version built before either must come out with every
+//! line and history entry in place, in order, in the shape the API serves.
 
 use platform::testing::TestDatabase;
 use serde_json::{Value, json};
@@ -44,14 +44,7 @@ async fn an_orders_version_from_before_0007_keeps_its_lines_and_history() {
     .await
     .unwrap();
 
-    let migration = eventstore_migrations::MIGRATOR
-        .iter()
-        .find(|m| m.version == 7)
-        .expect("migration 0007");
-    sqlx::raw_sql(&migration.sql)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    apply_migration(&db, 7).await;
 
     let rows: Vec<(String, Value, Value)> = sqlx::query_as(
         "SELECT customer_id, lines, history FROM read_orders_v9.orders ORDER BY customer_id",
@@ -106,4 +99,65 @@ async fn an_orders_version_from_before_0007_keeps_its_lines_and_history() {
             .await
             .unwrap();
     assert_eq!(entries.0.len(), 2);
+}
+
+async fn apply_migration(db: &TestDatabase, version: i64) {
+    let migration = eventstore_migrations::MIGRATOR
+        .iter()
+        .find(|m| m.version == version)
+        .expect("the migration");
+    sqlx::raw_sql(&migration.sql)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_orders_version_from_before_0010_keeps_its_documents_as_text() {
+    let db = TestDatabase::new().await;
+    let lines = json!([{"product_id": "00000000-0000-0000-0000-0000000000f1", "sku": "TEE-1",
+        "name": "Tee", "unit_price": {"amount": 500, "currency": "EUR"}, "quantity": 2,
+        "line_total": {"amount": 1000, "currency": "EUR"}}]);
+    let history = json!([{"version": 1, "status": "placed", "event": "OrderPlaced",
+        "detail": null, "at": "2026-11-21T10:00:00Z"}]);
+    // An orders version as migration 0007 made them: json documents.
+    sqlx::raw_sql(
+        "CREATE SCHEMA read_orders_v8;
+         CREATE TABLE read_orders_v8.orders (
+             order_id uuid PRIMARY KEY, customer_id text NOT NULL, cart_id uuid NOT NULL,
+             status text NOT NULL, total_amount bigint NOT NULL, currency text NOT NULL,
+             pay_by timestamptz, payment_id uuid, placed_at timestamptz NOT NULL,
+             updated_at timestamptz NOT NULL, version bigint NOT NULL,
+             lines json NOT NULL DEFAULT '[]', history json NOT NULL DEFAULT '[]');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO read_orders_v8.orders VALUES (gen_random_uuid(), 'alice', gen_random_uuid(), \
+         'placed', 1000, 'EUR', NULL, NULL, now(), now(), 1, $1::text::json, $2::text::json)",
+    )
+    .bind(lines.to_string())
+    .bind(history.to_string())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    apply_migration(&db, 10).await;
+
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT data_type FROM information_schema.columns \
+         WHERE table_schema = 'read_orders_v8' AND column_name IN ('lines', 'history')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(types, ["text", "text"]);
+    let stored: (Value, Value) = sqlx::query_as(
+        "SELECT lines::json, history::json FROM read_orders_v8.orders WHERE customer_id = 'alice'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, (lines, history));
 }

@@ -373,7 +373,7 @@ async fn views_match_the_domain_after_one_clean_pass() {
         let (state, version) = f.store.load::<Order>(&id.stream_id()).await.unwrap();
         let d = state.0.unwrap();
         let (status, stored, history): (String, i64, i64) = sqlx::query_as(
-            "SELECT status, version, json_array_length(history)::int8 \
+            "SELECT status, version, json_array_length(history::json)::int8 \
              FROM read_orders_v1.orders WHERE order_id = $1",
         )
         .bind(id.0)

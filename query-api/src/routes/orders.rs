@@ -116,7 +116,8 @@ pub async fn one(
         lines,
         history,
     } = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, lines, history FROM \"{schema}\".orders WHERE order_id = $1"
+        "SELECT {COLUMNS}, lines::json AS lines, history::json AS history \
+         FROM \"{schema}\".orders WHERE order_id = $1"
     ))
     .bind(id)
     .fetch_optional(&state.pool)
