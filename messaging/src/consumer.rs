@@ -291,9 +291,27 @@ impl<H: Handler> ConsumerRunner<H> {
         // Retries and dead letters are published on a channel of their own in confirm mode, so
         // the original is acked only once the broker holds the copy.
         let publisher = connection.create_channel().await?;
-        let result = self
-            .consume_on(&channel, &publisher, shutdown, failures)
-            .await;
+        // lapin tells this handler when the connection dies. Whatever the session awaits from
+        // the broker then (a delivery, an ack, a confirm) is abandoned and the session starts
+        // again: waiting on a dead connection once kept a consumer stalled until its test timed
+        // out. The unacked deliveries come back after the reconnect, and a handler's dropped
+        // transaction rolls back, so nothing is lost or applied twice.
+        let (lost, mut dead) = tokio::sync::watch::channel(None::<lapin::Error>);
+        connection.on_error(move |error| {
+            lost.send_replace(Some(error));
+        });
+        let connection_lost = async {
+            if let Ok(error) = dead.wait_for(Option::is_some).await
+                && let Some(error) = error.clone()
+            {
+                return error;
+            }
+            std::future::pending().await
+        };
+        let result = tokio::select! {
+            result = self.consume_on(&channel, &publisher, shutdown, failures) => result,
+            error = connection_lost => Err(MessagingError::Amqp(error)),
+        };
         close_channel(&publisher, "consumer stopping").await;
         close_channel(&channel, "consumer stopping").await;
         result
