@@ -4,22 +4,13 @@
 
 use std::time::Duration;
 
-use eventstore::{
-    AppendError, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError, StreamAppend,
-};
+use eventstore::{AppendError, EventStore, ExpectedVersion, StoreError, StreamAppend};
 use platform::database::{PoolSettings, connect};
 use platform::testing::TestDatabase;
-use serde_json::json;
 use uuid::Uuid;
 
-fn event(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: "Noted".into(),
-        data: json!({ "n": n }),
-        metadata: Metadata::default(),
-    }
-}
+mod support;
+use support::noted;
 
 async fn store_with(url: &str, connections: u32) -> (sqlx::PgPool, EventStore) {
     let settings = PoolSettings {
@@ -52,7 +43,7 @@ async fn a_statement_cancelled_half_way_leaves_the_connection_usable() {
     let (_pool, store) = store_with(&db.url, 1).await;
     let stream = format!("test-{}", Uuid::new_v4());
     store
-        .append(&stream, ExpectedVersion::NoStream, &[event(1)])
+        .append(&stream, ExpectedVersion::NoStream, &[noted(1)])
         .await
         .unwrap();
 
@@ -66,7 +57,7 @@ async fn a_statement_cancelled_half_way_leaves_the_connection_usable() {
 
     // The store's one connection answers the next statements correctly.
     let appended = store
-        .append(&stream, ExpectedVersion::Exact(1), &[event(2)])
+        .append(&stream, ExpectedVersion::Exact(1), &[noted(2)])
         .await
         .unwrap();
     assert_eq!(appended.version, 2);
@@ -79,7 +70,7 @@ async fn sessions_the_server_ended_are_replaced() {
     let (pool, store) = store_with(&db.url, 2).await;
     let stream = format!("test-{}", Uuid::new_v4());
     // Two appends at once: the store opens both of its connections.
-    let (first, second) = ([event(1)], [event(2)]);
+    let (first, second) = ([noted(1)], [noted(2)]);
     let (a, b) = tokio::join!(
         store.append(&stream, ExpectedVersion::Any, &first),
         store.append(&stream, ExpectedVersion::Any, &second),
@@ -92,7 +83,7 @@ async fn sessions_the_server_ended_are_replaced() {
     // go through on the next connection as if nothing had happened.
     for n in 3..=6 {
         store
-            .append(&stream, ExpectedVersion::Exact(n - 1), &[event(n)])
+            .append(&stream, ExpectedVersion::Exact(n - 1), &[noted(n)])
             .await
             .unwrap();
     }
@@ -112,12 +103,12 @@ async fn sessions_the_server_ended_are_replaced() {
             StreamAppend {
                 stream_id: stream.clone(),
                 expected: ExpectedVersion::Exact(version),
-                events: vec![event(n)],
+                events: vec![noted(n)],
             },
             StreamAppend {
                 stream_id: other.clone(),
                 expected: ExpectedVersion::Any,
-                events: vec![event(n)],
+                events: vec![noted(n)],
             },
         ];
         match store.append_streams(&writes).await {
@@ -144,7 +135,7 @@ async fn an_idle_connection_is_checked_before_it_is_used() {
     let (pool, store) = store_with(&db.url, 1).await;
     let stream = format!("test-{}", Uuid::new_v4());
     store
-        .append(&stream, ExpectedVersion::NoStream, &[event(1)])
+        .append(&stream, ExpectedVersion::NoStream, &[noted(1)])
         .await
         .unwrap();
     assert!(terminate_other_sessions(&pool).await >= 1);
@@ -152,7 +143,7 @@ async fn an_idle_connection_is_checked_before_it_is_used() {
 
     // Idle for more than a second: pinged, found dead, replaced; the append never sees it.
     let appended = store
-        .append(&stream, ExpectedVersion::Exact(1), &[event(2)])
+        .append(&stream, ExpectedVersion::Exact(1), &[noted(2)])
         .await
         .unwrap();
     assert_eq!(appended.version, 2);

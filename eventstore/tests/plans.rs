@@ -4,20 +4,13 @@
 //! planning was a third of Postgres's CPU time under `till bench write`. The write side's pools
 //! (`generic_plans`) plan each statement once, and appends must still be right there.
 
-use eventstore::{AppendError, EventStore, ExpectedVersion, Metadata, NewEvent, StreamAppend};
+use eventstore::{AppendError, EventStore, ExpectedVersion, StreamAppend};
 use platform::database::{PoolSettings, connect};
 use platform::testing::TestDatabase;
-use serde_json::json;
 use uuid::Uuid;
 
-fn event(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: "Noted".into(),
-        data: json!({ "n": n }),
-        metadata: Metadata::default(),
-    }
-}
+mod support;
+use support::noted;
 
 /// (generic, custom) plans made for the prepared statements that insert events, on the
 /// store's one connection (prepared statements belong to their session).
@@ -46,12 +39,12 @@ async fn appends(store: &EventStore) -> (u64, u64) {
     );
     for n in 0..10 {
         store
-            .append(&a, ExpectedVersion::Exact(n), &[event(n)])
+            .append(&a, ExpectedVersion::Exact(n), &[noted(n)])
             .await
             .unwrap();
     }
     let conflict = store
-        .append(&a, ExpectedVersion::Exact(3), &[event(99)])
+        .append(&a, ExpectedVersion::Exact(3), &[noted(99)])
         .await
         .unwrap_err();
     assert!(
@@ -66,12 +59,12 @@ async fn appends(store: &EventStore) -> (u64, u64) {
             StreamAppend {
                 stream_id: a.clone(),
                 expected: ExpectedVersion::Exact(10 + n),
-                events: vec![event(n)],
+                events: vec![noted(n)],
             },
             StreamAppend {
                 stream_id: b.clone(),
                 expected: ExpectedVersion::Exact(n),
-                events: vec![event(n)],
+                events: vec![noted(n)],
             },
         ];
         store.append_streams(&writes).await.unwrap();
