@@ -160,6 +160,18 @@ impl Connections {
         self.pool.status().max_size
     }
 
+    /// Runs `f` on a connection and notes how it ended (see [`Lane::note`]).
+    pub(crate) async fn with<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: DatabaseFailure + From<sqlx::Error>,
+    {
+        let mut taken = self.get().await.map_err(E::from)?;
+        let result = f(&mut taken.conn).await;
+        taken.note(&result);
+        result
+    }
+
     /// A connection, as the `PgPool` would fail to give one: timeouts as `PoolTimedOut`.
     pub(crate) async fn get(&self) -> Result<Taken, sqlx::Error> {
         self.pool.get().await.map_err(|e| match e {

@@ -58,17 +58,14 @@ impl AppendNotifier {
         // Ends when the last store clone (and so the sender) is dropped.
         tokio::spawn(async move {
             while woken.recv().await.is_some() {
-                let notified = match connections.get().await {
-                    Ok(mut taken) => {
-                        let notified = sqlx::query("SELECT pg_notify($1, '')")
+                let notified = connections
+                    .with(async |conn| {
+                        sqlx::query("SELECT pg_notify($1, '')")
                             .bind(APPENDED_CHANNEL)
-                            .execute(&mut taken.conn)
-                            .await;
-                        taken.note(&notified);
-                        notified.map(drop)
-                    }
-                    Err(e) => Err(e),
-                };
+                            .execute(conn)
+                            .await
+                    })
+                    .await;
                 if let Err(e) = notified {
                     // Readers poll as a fallback; a lost wake-up only delays them.
                     tracing::debug!(error = %e, "append notification failed");
@@ -403,10 +400,7 @@ impl EventStore {
         F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
         E: DatabaseFailure + From<sqlx::Error>,
     {
-        let mut taken = self.connections.get().await.map_err(E::from)?;
-        let result = f(&mut taken.conn).await;
-        taken.note(&result);
-        result
+        self.connections.with(f).await
     }
 
     /// Like [`EventStore::read_stream`], on the caller's connection (inside its transaction:

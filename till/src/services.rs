@@ -311,8 +311,11 @@ pub async fn start(
     };
     let (write_pool, pool) = databases(services, config).await?;
     // One store per pool, cloned into each service: a store's own connections (see
-    // `eventstore::connections`) are shared by its clones, not opened again per service.
-    let write_store = write_pool.clone().map(EventStore::new);
+    // `eventstore::connections`) and its append notifier are shared by its clones, not opened
+    // again per service.
+    let write_store = write_pool
+        .clone()
+        .map(|pool| EventStore::new(pool).with_append_notifications());
     let store = pool.clone().map(EventStore::new);
     let mut started: Vec<Started> = Vec::new();
     let mut gateway_settings = config.gateway.clone();
@@ -338,7 +341,6 @@ pub async fn start(
                     store: write_store
                         .clone()
                         .context("needs the database")?
-                        .with_append_notifications()
                         .with_aggregate_cache(COMMAND_CACHE_CAPACITY),
                     verifier: Arc::clone(&verifier),
                 };
@@ -355,14 +357,14 @@ pub async fn start(
             }
             Service::QueryApi => {
                 let cart_wakeups = Arc::new(query_api::consistency::CartWakeups::default());
-                let listening = (Arc::clone(&cart_wakeups), config.cart_keys.clone());
-                let (client, shutdown_listener) = (
-                    redis::Client::open(config.redis_url.as_str())?,
+                let client = redis::Client::open(config.redis_url.as_str())?;
+                let (wakeups, keys, stop) = (
+                    Arc::clone(&cart_wakeups),
+                    config.cart_keys.clone(),
                     shutdown.clone(),
                 );
                 tasks.spawn(async move {
-                    let (wakeups, keys) = listening;
-                    wakeups.listen(client, keys, shutdown_listener).await;
+                    wakeups.listen(client, keys, stop).await;
                     Ok(())
                 });
                 let state = query_api::AppState {
@@ -487,10 +489,7 @@ pub async fn start(
             }
             Service::Processes => {
                 let pool = write_pool.clone().context("needs the database")?;
-                let store = write_store
-                    .clone()
-                    .context("needs the database")?
-                    .with_append_notifications();
+                let store = write_store.clone().context("needs the database")?;
                 let process = OrderProcess {
                     store: store.clone(),
                     pool: pool.clone(),
