@@ -13,10 +13,17 @@ mod support;
 use support::noted;
 
 async fn store_with(url: &str, connections: u32) -> (sqlx::PgPool, EventStore) {
-    let settings = PoolSettings {
-        max_connections: connections,
-        ..PoolSettings::default()
-    };
+    store_with_settings(
+        url,
+        PoolSettings {
+            max_connections: connections,
+            ..PoolSettings::default()
+        },
+    )
+    .await
+}
+
+async fn store_with_settings(url: &str, settings: PoolSettings) -> (sqlx::PgPool, EventStore) {
     let pool = connect(url, &settings).await.unwrap();
     (pool.clone(), EventStore::new(pool))
 }
@@ -147,4 +154,52 @@ async fn an_idle_connection_is_checked_before_it_is_used() {
         .await
         .unwrap();
     assert_eq!(appended.version, 2);
+}
+
+#[tokio::test]
+async fn with_every_connection_busy_a_call_fails_after_the_pools_wait() {
+    let db = TestDatabase::new().await;
+    let (_pool, store) = store_with_settings(
+        &db.url,
+        PoolSettings {
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(200),
+            ..PoolSettings::default()
+        },
+    )
+    .await;
+    let stream = format!("test-{}", Uuid::new_v4());
+
+    // The store's one connection is busy for a second; an append meanwhile waits for the
+    // pool's acquire timeout, not longer, and says why it failed.
+    let busy =
+        store.on_connection(async |conn| sqlx::query("SELECT pg_sleep(1)").execute(conn).await);
+    let waiting = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let appended = store
+            .append(&stream, ExpectedVersion::NoStream, &[noted(1)])
+            .await;
+        (appended, started.elapsed())
+    };
+    let (busy, (appended, waited)) = tokio::join!(busy, waiting);
+    busy.unwrap();
+    assert!(
+        matches!(
+            appended,
+            Err(AppendError::Store(StoreError::Database(
+                sqlx::Error::PoolTimedOut
+            )))
+        ),
+        "{appended:?}"
+    );
+    assert!(waited < Duration::from_millis(800), "waited {waited:?}");
+
+    // Nothing was written, and once the connection is free the append goes through.
+    assert_eq!(versions(&store, &stream).await, Vec::<u64>::new());
+    let appended = store
+        .append(&stream, ExpectedVersion::NoStream, &[noted(1)])
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 1);
 }
