@@ -195,11 +195,15 @@ pub async fn upsert(
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
+    // `unnest` in the select list (a ProjectSet) streams the arrays; `UNNEST` in FROM first
+    // copies every array into a tuple store of its own, which made the statement a third dearer.
     sqlx::query_scalar(&format!(
         "INSERT INTO \"{schema}\".orders ({COLUMNS}) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
-                              $6::text[], $7::timestamptz[], $8::uuid[], $9::timestamptz[], \
-                              $10::timestamptz[], $11::int8[], $12::text[], $13::text[]) \
+         SELECT unnest($1::uuid[]), unnest($2::text[]), unnest($3::uuid[]), \
+                         unnest($4::text[]), unnest($5::int8[]), unnest($6::text[]), \
+                         unnest($7::timestamptz[]), unnest($8::uuid[]), \
+                         unnest($9::timestamptz[]), unnest($10::timestamptz[]), \
+                         unnest($11::int8[]), unnest($12::text[]), unnest($13::text[]) \
          ON CONFLICT (order_id) DO UPDATE SET \
            status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, \
            payment_id = EXCLUDED.payment_id, updated_at = EXCLUDED.updated_at, \

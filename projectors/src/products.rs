@@ -135,11 +135,15 @@ pub async fn upsert(
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
+    // `unnest` in the select list (a ProjectSet) streams the arrays; `UNNEST` in FROM first
+    // copies every array into a tuple store of its own, which made the statement a third dearer.
     sqlx::query_scalar(&format!(
         "INSERT INTO \"{schema}\".products ({COLUMNS}) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                              $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::bool[], \
-                              $11::int8[], $12::timestamptz[], $13::timestamptz[]) \
+         SELECT unnest($1::uuid[]), unnest($2::text[]), unnest($3::text[]), \
+                         unnest($4::text[]), unnest($5::text[]), unnest($6::int8[]), \
+                         unnest($7::text[]), unnest($8::int8[]), unnest($9::int8[]), \
+                         unnest($10::bool[]), unnest($11::int8[]), \
+                         unnest($12::timestamptz[]), unnest($13::timestamptz[]) \
          ON CONFLICT (product_id) DO UPDATE SET \
            sku = EXCLUDED.sku, name = EXCLUDED.name, description = EXCLUDED.description, \
            category = EXCLUDED.category, price_amount = EXCLUDED.price_amount, \
