@@ -48,6 +48,24 @@ async fn pg_rows(system: &TestSystem, name: &str, version: i32) -> BTreeMap<Stri
         .collect()
 }
 
+/// The definitions of a version's indexes, its schema's name left out.
+async fn indexes(system: &TestSystem, name: &str, version: i32) -> Vec<String> {
+    let schema = schema(name, version);
+    let definitions: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i \
+         JOIN pg_class t ON t.oid = i.indrelid \
+         WHERE t.relnamespace = $1::regnamespace ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(&system.db.pool)
+    .await
+    .unwrap();
+    definitions
+        .into_iter()
+        .map(|d| d.replace(&schema, "<schema>"))
+        .collect()
+}
+
 async fn redis() -> redis::aio::ConnectionManager {
     redis::aio::ConnectionManager::new(
         redis::Client::open(platform::settings::redis_url()).unwrap(),
@@ -241,6 +259,12 @@ async fn a_rebuild_under_load_equals_a_clean_replay_and_never_empties_a_view() {
     let (live, replayed) = (cart_views(&system, 2).await, cart_views(&system, 99).await);
     assert_eq!(live.len(), replayed.len());
     assert_eq!(live, replayed);
+    // The indexes a rebuild leaves out while it fills are all there once it serves.
+    for name in [PRODUCTS, ORDERS] {
+        let rebuilt = indexes(&system, name, 2).await;
+        assert!(rebuilt.len() >= 2, "{name}: {rebuilt:?}");
+        assert_eq!(rebuilt, indexes(&system, name, 99).await, "{name}");
+    }
     // The old versions are gone.
     let old: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'read_%_v1'",
