@@ -18,9 +18,10 @@ use crate::cli::{BenchCommand, Cli, Command, TokenArgs};
 use till::demo;
 use till::services::{self, Service, SystemConfig};
 
-/// mimalloc instead of glibc's malloc: the services and rebuilds allocate many short-lived
-/// buffers (JSON documents, rows), and under glibc malloc and free were a quarter of a rebuild's
-/// CPU time in the client.
+/// mimalloc instead of glibc's malloc: a rebuild allocates many short-lived buffers (JSON
+/// documents, rows), and under glibc malloc and free were a quarter of its client CPU. Measured
+/// A/B, alternating: a 1M-event orders rebuild went from 61-64k to 76-81k events/s; commands
+/// through the gateway were no faster or slower; each service's peak RSS grew by about 10 MiB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
