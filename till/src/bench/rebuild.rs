@@ -53,15 +53,17 @@ pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
         // rebuild reads them.
         let scan_started = Instant::now();
         let (first, last) = eventstore::stream_type_range(stream_type);
+        let scan = eventstore::stream_order_pool(&scratch.pool);
         let scanned = sqlx::query_scalar::<_, String>(
             "SELECT data::text FROM eventstore.events WHERE stream_id > $1 AND stream_id < $2 \
              ORDER BY stream_id, version",
         )
         .bind(first)
         .bind(last)
-        .fetch(&scratch.pool)
+        .fetch(&scan)
         .try_fold(0u64, |n, _| async move { Ok(n + 1) })
         .await?;
+        scan.close().await;
         let scan_rate = scanned as f64 / scan_started.elapsed().as_secs_f64();
         let done = rebuild(&store, &mut redis, &keys, name, BATCH, |_| {}, || false)
             .await?
