@@ -82,19 +82,17 @@ async fn stream_ids_compare_in_byte_order_and_the_read_walks_their_index() {
     .unwrap();
     assert_eq!(collation.as_deref(), Some("C"));
 
-    let mut conn = db.pool.acquire().await.unwrap();
-    sqlx::query("SET enable_sort = off")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    // As the scan runs it: on the store's stream-order connection.
+    let scan = eventstore::stream_order_pool(&db.pool);
     let explain = format!("EXPLAIN {}", eventstore::store::streams_of_type_sql());
     let plan = sqlx::query_scalar::<_, String>(&explain)
         .bind("order-")
         .bind("order.")
-        .fetch_all(&mut *conn)
+        .fetch_all(&scan)
         .await
         .unwrap()
         .join("\n");
+    scan.close().await;
     assert!(
         plan.contains("events_stream_version_unique") && !plan.contains("Sort"),
         "the stream-order read does not walk the stream index:\n{plan}"
