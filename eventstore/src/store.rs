@@ -554,11 +554,15 @@ pub fn streams_of_type_sql() -> String {
 /// results, with JIT: no faster on this machine (3.5-3.9 s against 3.2-3.3 s for 600k rows),
 /// and three processes' CPU instead of one while a rebuild's writers need it. (A pool, not a
 /// transaction with `SET LOCAL`: a stream borrowing a connection across the caller's awaits
-/// cannot be proven `Send`.)
+/// cannot be proven `Send`.) Its statements are not logged as slow: a scan of a million events
+/// runs for seconds by design, and a warning on every rebuild would teach operators to ignore
+/// the ones that matter.
 pub fn stream_order_pool(pool: &PgPool) -> PgPool {
+    use sqlx::ConnectOptions;
     let options = (*pool.connect_options())
         .clone()
-        .options([("enable_sort", "off"), ("jit", "off")]);
+        .options([("enable_sort", "off"), ("jit", "off")])
+        .disable_statement_logging();
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_lazy_with(options)

@@ -253,11 +253,12 @@ async fn prepare(
         drop_redis(redis, keys, version).await?;
     } else {
         drop_postgres(pool, name, version).await?;
+        let target = schema(name, version);
         sqlx::query(&format!("SELECT read.create_{name}_tables($1)"))
-            .bind(schema(name, version))
+            .bind(&target)
             .execute(pool)
             .await?;
-        deferred_indexes = drop_secondary_indexes(pool, &schema(name, version)).await?;
+        deferred_indexes = drop_secondary_indexes(pool, &target).await?;
     }
     let mut tx = pool.begin().await?;
     sqlx::query("DELETE FROM read.progress WHERE projection = $1 AND version = $2")
