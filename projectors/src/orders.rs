@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::order::{OrderEvent, OrderStatus};
-use eventstore::{EventStore, RecordedEvent};
+use eventstore::RecordedEvent;
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
@@ -14,7 +14,6 @@ use uuid::Uuid;
 
 use crate::MoneyView;
 use crate::error::ProjectionError;
-use crate::ordering::{fold_streams, new_events_by_stream, streams_to_load};
 use crate::tables::{ORDERS, PgProjection};
 
 /// Stream type this projection reads.
@@ -166,69 +165,6 @@ payment_id, placed_at, updated_at, version, lines, history";
 const SELECTED: &str = "order_id, customer_id, cart_id, status, total_amount, currency, pay_by, \
 payment_id, placed_at, updated_at, version, lines::json AS lines, history::json AS history";
 
-async fn load(
-    tx: &mut Transaction<'_, Postgres>,
-    schema: &str,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
-    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "SELECT {SELECTED} FROM \"{schema}\".orders WHERE order_id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.order_id, r)).collect())
-}
-
-/// Writes rows with one statement (UNNEST), replacing older versions of them; returns the ids
-/// of the rows written (a row older than the stored one is not).
-pub async fn upsert(
-    tx: &mut Transaction<'_, Postgres>,
-    schema: &str,
-    rows: &[OrderRow],
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    macro_rules! column {
-        ($field:ident) => {
-            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
-        };
-    }
-    // `unnest` in the select list (a ProjectSet) streams the arrays; `UNNEST` in FROM first
-    // copies every array into a tuple store of its own, which made the statement a third dearer.
-    sqlx::query_scalar(&format!(
-        "INSERT INTO \"{schema}\".orders ({COLUMNS}) \
-         SELECT unnest($1::uuid[]), unnest($2::text[]), unnest($3::uuid[]), \
-                         unnest($4::text[]), unnest($5::int8[]), unnest($6::text[]), \
-                         unnest($7::timestamptz[]), unnest($8::uuid[]), \
-                         unnest($9::timestamptz[]), unnest($10::timestamptz[]), \
-                         unnest($11::int8[]), unnest($12::text[]), unnest($13::text[]) \
-         ON CONFLICT (order_id) DO UPDATE SET \
-           status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, \
-           payment_id = EXCLUDED.payment_id, updated_at = EXCLUDED.updated_at, \
-           version = EXCLUDED.version, history = EXCLUDED.history \
-         WHERE orders.version < EXCLUDED.version \
-         RETURNING order_id"
-    ))
-    .bind(column!(order_id))
-    .bind(column!(customer_id))
-    .bind(column!(cart_id))
-    .bind(column!(status))
-    .bind(column!(total_amount))
-    .bind(column!(currency))
-    .bind(column!(pay_by))
-    .bind(column!(payment_id))
-    .bind(column!(placed_at))
-    .bind(column!(updated_at))
-    .bind(column!(version))
-    // As text, as stored: no JSON check on the way in (see migration 0010).
-    .bind(json_column(rows, |r| &r.lines.0)?)
-    .bind(json_column(rows, |r| &r.history.0)?)
-    .fetch_all(&mut **tx)
-    .await
-}
-
 fn json_column<T: Serialize>(
     rows: &[OrderRow],
     field: impl Fn(&OrderRow) -> &T,
@@ -238,24 +174,6 @@ fn json_column<T: Serialize>(
         .collect()
 }
 
-/// Applies order events to one version's tables (see [`crate::products::apply_to`]).
-pub async fn apply_to(
-    tx: &mut Transaction<'_, Postgres>,
-    schema: &str,
-    store: &EventStore,
-    events: &[RecordedEvent],
-) -> Result<u64, ProjectionError> {
-    let ids = streams_to_load(events, STREAM_TYPE);
-    let rows = load(tx, schema, &ids).await?;
-    let plan = new_events_by_stream(store, events, STREAM_TYPE, |id| {
-        rows.get(&id).map_or(0, |r| r.version as u64)
-    })
-    .await?;
-    let folded = fold_streams(plan, rows, apply)?;
-    let written = upsert(tx, schema, &folded.views).await?;
-    Ok(folded.applied(written))
-}
-
 /// The orders projection, for [`crate::tables::apply_live`] and rebuilds.
 #[derive(Debug, Clone, Copy)]
 pub struct Orders;
@@ -263,13 +181,78 @@ pub struct Orders;
 impl PgProjection for Orders {
     const NAME: &'static str = ORDERS;
     const STREAM_TYPE: &'static str = STREAM_TYPE;
+    type View = OrderRow;
 
-    async fn apply_to(
+    fn version(view: &OrderRow) -> u64 {
+        view.version as u64
+    }
+
+    fn apply(
+        view: Option<OrderRow>,
+        event: &RecordedEvent,
+    ) -> Result<Option<OrderRow>, ProjectionError> {
+        apply(view, event)
+    }
+
+    async fn load(
         tx: &mut Transaction<'_, Postgres>,
         schema: &str,
-        store: &EventStore,
-        events: &[RecordedEvent],
-    ) -> Result<u64, ProjectionError> {
-        apply_to(tx, schema, store, events).await
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
+        let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+            "SELECT {SELECTED} FROM \"{schema}\".orders WHERE order_id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.order_id, r)).collect())
+    }
+
+    async fn upsert(
+        tx: &mut Transaction<'_, Postgres>,
+        schema: &str,
+        rows: &[OrderRow],
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        macro_rules! column {
+            ($field:ident) => {
+                rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+            };
+        }
+        // `unnest` in the select list (a ProjectSet) streams the arrays; `UNNEST` in FROM
+        // first copies every array into a tuple store of its own, which made the statement a
+        // third dearer.
+        sqlx::query_scalar(&format!(
+            "INSERT INTO \"{schema}\".orders ({COLUMNS}) \
+             SELECT unnest($1::uuid[]), unnest($2::text[]), unnest($3::uuid[]), \
+                             unnest($4::text[]), unnest($5::int8[]), unnest($6::text[]), \
+                             unnest($7::timestamptz[]), unnest($8::uuid[]), \
+                             unnest($9::timestamptz[]), unnest($10::timestamptz[]), \
+                             unnest($11::int8[]), unnest($12::text[]), unnest($13::text[]) \
+             ON CONFLICT (order_id) DO UPDATE SET \
+               status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, \
+               payment_id = EXCLUDED.payment_id, updated_at = EXCLUDED.updated_at, \
+               version = EXCLUDED.version, history = EXCLUDED.history \
+             WHERE orders.version < EXCLUDED.version \
+             RETURNING order_id"
+        ))
+        .bind(column!(order_id))
+        .bind(column!(customer_id))
+        .bind(column!(cart_id))
+        .bind(column!(status))
+        .bind(column!(total_amount))
+        .bind(column!(currency))
+        .bind(column!(pay_by))
+        .bind(column!(payment_id))
+        .bind(column!(placed_at))
+        .bind(column!(updated_at))
+        .bind(column!(version))
+        // As text, as stored: no JSON check on the way in (see migration 0010).
+        .bind(json_column(rows, |r| &r.lines.0)?)
+        .bind(json_column(rows, |r| &r.history.0)?)
+        .fetch_all(&mut **tx)
+        .await
     }
 }

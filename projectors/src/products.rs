@@ -5,12 +5,11 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::product::ProductEvent;
-use eventstore::{EventStore, RecordedEvent};
+use eventstore::RecordedEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::ProjectionError;
-use crate::ordering::{fold_streams, new_events_by_stream, streams_to_load};
 use crate::tables::{PRODUCTS, PgProjection};
 
 /// Stream type this projection reads.
@@ -106,90 +105,6 @@ pub fn apply(
 const COLUMNS: &str = "product_id, sku, name, description, category, price_amount, currency, \
 available, reserved, discontinued, version, created_at, updated_at";
 
-async fn load(
-    tx: &mut Transaction<'_, Postgres>,
-    schema: &str,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, ProductRow>, sqlx::Error> {
-    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM \"{schema}\".products WHERE product_id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.product_id, r)).collect())
-}
-
-/// Writes rows with one statement (UNNEST), replacing older versions of them; returns the ids
-/// of the rows written (a row older than the stored one is not).
-pub async fn upsert(
-    tx: &mut Transaction<'_, Postgres>,
-    schema: &str,
-    rows: &[ProductRow],
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    macro_rules! column {
-        ($field:ident) => {
-            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
-        };
-    }
-    // `unnest` in the select list (a ProjectSet) streams the arrays; `UNNEST` in FROM first
-    // copies every array into a tuple store of its own, which made the statement a third dearer.
-    sqlx::query_scalar(&format!(
-        "INSERT INTO \"{schema}\".products ({COLUMNS}) \
-         SELECT unnest($1::uuid[]), unnest($2::text[]), unnest($3::text[]), \
-                         unnest($4::text[]), unnest($5::text[]), unnest($6::int8[]), \
-                         unnest($7::text[]), unnest($8::int8[]), unnest($9::int8[]), \
-                         unnest($10::bool[]), unnest($11::int8[]), \
-                         unnest($12::timestamptz[]), unnest($13::timestamptz[]) \
-         ON CONFLICT (product_id) DO UPDATE SET \
-           sku = EXCLUDED.sku, name = EXCLUDED.name, description = EXCLUDED.description, \
-           category = EXCLUDED.category, price_amount = EXCLUDED.price_amount, \
-           currency = EXCLUDED.currency, available = EXCLUDED.available, \
-           reserved = EXCLUDED.reserved, discontinued = EXCLUDED.discontinued, \
-           version = EXCLUDED.version, updated_at = EXCLUDED.updated_at \
-         WHERE products.version < EXCLUDED.version \
-         RETURNING product_id"
-    ))
-    .bind(column!(product_id))
-    .bind(column!(sku))
-    .bind(column!(name))
-    .bind(column!(description))
-    .bind(column!(category))
-    .bind(column!(price_amount))
-    .bind(column!(currency))
-    .bind(column!(available))
-    .bind(column!(reserved))
-    .bind(column!(discontinued))
-    .bind(column!(version))
-    .bind(column!(created_at))
-    .bind(column!(updated_at))
-    .fetch_all(&mut **tx)
-    .await
-}
-
-/// Applies product events to one version's tables: loads the affected rows, folds what is new
-/// for each stream (filling gaps from the store), writes the changed rows. Returns how many
-/// events were applied.
-pub async fn apply_to(
-    tx: &mut Transaction<'_, Postgres>,
-    schema: &str,
-    store: &EventStore,
-    events: &[RecordedEvent],
-) -> Result<u64, ProjectionError> {
-    let ids = streams_to_load(events, STREAM_TYPE);
-    let rows = load(tx, schema, &ids).await?;
-    let plan = new_events_by_stream(store, events, STREAM_TYPE, |id| {
-        rows.get(&id).map_or(0, |r| r.version as u64)
-    })
-    .await?;
-    let folded = fold_streams(plan, rows, apply)?;
-    let written = upsert(tx, schema, &folded.views).await?;
-    Ok(folded.applied(written))
-}
-
 /// The products projection, for [`crate::tables::apply_live`] and rebuilds.
 #[derive(Debug, Clone, Copy)]
 pub struct Products;
@@ -197,13 +112,79 @@ pub struct Products;
 impl PgProjection for Products {
     const NAME: &'static str = PRODUCTS;
     const STREAM_TYPE: &'static str = STREAM_TYPE;
+    type View = ProductRow;
 
-    async fn apply_to(
+    fn version(view: &ProductRow) -> u64 {
+        view.version as u64
+    }
+
+    fn apply(
+        view: Option<ProductRow>,
+        event: &RecordedEvent,
+    ) -> Result<Option<ProductRow>, ProjectionError> {
+        apply(view, event)
+    }
+
+    async fn load(
         tx: &mut Transaction<'_, Postgres>,
         schema: &str,
-        store: &EventStore,
-        events: &[RecordedEvent],
-    ) -> Result<u64, ProjectionError> {
-        apply_to(tx, schema, store, events).await
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, ProductRow>, sqlx::Error> {
+        let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM \"{schema}\".products WHERE product_id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.product_id, r)).collect())
+    }
+
+    async fn upsert(
+        tx: &mut Transaction<'_, Postgres>,
+        schema: &str,
+        rows: &[ProductRow],
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        macro_rules! column {
+            ($field:ident) => {
+                rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+            };
+        }
+        // `unnest` in the select list (a ProjectSet) streams the arrays; `UNNEST` in FROM
+        // first copies every array into a tuple store of its own, which made the statement a
+        // third dearer.
+        sqlx::query_scalar(&format!(
+            "INSERT INTO \"{schema}\".products ({COLUMNS}) \
+             SELECT unnest($1::uuid[]), unnest($2::text[]), unnest($3::text[]), \
+                             unnest($4::text[]), unnest($5::text[]), unnest($6::int8[]), \
+                             unnest($7::text[]), unnest($8::int8[]), unnest($9::int8[]), \
+                             unnest($10::bool[]), unnest($11::int8[]), \
+                             unnest($12::timestamptz[]), unnest($13::timestamptz[]) \
+             ON CONFLICT (product_id) DO UPDATE SET \
+               sku = EXCLUDED.sku, name = EXCLUDED.name, description = EXCLUDED.description, \
+               category = EXCLUDED.category, price_amount = EXCLUDED.price_amount, \
+               currency = EXCLUDED.currency, available = EXCLUDED.available, \
+               reserved = EXCLUDED.reserved, discontinued = EXCLUDED.discontinued, \
+               version = EXCLUDED.version, updated_at = EXCLUDED.updated_at \
+             WHERE products.version < EXCLUDED.version \
+             RETURNING product_id"
+        ))
+        .bind(column!(product_id))
+        .bind(column!(sku))
+        .bind(column!(name))
+        .bind(column!(description))
+        .bind(column!(category))
+        .bind(column!(price_amount))
+        .bind(column!(currency))
+        .bind(column!(available))
+        .bind(column!(reserved))
+        .bind(column!(discontinued))
+        .bind(column!(version))
+        .bind(column!(created_at))
+        .bind(column!(updated_at))
+        .fetch_all(&mut **tx)
+        .await
     }
 }

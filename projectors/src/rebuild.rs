@@ -36,7 +36,7 @@ use sqlx::PgPool;
 use crate::error::ProjectionError;
 use crate::orders::Orders;
 use crate::products::Products;
-use crate::tables::{PgProjection, record_progress};
+use crate::tables::{apply_to, record_progress};
 
 /// Events read from the store per batch, unless the caller says otherwise.
 pub const BATCH: i64 = 10_000;
@@ -186,8 +186,8 @@ async fn apply_batch(
                 .execute(&mut *tx)
                 .await?;
             let n = match *projection {
-                PRODUCTS => Products::apply_to(&mut tx, schema, store, &batch).await?,
-                _ => Orders::apply_to(&mut tx, schema, store, &batch).await?,
+                PRODUCTS => apply_to::<Products>(&mut tx, schema, store, &batch).await?,
+                _ => apply_to::<Orders>(&mut tx, schema, store, &batch).await?,
             };
             // Counted only: the version's place in the global log is the live projector's to
             // record (and the old version's, at the switch); START never moves it.

@@ -6,10 +6,14 @@
 //! in projectors, so a switch — which takes the row `FOR UPDATE` — waits for in-flight batches
 //! and every later batch writes to the new version).
 
+use std::collections::HashMap;
+
 use eventstore::{EventStore, RecordedEvent};
 use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
 
 use crate::error::ProjectionError;
+use crate::ordering::{fold_streams, new_events_by_stream, streams_to_load};
 
 /// A projection's name as in `read.projections`.
 pub type ProjectionName = &'static str;
@@ -61,19 +65,59 @@ pub async fn record_progress(
     Ok(())
 }
 
-/// A projection kept in Postgres tables.
+/// A projection kept in Postgres tables: one view (a row, with whatever it embeds) per stream,
+/// folded from that stream's events. [`apply_to`] does the rest the same way for all of them.
 pub trait PgProjection {
     const NAME: ProjectionName;
     /// The stream type whose events it reads.
     const STREAM_TYPE: &'static str;
+    /// A stream's view.
+    type View: Send + Sync;
 
-    /// Applies events to the tables in `schema`; returns how many were new.
-    fn apply_to(
+    /// The stream version a view has folded in.
+    fn version(view: &Self::View) -> u64;
+
+    /// Folds one event into a stream's view (`None` before the stream's first event; `None`
+    /// after it for events of something never created).
+    fn apply(
+        view: Option<Self::View>,
+        event: &RecordedEvent,
+    ) -> Result<Option<Self::View>, ProjectionError>;
+
+    /// The stored views of these streams (by the UUID in their stream ids).
+    fn load(
         tx: &mut Transaction<'_, Postgres>,
         schema: &str,
-        store: &EventStore,
-        events: &[RecordedEvent],
-    ) -> impl Future<Output = Result<u64, ProjectionError>> + Send;
+        ids: &[Uuid],
+    ) -> impl Future<Output = Result<HashMap<Uuid, Self::View>, sqlx::Error>> + Send;
+
+    /// Writes views in one statement, each only over an older version of itself; returns the
+    /// ids of the views written.
+    fn upsert(
+        tx: &mut Transaction<'_, Postgres>,
+        schema: &str,
+        views: &[Self::View],
+    ) -> impl Future<Output = Result<Vec<Uuid>, sqlx::Error>> + Send;
+}
+
+/// Applies events to one version of `P`'s tables: loads the views the batch continues, folds
+/// what is new for each stream (filling gaps from the store), writes the changed views. Returns
+/// how many events took effect.
+pub async fn apply_to<P: PgProjection>(
+    tx: &mut Transaction<'_, Postgres>,
+    schema: &str,
+    store: &EventStore,
+    events: &[RecordedEvent],
+) -> Result<u64, ProjectionError> {
+    let ids = streams_to_load(events, P::STREAM_TYPE);
+    let views = P::load(tx, schema, &ids).await?;
+    let plan = new_events_by_stream(store, events, P::STREAM_TYPE, |id| {
+        views.get(&id).map_or(0, P::version)
+    })
+    .await?;
+    let folded = fold_streams(plan, views, P::apply)?;
+    let written = P::upsert(tx, schema, &folded.views).await?;
+    Ok(folded.applied(written))
 }
 
 /// Applies a live batch to the serving version (and a building one, if a rebuild runs), with
@@ -95,7 +139,7 @@ pub async fn apply_live<P: PgProjection>(
     let (serving, building) = live_versions(&mut tx, P::NAME).await?;
     let mut applied = 0;
     for version in std::iter::once(serving).chain(building) {
-        let n = P::apply_to(&mut tx, &schema(P::NAME, version), store, &events).await?;
+        let n = apply_to::<P>(&mut tx, &schema(P::NAME, version), store, &events).await?;
         record_progress(&mut tx, P::NAME, version, last, n).await?;
         if version == serving {
             applied = n;

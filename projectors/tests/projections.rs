@@ -482,12 +482,22 @@ async fn a_replay_from_scratch_builds_the_same_views_as_the_live_run() {
         .await
         .unwrap();
     let mut tx = f.db.pool.begin().await.unwrap();
-    projectors::products::apply_to(&mut tx, &schema(PRODUCTS, 2), &f.store, &events)
-        .await
-        .unwrap();
-    projectors::orders::apply_to(&mut tx, &schema(ORDERS, 2), &f.store, &events)
-        .await
-        .unwrap();
+    projectors::tables::apply_to::<projectors::products::Products>(
+        &mut tx,
+        &schema(PRODUCTS, 2),
+        &f.store,
+        &events,
+    )
+    .await
+    .unwrap();
+    projectors::tables::apply_to::<projectors::orders::Orders>(
+        &mut tx,
+        &schema(ORDERS, 2),
+        &f.store,
+        &events,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let replayed = f.snapshot(2, 2).await;
     assert_eq!(

@@ -238,12 +238,22 @@ async fn a_rebuild_under_load_equals_a_clean_replay_and_never_empties_a_view() {
         .await
         .unwrap();
     let mut tx = system.db.pool.begin().await.unwrap();
-    projectors::products::apply_to(&mut tx, &schema(PRODUCTS, 99), &system.store, &events)
-        .await
-        .unwrap();
-    projectors::orders::apply_to(&mut tx, &schema(ORDERS, 99), &system.store, &events)
-        .await
-        .unwrap();
+    projectors::tables::apply_to::<projectors::products::Products>(
+        &mut tx,
+        &schema(PRODUCTS, 99),
+        &system.store,
+        &events,
+    )
+    .await
+    .unwrap();
+    projectors::tables::apply_to::<projectors::orders::Orders>(
+        &mut tx,
+        &schema(ORDERS, 99),
+        &system.store,
+        &events,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     projectors::carts::apply_to(&mut redis, &system.cart_keys, 99, &system.store, &events)
         .await
