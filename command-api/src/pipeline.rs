@@ -8,7 +8,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::{Aggregate, DomainEvent};
-use eventstore::{CommandOptions, EventIds, ExecuteError, Executed};
+use eventstore::{CommandOptions, EventIds, ExecuteError, Executed, conflict_backoff};
 use platform::problem::Problem;
 use serde_json::{Value, json};
 
@@ -147,6 +147,7 @@ where
             }
             Err(ExecuteError::Conflicted { .. }) if attempt < MAX_ATTEMPTS => {
                 tx.rollback().await.map_err(db)?;
+                tokio::time::sleep(conflict_backoff(attempt)).await;
                 continue;
             }
             // Deterministic answers to this request are kept, so a retry gets the same one.
@@ -355,7 +356,7 @@ pub mod multi {
         }
         let principal = ctx.principal.user_id.as_str();
         let db = |e: sqlx::Error| store_problem(&eventstore::StoreError::Database(e));
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 1..=MAX_ATTEMPTS {
             // Decided before the transaction opens: deciding loads streams through the pool,
             // and a command that held a connection while waiting for another could starve
             // the pool under load.
@@ -409,6 +410,9 @@ pub mod multi {
             }
             if conflicted {
                 tx.rollback().await.map_err(db)?;
+                if attempt < MAX_ATTEMPTS {
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                }
                 continue;
             }
             let stored = plan_success(&versions, plan.reply);
@@ -449,7 +453,7 @@ pub mod multi {
         // The first try may decide on cached states (the statement checks their versions);
         // a refusal or a conflict is decided again on fresh ones.
         let mut fresh = false;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 1..=MAX_ATTEMPTS {
             let plan = match decide(fresh).await {
                 Ok(plan) => plan,
                 Err(_) if !fresh => {
@@ -490,6 +494,9 @@ pub mod multi {
                 }
                 Err(AppendError::WrongExpectedVersion { .. }) => {
                     fresh = true;
+                    if attempt < MAX_ATTEMPTS {
+                        tokio::time::sleep(conflict_backoff(attempt)).await;
+                    }
                     continue;
                 }
                 Err(AppendError::Store(e)) => return Err(store_problem(&e)),

@@ -2,11 +2,15 @@
 //!
 //! The stream is replayed into the aggregate's state, the pure `decide` runs, and the events are
 //! appended at exactly the version that was read. If another writer got there first, the whole
-//! cycle runs again on the new state, a bounded number of times; the rules are re-checked
-//! against what actually happened, never bypassed. A client that sent its own expected version
-//! (`If-Match`) is told about the mismatch instead of being retried past it.
+//! cycle runs again on the new state, after a short random pause ([`conflict_backoff`]), a
+//! bounded number of times; the rules are re-checked against what actually happened, never
+//! bypassed. A client that sent its own expected version (`If-Match`) is told about the mismatch
+//! instead of being retried past it.
+
+use std::time::Duration;
 
 use domain::Aggregate;
+use rand::Rng;
 use sqlx::postgres::PgConnection;
 use tracing::instrument;
 use uuid::Uuid;
@@ -14,6 +18,16 @@ use uuid::Uuid;
 use crate::error::{AppendError, StoreError};
 use crate::model::{ExpectedVersion, Metadata, NewEvent};
 use crate::store::{EventStore, on_live_connection};
+
+/// How long a writer that lost a race waits before deciding again: a random time up to 1 ms,
+/// doubled for every race it has lost, at most 32 ms ("full jitter"). Writers that lose together
+/// would otherwise retry together, and of N of them racing on one stream the last would lose
+/// N - 1 times in a row and run out of attempts; spread out, a retry mostly finds the stream
+/// quiet. Every retry loop over appends uses it.
+pub fn conflict_backoff(lost: u32) -> Duration {
+    let ceiling_micros = 1_000u64 << lost.saturating_sub(1).min(5);
+    Duration::from_micros(rand::thread_rng().gen_range(0..=ceiling_micros))
+}
 
 /// How ids of new events are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +222,7 @@ impl EventStore {
                         return Err(ExecuteError::Contention { attempts: attempt });
                     }
                     tracing::debug!(stream_id, attempt, "version conflict, deciding again");
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
                 }
                 Err(AppendError::EventIdReused {
                     event_id,
@@ -312,4 +327,25 @@ pub fn to_new_events<E: domain::DomainEvent>(
             NewEvent::from_domain(event_id, event, options.metadata.clone())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_backoff_is_random_below_a_ceiling_that_doubles_up_to_32_ms() {
+        for (lost, ceiling_ms) in [(1, 1), (2, 2), (3, 4), (6, 32), (7, 32), (1000, 32)] {
+            let ceiling = Duration::from_millis(ceiling_ms);
+            let waits: Vec<Duration> = (0..500).map(|_| conflict_backoff(lost)).collect();
+            assert!(
+                waits.iter().all(|w| *w <= ceiling),
+                "lost {lost}: {waits:?}"
+            );
+            // Spread over the whole range, not one fixed pause: writers that lost together
+            // must not all retry together.
+            assert!(waits.iter().any(|w| *w < ceiling / 4), "lost {lost}");
+            assert!(waits.iter().any(|w| *w > ceiling * 3 / 4), "lost {lost}");
+        }
+    }
 }

@@ -26,7 +26,7 @@ pub mod upcast;
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use connections::DatabaseFailure;
 pub use error::{AppendError, StoreError};
-pub use execute::{CommandOptions, EventIds, ExecuteError, Executed};
+pub use execute::{CommandOptions, EventIds, ExecuteError, Executed, conflict_backoff};
 pub use model::{
     Appended, EventData, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent,
 };
