@@ -23,7 +23,8 @@ use crate::store::{EventStore, on_live_connection};
 /// doubled for every race it has lost, at most 32 ms ("full jitter"). Writers that lose together
 /// would otherwise retry together, and of N of them racing on one stream the last would lose
 /// N - 1 times in a row and run out of attempts; spread out, a retry mostly finds the stream
-/// quiet. Every retry loop over appends uses it.
+/// quiet. Every loop that decides a command again after a lost race uses it (an
+/// [`ExpectedVersion::Any`] append decides nothing and retries at once).
 pub fn conflict_backoff(lost: u32) -> Duration {
     let ceiling_micros = 1_000u64 << lost.saturating_sub(1).min(5);
     Duration::from_micros(rand::thread_rng().gen_range(0..=ceiling_micros))
