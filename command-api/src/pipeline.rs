@@ -286,7 +286,7 @@ impl IntoResponse for StoredResponse {
 }
 
 /// Appends to several streams that must change together (a checkout closes the cart and
-/// places the order), decided by [`Plan`]s.
+/// places the order), decided by [`multi::Plan`]s.
 pub mod multi {
     use super::*;
     use eventstore::{AppendError, ExpectedVersion, NewEvent};

@@ -193,9 +193,10 @@ impl EventStore {
         self
     }
 
-    /// Notifies [`APPENDED_CHANNEL`] after appends (see [`AppendNotifier`]). Needs a Tokio
-    /// runtime. Appends made with [`EventStore::append_in`] are announced by
-    /// [`EventStore::announce_appended`] once the caller has committed.
+    /// Notifies [`APPENDED_CHANNEL`] after appends, coalesced, so that appends never queue on
+    /// Postgres's notification lock. Needs a Tokio runtime. Appends made with
+    /// [`EventStore::append_in`] are announced by [`EventStore::announce_appended`] once the
+    /// caller has committed.
     pub fn with_append_notifications(mut self) -> Self {
         self.notifier = Some(AppendNotifier::start(self.connections.clone()));
         self

@@ -10,7 +10,7 @@
 //! - [`read_models`]: where each read model version lives (schemas, Redis keys).
 //! - [`http`]: `/livez`, `/readyz`, `/metrics`, request metrics, graceful shutdown.
 //! - [`telemetry`]: tracing subscriber set-up.
-//! - [`testing`] (feature `testing`): throwaway databases for integration tests.
+//! - `testing` (feature `testing`): throwaway databases for integration tests.
 
 pub mod database;
 pub mod dev_issuer;
