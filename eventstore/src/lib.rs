@@ -31,5 +31,5 @@ pub use model::{
     Appended, EventData, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent,
 };
 pub use multi::StreamAppend;
-pub use store::{APPENDED_CHANNEL, EventStore, stream_order_pool, stream_type_range};
+pub use store::{APPENDED_CHANNEL, EventStore, stream_order_options, stream_type_range};
 pub use upcast::Upcasters;

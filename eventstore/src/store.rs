@@ -467,13 +467,14 @@ impl EventStore {
         Fut: Future<Output = bool>,
     {
         use futures::TryStreamExt;
+        use sqlx::{ConnectOptions, Connection};
         let (first, last) = stream_type_range(stream_type);
         let sql = streams_of_type_sql();
-        let scan = stream_order_pool(&self.pool);
+        let mut scan = stream_order_options(&self.pool).connect().await?;
         let mut rows = sqlx::query_as::<_, EventRow>(&sql)
             .bind(first)
             .bind(last)
-            .fetch(&scan);
+            .fetch(&mut scan);
         let mut batch = Vec::with_capacity(batch_size);
         while let Some(row) = rows.try_next().await? {
             batch.push(self.upcasters.upcast(row.into())?);
@@ -484,11 +485,13 @@ impl EventStore {
                 ))
                 .await
             {
+                // Dropped, not closed: a closing connection would first read the rest of the
+                // scan; dropped, its socket closes and the server stops sending.
                 return Ok(());
             }
         }
         drop(rows);
-        scan.close().await;
+        scan.close().await?;
         if !batch.is_empty() {
             deliver(batch).await;
         }
@@ -548,25 +551,22 @@ pub fn streams_of_type_sql() -> String {
     )
 }
 
-/// A one-connection pool like `pool` whose statements read a range of streams in stream order
-/// over the `(stream_id, version)` index, as [`EventStore::scan_streams_of_type`] means to.
+/// Connection settings like `pool`'s under which a read of a range of streams in stream order
+/// walks the `(stream_id, version)` index, as [`EventStore::scan_streams_of_type`] means to.
 /// Left to itself, Postgres picks a parallel sequential scan of the whole table, a sort of the
 /// type's rows that spills to disk (400 MB for 600k cart events) and a merge of the workers'
 /// results, with JIT: no faster on this machine (3.5-3.9 s against 3.2-3.3 s for 600k rows),
-/// and three processes' CPU instead of one while a rebuild's writers need it. (A pool, not a
-/// transaction with `SET LOCAL`: a stream borrowing a connection across the caller's awaits
-/// cannot be proven `Send`.) Its statements are not logged as slow: a scan of a million events
-/// runs for seconds by design, and a warning on every rebuild would teach operators to ignore
-/// the ones that matter.
-pub fn stream_order_pool(pool: &PgPool) -> PgPool {
+/// and three processes' CPU instead of one while a rebuild's writers need it. (A connection of
+/// its own, not a transaction with `SET LOCAL`: a pooled connection would be pinged on its way
+/// back, which after an interrupted scan means reading the rest of it.) Its statements are not
+/// logged as slow: a scan of a million events runs for seconds by design, and a warning on
+/// every rebuild would teach operators to ignore the ones that matter.
+pub fn stream_order_options(pool: &PgPool) -> sqlx::postgres::PgConnectOptions {
     use sqlx::ConnectOptions;
-    let options = (*pool.connect_options())
+    (*pool.connect_options())
         .clone()
         .options([("enable_sort", "off"), ("jit", "off")])
-        .disable_statement_logging();
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with(options)
+        .disable_statement_logging()
 }
 
 /// The stream ids of one type, `<type>-…`, lie between `<type>-` and `<type>.` in byte order

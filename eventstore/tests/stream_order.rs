@@ -4,6 +4,7 @@
 use eventstore::{EventStore, ExpectedVersion, Metadata, NewEvent};
 use platform::testing::TestDatabase;
 use serde_json::json;
+use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
 
 fn events(n: usize) -> Vec<NewEvent> {
@@ -83,16 +84,19 @@ async fn stream_ids_compare_in_byte_order_and_the_read_walks_their_index() {
     assert_eq!(collation.as_deref(), Some("C"));
 
     // As the scan runs it: on the store's stream-order connection.
-    let scan = eventstore::stream_order_pool(&db.pool);
+    let mut scan = eventstore::stream_order_options(&db.pool)
+        .connect()
+        .await
+        .unwrap();
     let explain = format!("EXPLAIN {}", eventstore::store::streams_of_type_sql());
     let plan = sqlx::query_scalar::<_, String>(&explain)
         .bind("order-")
         .bind("order.")
-        .fetch_all(&scan)
+        .fetch_all(&mut scan)
         .await
         .unwrap()
         .join("\n");
-    scan.close().await;
+    scan.close().await.unwrap();
     assert!(
         plan.contains("events_stream_version_unique") && !plan.contains("Sort"),
         "the stream-order read does not walk the stream index:\n{plan}"

@@ -8,6 +8,7 @@ use eventstore::EventStore;
 use futures::TryStreamExt;
 use platform::read_models::CartKeys;
 use projectors::rebuild::{BATCH, PROJECTIONS, rebuild};
+use sqlx::{ConnectOptions, Connection};
 
 use super::scratch::ScratchDatabase;
 use crate::cli::RebuildBenchArgs;
@@ -53,17 +54,19 @@ pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
         // rebuild reads them.
         let scan_started = Instant::now();
         let (first, last) = eventstore::stream_type_range(stream_type);
-        let scan = eventstore::stream_order_pool(&scratch.pool);
+        let mut scan = eventstore::stream_order_options(&scratch.pool)
+            .connect()
+            .await?;
         let scanned = sqlx::query_scalar::<_, String>(
             "SELECT data::text FROM eventstore.events WHERE stream_id > $1 AND stream_id < $2 \
              ORDER BY stream_id, version",
         )
         .bind(first)
         .bind(last)
-        .fetch(&scan)
+        .fetch(&mut scan)
         .try_fold(0u64, |n, _| async move { Ok(n + 1) })
         .await?;
-        scan.close().await;
+        scan.close().await?;
         let scan_rate = scanned as f64 / scan_started.elapsed().as_secs_f64();
         let done = rebuild(&store, &mut redis, &keys, name, BATCH, |_| {}, || false)
             .await?
