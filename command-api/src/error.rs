@@ -35,13 +35,16 @@ pub fn execute_problem<R: Rejection>(error: &ExecuteError<R>) -> Problem {
         .with_detail(format!(
             "If-Match expected version {expected}, but it is at version {actual}; reload and retry"
         )),
-        ExecuteError::Contention { .. } | ExecuteError::Conflicted { .. } => {
-            metrics::counter!("command_conflicts_exhausted_total").increment(1);
-            Problem::new(StatusCode::CONFLICT, "concurrency-conflict", "Conflict")
-                .with_detail("too many concurrent changes to this resource; retry the request")
-        }
+        ExecuteError::Contention { .. } | ExecuteError::Conflicted { .. } => contention_problem(),
         ExecuteError::Store(e) => store_problem(e),
     }
+}
+
+/// The answer to a command that lost every race it was retried in (counted).
+pub fn contention_problem() -> Problem {
+    metrics::counter!("command_conflicts_exhausted_total").increment(1);
+    Problem::new(StatusCode::CONFLICT, "concurrency-conflict", "Conflict")
+        .with_detail("too many concurrent changes to this resource; retry the request")
 }
 
 pub fn store_problem(error: &StoreError) -> Problem {

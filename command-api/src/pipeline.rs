@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::context::CommandContext;
-use crate::error::{execute_problem, store_problem};
+use crate::error::{contention_problem, execute_problem, store_problem};
 use crate::idempotency::{self, Claim, StoredResponse};
 
 /// Header with the token a client sends back to read its own write.
@@ -24,6 +24,14 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Attempts before a command that keeps losing races answers 409.
 const MAX_ATTEMPTS: u32 = 8;
+
+/// Waits before deciding again after the `attempt`-th lost race (see
+/// [`eventstore::conflict_backoff`]); not after the last one, which answers 409 at once.
+async fn pause_after_conflict(attempt: u32) {
+    if attempt < MAX_ATTEMPTS {
+        tokio::time::sleep(conflict_backoff(attempt)).await;
+    }
+}
 
 /// What a handler answers when its command went through.
 #[derive(Debug, Clone)]
@@ -147,7 +155,7 @@ where
             }
             Err(ExecuteError::Conflicted { .. }) if attempt < MAX_ATTEMPTS => {
                 tx.rollback().await.map_err(db)?;
-                tokio::time::sleep(conflict_backoff(attempt)).await;
+                pause_after_conflict(attempt).await;
                 continue;
             }
             // Deterministic answers to this request are kept, so a retry gets the same one.
@@ -169,9 +177,7 @@ where
         }
         return Ok(stored.into_response());
     }
-    Err(execute_problem::<A::Rejection>(&ExecuteError::Contention {
-        attempts: MAX_ATTEMPTS,
-    }))
+    Err(contention_problem())
 }
 
 /// Claims an `Idempotency-Key` in the command's transaction. `Some` is the answer to give
@@ -410,9 +416,7 @@ pub mod multi {
             }
             if conflicted {
                 tx.rollback().await.map_err(db)?;
-                if attempt < MAX_ATTEMPTS {
-                    tokio::time::sleep(conflict_backoff(attempt)).await;
-                }
+                pause_after_conflict(attempt).await;
                 continue;
             }
             let stored = plan_success(&versions, plan.reply);
@@ -433,11 +437,7 @@ pub mod multi {
             }
             return Ok(stored.into_response());
         }
-        metrics::counter!("command_conflicts_exhausted_total").increment(1);
-        Err(
-            Problem::new(StatusCode::CONFLICT, "concurrency-conflict", "Conflict")
-                .with_detail("too many concurrent changes to this resource; retry the request"),
-        )
+        Err(contention_problem())
     }
 
     /// Without an idempotency record to keep, the writes need no transaction of their own:
@@ -494,20 +494,14 @@ pub mod multi {
                 }
                 Err(AppendError::WrongExpectedVersion { .. }) => {
                     fresh = true;
-                    if attempt < MAX_ATTEMPTS {
-                        tokio::time::sleep(conflict_backoff(attempt)).await;
-                    }
+                    pause_after_conflict(attempt).await;
                     continue;
                 }
                 Err(AppendError::Store(e)) => return Err(store_problem(&e)),
                 Err(e) => return Err(Problem::internal(&e)),
             }
         }
-        metrics::counter!("command_conflicts_exhausted_total").increment(1);
-        Err(
-            Problem::new(StatusCode::CONFLICT, "concurrency-conflict", "Conflict")
-                .with_detail("too many concurrent changes to this resource; retry the request"),
-        )
+        Err(contention_problem())
     }
 
     fn plan_success(versions: &[(String, u64)], reply: Reply) -> StoredResponse {
