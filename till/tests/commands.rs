@@ -1001,3 +1001,60 @@ async fn request_ids_health_and_metrics() {
         (StatusCode::NOT_FOUND, "route-not-found")
     );
 }
+
+#[tokio::test]
+async fn a_command_that_loses_every_race_answers_409_and_writes_nothing() {
+    let system = TestSystem::start().await;
+    let alice = token(OWNER, &[]);
+    let product = system.product("HOT-1", 100, 10).await;
+    let cart = system.cart(OWNER).await;
+    let items = format!("/v1/carts/{cart}/items");
+    let body = json!({ "product_id": product, "quantity": 1 });
+    // Every append to this cart loses, as to another writer that always gets there first.
+    sqlx::query(&format!(
+        "CREATE FUNCTION public.always_taken() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF NEW.stream_id = 'cart-{cart}' THEN \
+             RAISE unique_violation USING CONSTRAINT = 'events_stream_version_unique'; \
+           END IF; \
+           RETURN NEW; \
+         END $$"
+    ))
+    .execute(&system.db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER always_taken BEFORE INSERT ON eventstore.events \
+         FOR EACH ROW EXECUTE FUNCTION public.always_taken()",
+    )
+    .execute(&system.db.pool)
+    .await
+    .unwrap();
+
+    // Without a key (one multi-stream statement per attempt) and with one (a transaction that
+    // also keeps the answer): both give up with a clear 409.
+    let plain = system.post(&items, &alice, body.clone()).await;
+    assert_eq!(plain.status, StatusCode::CONFLICT, "{plain:?}");
+    assert_eq!(plain.problem_code(), "concurrency-conflict");
+    let keyed = with_key(&system, "hot-1", &alice, &items, body.clone()).await;
+    assert_eq!(keyed.status, StatusCode::CONFLICT, "{keyed:?}");
+    assert_eq!(keyed.problem_code(), "concurrency-conflict");
+    let cart_stream = format!("cart-{cart}");
+    let (state, version) = system
+        .store
+        .load::<domain::cart::Cart>(&cart_stream)
+        .await
+        .unwrap();
+    assert_eq!(version, 1, "nothing was appended");
+    assert!(state.0.unwrap().lines.is_empty());
+
+    // A lost race is not a deterministic answer: the key is not spent on it, and the same
+    // request goes through once the stream is free.
+    sqlx::query("DROP TRIGGER always_taken ON eventstore.events")
+        .execute(&system.db.pool)
+        .await
+        .unwrap();
+    let retried = with_key(&system, "hot-1", &alice, &items, body).await;
+    assert_eq!(retried.status, StatusCode::OK, "{retried:?}");
+    assert_eq!(system.store.stream_version(&cart_stream).await.unwrap(), 2);
+}
