@@ -5,7 +5,7 @@
 
 use axum::http::StatusCode;
 use domain::{InvalidValue, Rejection, RejectionKind};
-use eventstore::{ExecuteError, StoreError};
+use eventstore::StoreError;
 use platform::problem::Problem;
 
 /// A domain rejection as problem+json; the code is the domain's stable code.
@@ -24,20 +24,16 @@ pub fn invalid(e: InvalidValue) -> Problem {
     Problem::invalid_field(e.field, e.reason)
 }
 
-pub fn execute_problem<R: Rejection>(error: &ExecuteError<R>) -> Problem {
-    match error {
-        ExecuteError::Rejected(rejection) => rejection_problem(rejection),
-        ExecuteError::VersionMismatch { expected, actual } => Problem::new(
-            StatusCode::PRECONDITION_FAILED,
-            "version-mismatch",
-            "Precondition failed",
-        )
-        .with_detail(format!(
-            "If-Match expected version {expected}, but it is at version {actual}; reload and retry"
-        )),
-        ExecuteError::Contention { .. } | ExecuteError::Conflicted { .. } => contention_problem(),
-        ExecuteError::Store(e) => store_problem(e),
-    }
+/// `If-Match` named another version than the command's stream is at (412).
+pub fn version_mismatch(expected: u64, actual: u64) -> Problem {
+    Problem::new(
+        StatusCode::PRECONDITION_FAILED,
+        "version-mismatch",
+        "Precondition failed",
+    )
+    .with_detail(format!(
+        "If-Match expected version {expected}, but it is at version {actual}; reload and retry"
+    ))
 }
 
 /// The answer to a command that lost every race it was retried in (counted).

@@ -1,19 +1,20 @@
 //! Tillstream's HTTP write side.
 //!
-//! Every route turns an authenticated request into one domain command and runs it through
-//! [`pipeline::run`]: load → decide → append, with `If-Match`, `Idempotency-Key`, an `ETag`
-//! and an `X-Consistency-Token` on the answer. No SQL lives in handlers.
+//! Every route turns an authenticated request into one domain command and runs it through the
+//! one command driver ([`driver::execute`], or [`driver::run`] for a command on one stream):
+//! plan → decide → append, with `If-Match`, `Idempotency-Key`, an `ETag` and an
+//! `X-Consistency-Token` on the answer. No SQL lives in handlers.
 //!
 //! - [`routes`]: the handlers, one module per resource.
 //! - [`body`], [`context`]: extractors for the JSON body and the command's context.
-//! - [`pipeline`]: executing a command and shaping its response; [`idempotency`]: stored
+//! - [`driver`]: executing a command and shaping its response; [`idempotency`]: stored
 //!   responses for repeated keys; [`error`]: failures as problem+json.
 
 pub mod body;
 pub mod context;
+pub mod driver;
 pub mod error;
 pub mod idempotency;
-pub mod pipeline;
 pub mod routes;
 
 use std::net::SocketAddr;

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::product::Product;
 use crate::values::{
     Actor, CartId, Currency, CustomerId, MAX_UNITS, Money, OrderId, ProductId, ProductName,
     Quantity, Sku, Units,
@@ -23,6 +24,22 @@ pub struct CatalogEntry {
     pub unit_price: Money,
     pub available: Units,
     pub discontinued: bool,
+}
+
+impl CatalogEntry {
+    /// What the catalog says about `product` as its stream describes it; `None` for a product
+    /// that does not exist.
+    pub fn of(product: &Product) -> Option<Self> {
+        let p = product.0.as_ref()?;
+        Some(Self {
+            product_id: p.product_id,
+            sku: p.sku.clone(),
+            name: p.name.clone(),
+            unit_price: p.price,
+            available: p.available,
+            discontinued: p.discontinued,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,9 +10,15 @@
 //! - [`values`]: value objects (ids, [`values::Quantity`], [`values::Money`], SKU, names).
 //! - [`product`], [`cart`], [`order`], [`payment`]: one module per aggregate with its commands,
 //!   events, rejections, state and rules.
+//! - [`checkout`]: the rule that spans a cart, the catalog and a new order (re-pricing every line,
+//!   refusing discontinued products and mixed currencies).
 //! - [`process`]: pure rules of the processes that span aggregates (deterministic ids, deadlines).
+//!
+//! Stream ids are `<type>-<uuid>`; each id type's `STREAM_TYPE` (e.g. [`values::CartId`]) is the
+//! one definition of its prefix.
 
 pub mod cart;
+pub mod checkout;
 pub mod order;
 pub mod payment;
 pub mod process;

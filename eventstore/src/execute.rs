@@ -110,6 +110,11 @@ impl EventStore {
         self.cache.as_ref().and_then(|c| c.get::<A>(stream_id))
     }
 
+    /// Whether [`EventStore::cached`] can answer at all (the store keeps an aggregate cache).
+    pub fn caches_aggregates(&self) -> bool {
+        self.cache.is_some()
+    }
+
     /// Puts a state the caller has just appended (at `version`) into the cache. Only call it
     /// after the append committed.
     pub fn remember<A: Aggregate>(&self, stream_id: &str, state: &A, version: u64) {

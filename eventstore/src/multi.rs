@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crate::error::{AppendError, StoreError};
 use crate::model::{ExpectedVersion, NewEvent};
 use crate::store::EventStore;
+use sqlx::{Acquire, Postgres, Transaction};
 
 /// One stream's share of a multi-stream append.
 #[derive(Debug, Clone)]
@@ -48,28 +49,113 @@ WHERE NOT EXISTS (
 RETURNING stream_id, version
 "#;
 
+/// The multi-stream statement's arguments, column by column.
+struct Columns<'a> {
+    stream_ids: Vec<&'a str>,
+    event_ids: Vec<uuid::Uuid>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    data: Vec<serde_json::Value>,
+    metadata: Vec<serde_json::Value>,
+    expected_streams: Vec<&'a str>,
+    modes: Vec<i32>,
+    exacts: Vec<i64>,
+}
+
 impl EventStore {
     /// Appends to every stream in `writes` atomically, each at its expected version. Returns
     /// each stream's new version, in the order given. A stream that is not at its expected
-    /// version fails the whole append with [`AppendError::WrongExpectedVersion`].
+    /// version fails the whole append with [`AppendError::WrongExpectedVersion`]; a stream
+    /// with no events is only checked. One stream takes the single-stream statement
+    /// ([`EventStore::append`]), which is cheaper.
     pub async fn append_streams(&self, writes: &[StreamAppend]) -> Result<Vec<u64>, AppendError> {
-        let mut columns = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
+        if let [write] = writes {
+            let appended = self
+                .append(&write.stream_id, write.expected, &write.events)
+                .await?;
+            return Ok(vec![appended.version]);
+        }
+        if writes.iter().all(|w| w.events.is_empty()) {
+            return self.check_streams(writes).await;
+        }
+        let columns = self.columns(writes)?;
+        let result = self
+            .on_connection(async |conn| multi_statement(&columns).fetch_all(conn).await)
+            .await;
+        let rows = match result {
+            Ok(rows) if !rows.is_empty() => rows,
+            Ok(_) => return Err(self.first_mismatch(writes).await),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return Err(self.first_mismatch(writes).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.announce_appended();
+        Ok(new_versions(writes, rows))
+    }
+
+    /// Like [`EventStore::append_streams`], inside the caller's transaction, so that other
+    /// writes (an idempotency record) commit or roll back with the events. A savepoint keeps
+    /// the transaction usable after a conflict. Announce the append
+    /// ([`EventStore::announce_appended`]) once the transaction committed.
+    pub async fn append_streams_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        writes: &[StreamAppend],
+    ) -> Result<Vec<u64>, AppendError> {
+        if let [write] = writes {
+            let appended = self
+                .append_in(tx, &write.stream_id, write.expected, &write.events)
+                .await?;
+            return Ok(vec![appended.version]);
+        }
+        if writes.iter().all(|w| w.events.is_empty()) {
+            return self.check_streams(writes).await;
+        }
+        let columns = self.columns(writes)?;
+        let mut savepoint = tx.begin().await?;
+        let result = multi_statement(&columns).fetch_all(&mut *savepoint).await;
+        let rows = match result {
+            Ok(rows) if !rows.is_empty() => {
+                savepoint.commit().await?;
+                rows
+            }
+            Ok(_) => {
+                savepoint.rollback().await?;
+                return Err(self.first_mismatch(writes).await);
+            }
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                savepoint.rollback().await?;
+                return Err(self.first_mismatch(writes).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(new_versions(writes, rows))
+    }
+
+    fn columns<'a>(&self, writes: &'a [StreamAppend]) -> Result<Columns<'a>, StoreError> {
+        let mut columns = Columns {
+            stream_ids: Vec::new(),
+            event_ids: Vec::new(),
+            event_types: Vec::new(),
+            schema_versions: Vec::new(),
+            data: Vec::new(),
+            metadata: Vec::new(),
+            expected_streams: Vec::with_capacity(writes.len()),
+            modes: Vec::with_capacity(writes.len()),
+            exacts: Vec::with_capacity(writes.len()),
+        };
         for write in writes {
             for event in &write.events {
-                columns.0.push(write.stream_id.as_str());
-                columns.1.push(event.event_id);
-                columns.2.push(event.event_type.as_str());
-                columns.3.push(self.schema_version_of(&event.event_type));
-                columns.4.push(event.data.clone());
+                columns.stream_ids.push(write.stream_id.as_str());
+                columns.event_ids.push(event.event_id);
+                columns.event_types.push(event.event_type.as_str());
                 columns
-                    .5
+                    .schema_versions
+                    .push(self.schema_version_of(&event.event_type));
+                columns.data.push(event.data.clone());
+                columns
+                    .metadata
                     .push(serde_json::to_value(&event.metadata).map_err(|e| {
                         StoreError::Encode {
                             event_type: "metadata".into(),
@@ -77,52 +163,34 @@ impl EventStore {
                         }
                     })?);
             }
-        }
-        let (modes, exacts): (Vec<i32>, Vec<i64>) = writes
-            .iter()
-            .map(|w| match w.expected {
+            let (mode, exact) = match write.expected {
                 ExpectedVersion::Any => (0, 0),
                 ExpectedVersion::NoStream => (1, 0),
                 ExpectedVersion::StreamExists => (2, 0),
                 ExpectedVersion::Exact(v) => (3, i64::try_from(v).unwrap_or(i64::MAX)),
-            })
-            .unzip();
-        let statement = sqlx::query_as(APPEND_STREAMS_SQL)
-            .bind(&columns.0)
-            .bind(&columns.1)
-            .bind(&columns.2)
-            .bind(&columns.3)
-            .bind(&columns.4)
-            .bind(&columns.5)
-            .bind(
-                writes
-                    .iter()
-                    .map(|w| w.stream_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(modes)
-            .bind(exacts);
-        let result: Result<Vec<(String, i64)>, sqlx::Error> = self
-            .on_connection(async |conn| statement.fetch_all(conn).await)
-            .await;
-        let rows = match result {
-            Ok(rows) if !rows.is_empty() || columns.1.is_empty() => rows,
-            Ok(_) => return Err(self.first_mismatch(writes).await),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                return Err(self.first_mismatch(writes).await);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut versions: BTreeMap<String, u64> = BTreeMap::new();
-        for (stream_id, version) in rows {
-            let entry = versions.entry(stream_id).or_default();
-            *entry = (*entry).max(version as u64);
+            };
+            columns.expected_streams.push(write.stream_id.as_str());
+            columns.modes.push(mode);
+            columns.exacts.push(exact);
         }
-        self.announce_appended();
-        Ok(writes
-            .iter()
-            .map(|w| versions.get(&w.stream_id).copied().unwrap_or_default())
-            .collect())
+        Ok(columns)
+    }
+
+    /// Every expectation of an append that writes nothing, checked.
+    async fn check_streams(&self, writes: &[StreamAppend]) -> Result<Vec<u64>, AppendError> {
+        let mut versions = Vec::with_capacity(writes.len());
+        for write in writes {
+            let actual = self.stream_version(&write.stream_id).await?;
+            if !write.expected.admits(actual) {
+                return Err(AppendError::WrongExpectedVersion {
+                    stream_id: write.stream_id.clone(),
+                    expected: write.expected,
+                    actual,
+                });
+            }
+            versions.push(actual);
+        }
+        Ok(versions)
     }
 
     /// Which stream made a multi-stream append fail, and where it is now.
@@ -152,4 +220,37 @@ impl EventStore {
                 .unwrap_or_default(),
         }
     }
+}
+
+fn multi_statement<'q>(
+    columns: &'q Columns<'q>,
+) -> sqlx::query::QueryAs<'q, Postgres, (String, i64), sqlx::postgres::PgArguments> {
+    sqlx::query_as(APPEND_STREAMS_SQL)
+        .bind(&columns.stream_ids)
+        .bind(&columns.event_ids)
+        .bind(&columns.event_types)
+        .bind(&columns.schema_versions)
+        .bind(&columns.data)
+        .bind(&columns.metadata)
+        .bind(&columns.expected_streams)
+        .bind(&columns.modes)
+        .bind(&columns.exacts)
+}
+
+/// Each stream's version after the statement, in the order of `writes`; a stream that was only
+/// checked keeps the version it was expected at.
+fn new_versions(writes: &[StreamAppend], rows: Vec<(String, i64)>) -> Vec<u64> {
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    for (stream_id, version) in rows {
+        let entry = versions.entry(stream_id).or_default();
+        *entry = (*entry).max(version as u64);
+    }
+    writes
+        .iter()
+        .map(|w| match (versions.get(&w.stream_id), w.expected) {
+            (Some(version), _) => *version,
+            (None, ExpectedVersion::Exact(v)) => v,
+            (None, _) => 0,
+        })
+        .collect()
 }

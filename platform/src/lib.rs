@@ -2,6 +2,7 @@
 //!
 //! - [`settings`]: connection settings from the standard environment variables, with defaults
 //!   that point at the local services.
+//! - [`consistency`]: the `X-Consistency-Token` a command answers with and a read waits for.
 //! - [`database`]: connecting to Postgres, creating the database and migrating it, with errors
 //!   that say which dependency is down and how to start it.
 //! - [`identity`]: RS256 JWT verification against a JWKS, and the [`identity::Principal`],
@@ -12,6 +13,7 @@
 //! - [`telemetry`]: tracing subscriber set-up.
 //! - `testing` (feature `testing`): throwaway databases for integration tests.
 
+pub mod consistency;
 pub mod database;
 pub mod dev_issuer;
 pub mod http;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
+use platform::consistency::{Awaited, ConsistencyToken};
 use platform::problem::Problem;
 use platform::read_models::{CartKeys, CartsApplied};
 use tokio::sync::broadcast;
@@ -25,41 +26,11 @@ pub const ANNOUNCED_RECHECK: Duration = Duration::from_millis(100);
 /// Polling backoff without announcements: from the first to the last pause.
 const POLL_PAUSES: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(10));
 
-pub const HEADER: &str = "x-consistency-token";
-
-/// One stream at a version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Awaited {
-    pub stream_type: String,
-    pub id: uuid::Uuid,
-    pub version: u64,
-}
-
-/// Parses the header; a malformed token is the client's mistake (400).
+/// The consistency token a read sent; a malformed one is the client's mistake (400).
 pub fn parse(headers: &HeaderMap) -> Result<Vec<Awaited>, Problem> {
-    let Some(raw) = headers.get(HEADER) else {
-        return Ok(Vec::new());
-    };
-    let bad = || {
-        Problem::bad_request(
-            "invalid-consistency-token",
-            "X-Consistency-Token must be what a command answered, e.g. cart-<uuid>@3",
-        )
-    };
-    let text = raw.to_str().map_err(|_| bad())?;
-    text.split(';')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|token| {
-            let (stream, version) = token.rsplit_once('@').ok_or_else(bad)?;
-            let (stream_type, id) = stream.split_once('-').ok_or_else(bad)?;
-            Ok(Awaited {
-                stream_type: stream_type.to_owned(),
-                id: uuid::Uuid::parse_str(id).map_err(|_| bad())?,
-                version: version.parse().map_err(|_| bad())?,
-            })
-        })
-        .collect()
+    ConsistencyToken::from_headers(headers)
+        .map(|token| token.streams().to_vec())
+        .map_err(|e| Problem::bad_request("invalid-consistency-token", e.to_string()))
 }
 
 /// Waits until `current(awaited)` reports a version at or past each awaited one, until
@@ -254,36 +225,4 @@ pub async fn serving_schema(
     })
     .await?;
     Ok(schema)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-
-    #[test]
-    fn tokens_parse_and_garbage_is_refused() {
-        let mut h = HeaderMap::new();
-        assert!(parse(&h).unwrap().is_empty());
-        let id = uuid::Uuid::new_v4();
-        let other = uuid::Uuid::new_v4();
-        h.insert(
-            HEADER,
-            HeaderValue::from_str(&format!("cart-{id}@3; order-{other}@1")).unwrap(),
-        );
-        let parsed = parse(&h).unwrap();
-        assert_eq!(parsed.len(), 2);
-        assert_eq!(
-            (
-                parsed[0].stream_type.as_str(),
-                parsed[0].id,
-                parsed[0].version
-            ),
-            ("cart", id, 3)
-        );
-        for bad in ["cart", "cart-x@1", "cart-{id}@", "@3"] {
-            h.insert(HEADER, HeaderValue::from_static(bad));
-            assert_eq!(parse(&h).unwrap_err().status, 400, "{bad}");
-        }
-    }
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use platform::consistency::Awaited;
 use platform::problem::Problem;
 use platform::read_models::{CartKeys, CartsApplied};
-use query_api::consistency::{Awaited, CartWakeups, wait_for};
+use query_api::consistency::{CartWakeups, wait_for};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

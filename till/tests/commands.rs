@@ -619,6 +619,182 @@ async fn if_match_guards_against_lost_updates() {
     );
 }
 
+/// A command sent with `If-Match` and, optionally, an `Idempotency-Key`.
+async fn with_if_match(
+    system: &TestSystem,
+    token: &str,
+    path: &str,
+    if_match: &str,
+    key: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let mut request = system
+        .request(Method::POST, path, Some(token))
+        .header("if-match", if_match);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    Reply::from(request.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn if_match_guards_add_item_and_checkout_with_and_without_a_key() {
+    let system = TestSystem::start().await;
+    let alice = token(OWNER, &[]);
+    let product = system.product("ETAG-2", 100, 50).await;
+    let cart = system.cart(OWNER).await;
+    let cart_stream = format!("cart-{cart}");
+    let items = format!("/v1/carts/{cart}/items");
+    let checkout = format!("/v1/carts/{cart}/checkout");
+    let add = json!({ "product_id": product, "quantity": 1 });
+
+    // The cart is at version 1 (created): every stale If-Match is refused and changes nothing,
+    // and a refusal under a key is the key's answer from then on.
+    for key in [None, Some("stale-add")] {
+        let stale = with_if_match(&system, &alice, &items, "\"7\"", key, Some(add.clone())).await;
+        assert_eq!(
+            (stale.status, stale.problem_code()),
+            (StatusCode::PRECONDITION_FAILED, "version-mismatch"),
+            "add-item, key {key:?}: {stale:?}"
+        );
+        assert_eq!(system.store.stream_version(&cart_stream).await.unwrap(), 1);
+    }
+    let replayed = with_if_match(
+        &system,
+        &alice,
+        &items,
+        "\"7\"",
+        Some("stale-add"),
+        Some(add.clone()),
+    )
+    .await;
+    assert_eq!(
+        replayed.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{replayed:?}"
+    );
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+
+    // The current version goes through, with and without a key.
+    let added = with_if_match(&system, &alice, &items, "\"1\"", None, Some(add.clone())).await;
+    assert_eq!(
+        (added.status, added.header("etag")),
+        (StatusCode::OK, Some("\"2\""))
+    );
+    let keyed = with_if_match(
+        &system,
+        &alice,
+        &items,
+        "\"2\"",
+        Some("add-2"),
+        Some(add.clone()),
+    )
+    .await;
+    assert_eq!(
+        (keyed.status, keyed.header("etag")),
+        (StatusCode::OK, Some("\"3\""))
+    );
+
+    // Checkout: a stale version is refused with and without a key and places no order.
+    for key in [None, Some("stale-checkout")] {
+        let stale = with_if_match(&system, &alice, &checkout, "\"2\"", key, None).await;
+        assert_eq!(
+            (stale.status, stale.problem_code()),
+            (StatusCode::PRECONDITION_FAILED, "version-mismatch"),
+            "checkout, key {key:?}: {stale:?}"
+        );
+        assert_eq!(system.store.stream_version(&cart_stream).await.unwrap(), 3);
+    }
+    let stale_again = with_if_match(
+        &system,
+        &alice,
+        &checkout,
+        "\"2\"",
+        Some("stale-checkout"),
+        None,
+    )
+    .await;
+    assert_eq!(stale_again.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale_again.header("idempotent-replayed"), Some("true"));
+
+    let placed = with_if_match(
+        &system,
+        &alice,
+        &checkout,
+        "\"3\"",
+        Some("checkout-1"),
+        None,
+    )
+    .await;
+    assert_eq!(placed.status, StatusCode::ACCEPTED, "{placed:?}");
+    assert_eq!(placed.header("etag"), Some("\"4\""));
+    let order = placed.body["order_id"].as_str().unwrap();
+    assert_eq!(
+        system
+            .store
+            .stream_version(&format!("order-{order}"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        placed.header("x-consistency-token"),
+        Some(format!("cart-{cart}@4;order-{order}@1").as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_discontinued_product_stops_checkout_with_the_same_answer_as_adding_it() {
+    let system = TestSystem::start().await;
+    let (admin, alice) = (admin(), token(OWNER, &[]));
+    let product = system.product("GONE-1", 100, 50).await;
+    let cart = system.cart(OWNER).await;
+    let add = json!({ "product_id": product, "quantity": 1 });
+    let added = system
+        .post(&format!("/v1/carts/{cart}/items"), &alice, add.clone())
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{added:?}");
+    let gone = system
+        .post(
+            &format!("/v1/products/{product}/discontinue"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::OK, "{gone:?}");
+
+    let at_checkout = system
+        .send(
+            Method::POST,
+            &format!("/v1/carts/{cart}/checkout"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    let on_add = system
+        .post(&format!("/v1/carts/{cart}/items"), &alice, add)
+        .await;
+    for refused in [&at_checkout, &on_add] {
+        assert_eq!(
+            (refused.status, refused.problem_code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "product-discontinued"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        system
+            .store
+            .stream_version(&format!("cart-{cart}"))
+            .await
+            .unwrap(),
+        2,
+        "nothing was appended to the cart"
+    );
+}
+
 async fn with_key(
     system: &TestSystem,
     key: &str,

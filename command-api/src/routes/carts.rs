@@ -3,14 +3,12 @@
 //! request.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use domain::cart::{Cart, CartCommand, CartEvent, CartLine, CatalogEntry};
-use domain::order::{Order, OrderCommand};
+use domain::Aggregate;
+use domain::cart::{Cart, CartCommand, CatalogEntry};
+use domain::checkout;
 use domain::product::Product;
 use domain::values::{CartId, OrderId, ProductId, Quantity};
-use domain::{Aggregate, DomainEvent};
-use eventstore::{ExpectedVersion, NewEvent};
 use platform::problem::Problem;
 use serde::Deserialize;
 use serde_json::json;
@@ -19,9 +17,8 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::body::CommandBody;
 use crate::context::CommandContext;
-use crate::error::{invalid, rejection_problem, store_problem};
-use crate::pipeline::multi::{self, Plan, Write};
-use crate::pipeline::{Reply, run};
+use crate::driver::{Plan, Reads, Reply, Write, execute, run};
+use crate::error::{invalid, rejection_problem};
 use crate::routes::path_id;
 
 pub async fn create(State(state): State<AppState>, ctx: CommandContext) -> Response {
@@ -52,34 +49,17 @@ pub struct AddItem {
     pub quantity: i64,
 }
 
-/// An aggregate from the cache (when not `fresh` and cached) or from its stream.
-async fn load_or_cached<A: Aggregate>(
-    state: &AppState,
-    stream_id: &str,
-    fresh: bool,
-) -> Result<(A, u64), Problem> {
-    if !fresh && let Some(cached) = state.store.cached::<A>(stream_id) {
-        return Ok(cached);
-    }
-    state
-        .store
-        .load::<A>(stream_id)
-        .await
-        .map_err(|e| store_problem(&e))
-}
-
-fn to_catalog_entry(product_id: ProductId, product: Product) -> Result<CatalogEntry, Problem> {
-    let p = product
-        .0
+/// The catalog entry of a product the command consults, and the version it was read at. A
+/// product that does not exist is the request's mistake.
+async fn catalog_entry(
+    reads: Reads<'_>,
+    product_id: ProductId,
+) -> Result<(CatalogEntry, Write), Problem> {
+    let stream_id = product_id.stream_id();
+    let (product, version) = reads.consult::<Product>(&stream_id).await?;
+    let entry = CatalogEntry::of(&product)
         .ok_or_else(|| Problem::invalid_field("product_id", "there is no product with this id"))?;
-    Ok(CatalogEntry {
-        product_id,
-        sku: p.sku,
-        name: p.name,
-        unit_price: p.price,
-        available: p.available,
-        discontinued: p.discontinued,
-    })
+    Ok((entry, Write::check(stream_id, version)))
 }
 
 /// Adds an item at the catalog's current price. The product's version is part of the append's
@@ -100,26 +80,24 @@ pub async fn add_item(
         Err(problem) => return problem.into_response(),
     };
     let product_id = ProductId(body.value.product_id);
-    multi::run(&state, &ctx, &body.request_hash, |fresh| {
-        add_item_plan(&state, &ctx, cart_id, product_id, quantity, fresh)
+    execute(&state, &ctx, &body.request_hash, |reads| {
+        add_item_plan(&ctx, reads, cart_id, product_id, quantity)
     })
     .await
 }
 
+/// Adds at the price the product has now; the product must still be at the version that price
+/// was read at when the cart's events are appended.
 async fn add_item_plan(
-    state: &AppState,
     ctx: &CommandContext,
+    reads: Reads<'_>,
     cart_id: CartId,
     product_id: ProductId,
     quantity: Quantity,
-    fresh: bool,
 ) -> Result<Plan, Problem> {
-    let product_stream = product_id.stream_id();
-    let (product, product_version) =
-        load_or_cached::<Product>(state, &product_stream, fresh).await?;
-    let entry = to_catalog_entry(product_id, product)?;
     let cart_stream = cart_id.stream_id();
-    let (cart, version) = load_or_cached::<Cart>(state, &cart_stream, fresh).await?;
+    let (cart, version) = reads.target::<Cart>(&cart_stream).await?;
+    let (entry, product_seen) = catalog_entry(reads, product_id).await?;
     let events = cart
         .decide(CartCommand::AddItem {
             actor: ctx.actor.clone(),
@@ -127,24 +105,12 @@ async fn add_item_plan(
             quantity,
         })
         .map_err(|r| rejection_problem(&r))?;
-    let added = write(&cart_stream, ExpectedVersion::Exact(version), &events, ctx)?;
+    let added = Write::new(cart_stream.clone(), version, &events, &ctx.metadata)?;
     let after = version + events.len() as u64;
     let cart = events.iter().fold(cart, |c, e| c.evolve(e));
-    Ok(Plan {
-        after_commit: Some(Box::new(move |store: &eventstore::EventStore| {
-            store.remember(&cart_stream, &cart, after)
-        })),
-        writes: vec![
-            added,
-            Write {
-                stream_id: product_stream,
-                expected: ExpectedVersion::Exact(product_version),
-                events: vec![],
-                event_types: vec![],
-            },
-        ],
-        reply: Reply::ok(json!({ "cart_id": cart_id })),
-    })
+    Ok(Plan::new(added, Reply::ok(json!({ "cart_id": cart_id })))
+        .and(product_seen)
+        .remember(cart_stream, cart, after))
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,8 +173,8 @@ pub async fn remove_item(
     .await
 }
 
-/// Checks the cart out and places its order in one transaction, with every price re-checked
-/// against the catalog as it is now: the order exists the moment the client is told its id.
+/// Checks the cart out and places its order in one transaction, at the catalog's prices of
+/// now (the rule is [`domain::checkout`]): the order exists the moment the client is told its id.
 pub async fn checkout(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -219,121 +185,59 @@ pub async fn checkout(
         Err(p) => return p.into_response(),
     };
     let order_id = OrderId(Uuid::now_v7());
-    multi::run(&state, &ctx, &ctx.bodiless_request_hash, |fresh| {
-        place_order(&state, &ctx, cart_id, order_id, fresh)
+    execute(&state, &ctx, &ctx.bodiless_request_hash, |reads| {
+        checkout_plan(&ctx, reads, cart_id, order_id)
     })
     .await
 }
 
-/// Decides a checkout. With `fresh` false it may use cached states: the plan then also expects
-/// every product it priced at the version it saw, so the append fails (and the checkout is
-/// decided again, fresh) if a price or anything else moved meanwhile.
-async fn place_order(
-    state: &AppState,
+/// Loads the cart and each line's catalog entry and lets the domain decide. Every product
+/// priced is expected at the version it was read at, so a price that moved meanwhile sends
+/// the checkout back to be decided again.
+async fn checkout_plan(
     ctx: &CommandContext,
+    reads: Reads<'_>,
     cart_id: CartId,
     order_id: OrderId,
-    fresh: bool,
 ) -> Result<Plan, Problem> {
     let cart_stream = cart_id.stream_id();
-    let (cart, version) = load_or_cached::<Cart>(state, &cart_stream, fresh).await?;
-    let cart_events = cart
-        .decide(CartCommand::CheckOut {
-            actor: ctx.actor.clone(),
-            order_id,
-        })
-        .map_err(|r| rejection_problem(&r))?;
-    let Some(CartEvent::CartCheckedOut {
-        lines, customer_id, ..
-    }) = cart_events.first()
-    else {
-        return Err(Problem::internal(&std::io::Error::other(
-            "a checkout decided no CartCheckedOut",
-        )));
-    };
-    let mut priced = Vec::with_capacity(lines.len());
-    let mut seen = Vec::with_capacity(lines.len());
-    for line in lines {
-        let stream_id = line.product_id.stream_id();
-        let (product, product_version) =
-            load_or_cached::<Product>(state, &stream_id, fresh).await?;
-        seen.push(Write {
-            stream_id,
-            expected: ExpectedVersion::Exact(product_version),
-            events: vec![],
-            event_types: vec![],
-        });
-        let entry = to_catalog_entry(line.product_id, product)?;
-        if entry.discontinued {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "product-discontinued",
-                "Not possible in the current state",
-            )
-            .with_detail(format!(
-                "{} is no longer sold; remove it from the cart",
-                entry.name
-            )));
-        }
-        priced.push(CartLine {
-            unit_price: entry.unit_price,
-            name: entry.name,
-            sku: entry.sku,
-            ..line.clone()
-        });
-    }
-    let order_events = Order::default()
-        .decide(OrderCommand::Place {
-            order_id,
-            cart_id,
-            customer_id: customer_id.clone(),
-            lines: priced,
-        })
-        .map_err(|r| rejection_problem(&r))?;
-    let mut writes = vec![
-        write(
-            &cart_stream,
-            ExpectedVersion::Exact(version),
-            &cart_events,
-            ctx,
-        )?,
-        write(
-            &order_id.stream_id(),
-            ExpectedVersion::NoStream,
-            &order_events,
-            ctx,
-        )?,
-    ];
-    writes.extend(seen);
-    let after = version + cart_events.len() as u64;
-    let cart = cart_events.iter().fold(cart, |c, e| c.evolve(e));
-    Ok(Plan {
-        writes,
-        reply: Reply::accepted(
-            json!({ "cart_id": cart_id, "order_id": order_id }),
-            Some(format!("/v1/orders/{order_id}")),
-        ),
-        after_commit: Some(Box::new(move |store: &eventstore::EventStore| {
-            store.remember(&cart_stream, &cart, after)
-        })),
-    })
-}
-
-fn write<E: DomainEvent>(
-    stream_id: &str,
-    expected: ExpectedVersion,
-    events: &[E],
-    ctx: &CommandContext,
-) -> Result<Write, Problem> {
-    let new = events
+    let (cart, version) = reads.target::<Cart>(&cart_stream).await?;
+    let product_ids: Vec<ProductId> = cart
+        .0
         .iter()
-        .map(|e| NewEvent::from_domain(Uuid::now_v7(), e, ctx.metadata.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| store_problem(&e))?;
-    Ok(Write {
-        stream_id: stream_id.to_owned(),
-        expected,
-        events: new,
-        event_types: events.iter().map(DomainEvent::event_type).collect(),
-    })
+        .flat_map(|c| &c.lines)
+        .map(|l| l.product_id)
+        .collect();
+    let mut catalog = Vec::new();
+    let mut products_seen = Vec::new();
+    for product_id in product_ids {
+        let (entry, seen) = catalog_entry(reads, product_id).await?;
+        catalog.push(entry);
+        products_seen.push(seen);
+    }
+    let decided = checkout::decide(&cart, &catalog, order_id, ctx.actor.clone())
+        .map_err(|r| rejection_problem(&r))?;
+    let closed = Write::new(
+        cart_stream.clone(),
+        version,
+        &decided.cart_events,
+        &ctx.metadata,
+    )?;
+    let placed = Write::new(
+        order_id.stream_id(),
+        0,
+        &decided.order_events,
+        &ctx.metadata,
+    )?;
+    let after = closed.version + decided.cart_events.len() as u64;
+    let cart = decided.cart_events.iter().fold(cart, |c, e| c.evolve(e));
+    let reply = Reply::accepted(
+        json!({ "cart_id": cart_id, "order_id": order_id }),
+        Some(format!("/v1/orders/{order_id}")),
+    );
+    let plan = Plan::new(closed, reply).and(placed);
+    Ok(products_seen
+        .into_iter()
+        .fold(plan, Plan::and)
+        .remember(cart_stream, cart, after))
 }

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::body::{CommandBody, OptionalBody};
 use crate::context::CommandContext;
+use crate::driver::{Reply, run};
 use crate::error::invalid;
-use crate::pipeline::{Reply, run};
 use crate::routes::path_id;
 
 /// Longest cancellation reason kept.

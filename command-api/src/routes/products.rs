@@ -13,8 +13,8 @@ use serde_json::json;
 use crate::AppState;
 use crate::body::CommandBody;
 use crate::context::CommandContext;
+use crate::driver::{Reply, run};
 use crate::error::invalid;
-use crate::pipeline::{Reply, run};
 use crate::routes::path_id;
 
 #[derive(Debug, Deserialize)]
@@ -151,8 +151,8 @@ pub async fn adjust_stock(
         ProductCommand::AdjustStock {
             delta: body.value.delta,
         },
-        |done| {
-            let available = done.state.0.as_ref().map_or(0, |p| p.available);
+        |product| {
+            let available = product.0.as_ref().map_or(0, |p| p.available);
             Reply::ok(json!({ "product_id": product_id, "available": available }))
         },
     )
