@@ -13,15 +13,16 @@
 //! compare-and-set on the stored version.
 //!
 //! [`tables`] knows where each projection's current version lives (`read.projections`);
-//! [`rebuild`] builds a new version from the event store and switches to it without downtime;
-//! [`process`] is the order process (stock, payments, deadlines).
+//! [`rebuild`] builds a new version from the event store and switches to it without downtime.
+//!
+//! Projections only write views. The side-effecting handlers (the order process, payment
+//! deadlines) are in the `processes` crate: they are never replayed.
 
 pub mod carts;
 pub mod error;
 pub mod live;
 pub mod ordering;
 pub mod orders;
-pub mod process;
 pub mod products;
 pub mod rebuild;
 pub mod status;

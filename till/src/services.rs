@@ -18,11 +18,11 @@ use platform::http::{Readiness, operational_routes};
 use platform::identity::{DEV_ISSUER, IdentitySettings, JwtVerifier};
 use platform::read_models::CartKeys;
 use platform::settings::redact;
+use processes::{ORDER_PROCESS, OrderProcess, SimulatedProvider};
 use projectors::live::{
     CARTS_CONSUMER, CartsProjector, ORDERS_CONSUMER, OrdersProjector, PRODUCTS_CONSUMER,
     ProductsProjector,
 };
-use projectors::process::{ORDER_PROCESS, OrderProcess, SimulatedProvider};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -523,7 +523,11 @@ pub async fn start(
                     name: "processes (ops)",
                     addr,
                 });
-                spawn_deadline_worker(tasks, store, config.deadline_interval, shutdown);
+                let (interval, shutdown) = (config.deadline_interval, shutdown.clone());
+                tasks.spawn(async move {
+                    processes::deadlines::run(store, interval, shutdown).await;
+                    Ok(())
+                });
             }
             Service::Gateway => {
                 let router = gateway::router(gateway_settings.clone(), Arc::clone(&verifier))?;
@@ -538,31 +542,6 @@ pub async fn start(
         }
     }
     Ok(started)
-}
-
-/// Fires due payment deadlines every `interval`.
-fn spawn_deadline_worker(
-    tasks: &mut JoinSet<anyhow::Result<()>>,
-    store: EventStore,
-    interval: Duration,
-    shutdown: &CancellationToken,
-) {
-    let shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tick.tick() => {
-                    match projectors::process::fire_due_deadlines(&store, 100).await {
-                        Ok(fired) if fired > 0 => tracing::info!(fired, "orders expired"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "firing deadlines failed"),
-                    }
-                }
-            }
-        }
-    });
 }
 
 /// Refreshes the projection lag gauges every few seconds.

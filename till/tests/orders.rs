@@ -479,10 +479,10 @@ async fn redelivering_every_process_input_changes_nothing() {
     };
     let before = snapshot().await;
     // Hand every order and payment event to a second order process, as a redelivery would.
-    let process = projectors::process::OrderProcess {
+    let process = processes::OrderProcess {
         store: system.store.clone(),
         pool: system.db.pool.clone(),
-        provider: projectors::process::SimulatedProvider {
+        provider: processes::SimulatedProvider {
             pool: system.db.pool.clone(),
             slow: Duration::ZERO,
         },

@@ -1,4 +1,5 @@
-//! Thin handlers: extract → build the domain command → [`crate::pipeline::run`] → respond.
+//! Thin handlers: extract → build the domain command (or a [`crate::driver::Plan`]) → the driver →
+//! respond.
 
 pub mod carts;
 pub mod orders;

@@ -17,10 +17,7 @@
 //! sends derives its event ids from the event that caused it, and a command the aggregate
 //! refuses because it already happened (an order that already moved on) counts as done.
 
-use std::time::Duration;
-
-use chrono::Utc;
-use domain::order::{Order, OrderCommand, OrderEvent, OrderRejection};
+use domain::order::{Order, OrderCommand, OrderEvent};
 use domain::payment::{Payment, PaymentCommand, PaymentEvent};
 use domain::process::{payment_deadline, reservations};
 use domain::product::{Product, ProductCommand, ProductRejection};
@@ -29,130 +26,11 @@ use domain::{Aggregate, Rejection, RejectionKind};
 use eventstore::{CommandOptions, EventIds, EventStore, ExecuteError, Metadata, RecordedEvent};
 use messaging::{Envelope, Handler, HandlerError};
 use sqlx::PgPool;
-use uuid::Uuid;
+
+use crate::provider::{ChargeOutcome, PaymentProvider, ProviderError};
 
 /// Consumer name and bindings of the order process.
 pub const ORDER_PROCESS: (&str, &[&str]) = ("process.orders", &["order.*", "payment.*"]);
-
-/// What the payment provider answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChargeOutcome {
-    Captured { reference: String },
-    Declined { reason: String },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    /// Try again later; the charge did not happen.
-    #[error("the payment provider failed: {0}")]
-    Transient(String),
-    #[error("the provider's ledger failed")]
-    Database(#[from] sqlx::Error),
-}
-
-/// A payment provider. Calls with the same payment id are idempotent: the provider charges at
-/// most once per payment id and answers a repeated call with the first outcome.
-pub trait PaymentProvider: Send + Sync + 'static {
-    fn charge(
-        &self,
-        payment_id: PaymentId,
-        amount: domain::values::Money,
-        token: &str,
-    ) -> impl Future<Output = Result<ChargeOutcome, ProviderError>> + Send;
-
-    fn refund(
-        &self,
-        payment_id: PaymentId,
-    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
-}
-
-/// The simulated provider of development and tests, with its ledger in Postgres
-/// (`provider_sim.charges`) so that it, too, survives restarts. Test tokens: `tok_ok` is
-/// captured; `tok_declined` is declined; `tok_slow` is captured after `slow`; `tok_error`
-/// fails transiently twice, then is captured; anything else is declined.
-#[derive(Debug, Clone)]
-pub struct SimulatedProvider {
-    pub pool: PgPool,
-    pub slow: Duration,
-}
-
-impl PaymentProvider for SimulatedProvider {
-    async fn charge(
-        &self,
-        payment_id: PaymentId,
-        amount: domain::values::Money,
-        token: &str,
-    ) -> Result<ChargeOutcome, ProviderError> {
-        let (outcome, reference, attempts): (String, String, i32) = sqlx::query_as(
-            "INSERT INTO provider_sim.charges (payment_id, amount, currency, outcome, reference) \
-             VALUES ($1, $2, $3, 'pending', '') \
-             ON CONFLICT (payment_id) DO UPDATE SET attempts = provider_sim.charges.attempts + 1 \
-             RETURNING outcome, reference, attempts",
-        )
-        .bind(payment_id.0)
-        .bind(amount.amount)
-        .bind(amount.currency.to_string())
-        .fetch_one(&self.pool)
-        .await?;
-        match outcome.as_str() {
-            "captured" | "refunded" => return Ok(ChargeOutcome::Captured { reference }),
-            "declined" => {
-                return Ok(ChargeOutcome::Declined { reason: reference });
-            }
-            _ => {}
-        }
-        let decided = match token {
-            "tok_ok" => ChargeOutcome::Captured {
-                reference: format!("sim_{}", payment_id.0.simple()),
-            },
-            "tok_slow" => {
-                tokio::time::sleep(self.slow).await;
-                ChargeOutcome::Captured {
-                    reference: format!("sim_{}", payment_id.0.simple()),
-                }
-            }
-            "tok_error" if attempts < 3 => {
-                return Err(ProviderError::Transient(format!(
-                    "simulated outage (attempt {attempts})"
-                )));
-            }
-            "tok_error" => ChargeOutcome::Captured {
-                reference: format!("sim_{}", payment_id.0.simple()),
-            },
-            "tok_declined" => ChargeOutcome::Declined {
-                reason: "card declined".into(),
-            },
-            _ => ChargeOutcome::Declined {
-                reason: "invalid payment token".into(),
-            },
-        };
-        let (outcome, reference) = match &decided {
-            ChargeOutcome::Captured { reference } => ("captured", reference.as_str()),
-            ChargeOutcome::Declined { reason } => ("declined", reason.as_str()),
-        };
-        sqlx::query(
-            "UPDATE provider_sim.charges SET outcome = $2, reference = $3 \
-             WHERE payment_id = $1 AND outcome = 'pending'",
-        )
-        .bind(payment_id.0)
-        .bind(outcome)
-        .bind(reference)
-        .execute(&self.pool)
-        .await?;
-        Ok(decided)
-    }
-
-    async fn refund(&self, payment_id: PaymentId) -> Result<(), ProviderError> {
-        sqlx::query(
-            "UPDATE provider_sim.charges SET outcome = 'refunded' \
-             WHERE payment_id = $1 AND outcome = 'captured'",
-        )
-        .bind(payment_id.0)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-}
 
 /// The order process, as a bus consumer.
 #[derive(Debug, Clone)]
@@ -489,67 +367,4 @@ impl<P: PaymentProvider> Handler for OrderProcess<P> {
     async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
         self.handle_event(RecordedEvent::from(envelope)).await
     }
-}
-
-/// Expires orders whose payment deadline passed. Each due deadline is taken `FOR UPDATE SKIP
-/// LOCKED` (so several workers share the load), the order's `Expire` is appended and the
-/// deadline deleted in one transaction: it fires exactly once, and a crash leaves it due.
-pub async fn fire_due_deadlines(store: &EventStore, limit: i64) -> Result<u64, sqlx::Error> {
-    let mut tx = store.pool().begin().await?;
-    let due: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT order_id FROM process.deadlines WHERE due_at <= now() \
-         ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut fired = 0;
-    for (order_id,) in due {
-        let order_id = OrderId(order_id);
-        let options = CommandOptions {
-            metadata: Metadata {
-                actor: Some("deadline-worker".into()),
-                ..Metadata::default()
-            },
-            event_ids: EventIds::DerivedFrom(order_id.0),
-            ..CommandOptions::default()
-        };
-        let outcome = store
-            .decide_and_append_in::<Order>(
-                &mut tx,
-                &order_id.stream_id(),
-                OrderCommand::Expire { now: Utc::now() },
-                &options,
-            )
-            .await;
-        let done = match outcome {
-            Ok(_) => {
-                fired += 1;
-                true
-            }
-            // Paid, cancelled or already expired: nothing left to expire.
-            Err(ExecuteError::Rejected(
-                OrderRejection::IllegalTransition { .. } | OrderRejection::NotFound,
-            )) => true,
-            Err(ExecuteError::Rejected(r)) => {
-                tracing::debug!(%order_id, rejection = %r, code = r.code(), "deadline not fired");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(%order_id, error = %e, "deadline failed; it stays due");
-                false
-            }
-        };
-        if done {
-            sqlx::query("DELETE FROM process.deadlines WHERE order_id = $1")
-                .bind(order_id.0)
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
-    tx.commit().await?;
-    if fired > 0 {
-        store.announce_appended();
-    }
-    Ok(fired)
 }
