@@ -446,6 +446,28 @@ impl EventStore {
         self.upcast_rows(rows)
     }
 
+    /// Where to read the global log from ([`EventStore::read_log`]) so that the `last` newest
+    /// readable events come first: `till events tail --last N`. The log's start when it holds
+    /// fewer.
+    pub async fn log_position_before_last(&self, last: u64) -> Result<LogPosition, StoreError> {
+        let before: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT e.transaction_id::text::int8, e.position FROM eventstore.events e \
+             WHERE e.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY e.transaction_id DESC, e.position DESC OFFSET $1 LIMIT 1",
+        )
+        .bind(i64::try_from(last).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(
+            before.map_or(LogPosition::START, |(transaction_id, position)| {
+                LogPosition {
+                    transaction_id: u64::try_from(transaction_id).unwrap_or_default(),
+                    position,
+                }
+            }),
+        )
+    }
+
     /// Every event of the streams of `stream_type` in stream order (by stream id, then
     /// version), read with one statement and handed to `deliver` in batches of up to
     /// `batch_size` as the rows arrive, so Postgres produces the next rows while `deliver`
@@ -509,6 +531,16 @@ impl EventStore {
         .bind(last)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// The newest event's global position (0 for an empty store): an index lookup. Positions
+    /// are not commit order and have holes (rolled-back appends), so a difference of two is an
+    /// estimate of how many events lie between.
+    pub async fn newest_position(&self) -> Result<i64, StoreError> {
+        let newest: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM eventstore.events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(newest.unwrap_or(0))
     }
 
     /// The newest event's global position and how many events the store holds.

@@ -5,7 +5,8 @@
 //! with manual acks and hands each message, decoded to an [`Envelope`], to the handler, one at a
 //! time in delivery order. The handler commits its read model and its own checkpoint before it
 //! returns `Ok`; only then is the message acked, so a crash in between means a redelivery, which
-//! the handler skips as already applied (see [`crate::ordering`]).
+//! the handler skips as already applied (a projection compares versions, see
+//! `projectors::ordering`; a process derives its event ids from the cause).
 //!
 //! # Retries and dead letters
 //!
@@ -28,7 +29,7 @@
 //! message TTLs in one retry queue expire only at its head, so a short delay can wait behind a
 //! longer one; that only lengthens some retries (bounded by `retry_backoff.max`), it never
 //! reorders anything the handler relies on, since a retried event may arrive after later events
-//! of its stream anyway — [`crate::ordering`] fills such gaps from the event store.
+//! of its stream anyway — a projection fills such gaps from the event store.
 //!
 //! Listing, redriving and dropping dead letters is in [`crate::dead_letters`].
 //!

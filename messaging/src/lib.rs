@@ -9,22 +9,21 @@
 //! - [`consumer`]: [`ConsumerRunner`] and the [`Handler`] trait — manual ack after the handler
 //!   committed, bounded retries through a delay queue, then the dead-letter queue.
 //! - [`dead_letters`]: list, redrive and drop a consumer's dead letters (for `till`).
-//! - [`ordering`]: idempotent, in-order application per stream for read models (skip, apply, or
-//!   fill the gap from the event store first).
 //! - [`amqp`]: connecting lapin to tokio, and the capped exponential [`Backoff`] every loop here
 //!   uses to reconnect.
 //! - [`error`]: [`MessagingError`], the infrastructure failures of this crate.
 //!
 //! Delivery is at least once everywhere: the relay may publish an event twice (it crashed between
 //! the confirms and its checkpoint), a consumer may see a message twice (it crashed between its
-//! commit and its ack). Consumers stay correct by being idempotent, which [`ordering`] provides.
+//! commit and its ack). Consumers stay correct by being idempotent: each projection skips what its
+//! view holds already and fills a gap from the event store (`projectors::ordering`); each
+//! process derives its events' ids from their cause (`processes`).
 
 pub mod amqp;
 pub mod consumer;
 pub mod dead_letters;
 pub mod envelope;
 pub mod error;
-pub mod ordering;
 pub mod relay;
 pub mod status;
 pub mod topology;
@@ -36,6 +35,5 @@ pub use consumer::{
 pub use dead_letters::DeadLetter;
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::MessagingError;
-pub use ordering::{Apply, OrderingError, classify, events_to_apply};
 pub use relay::{Relay, RelayHandle, RelaySettings, RelayState, RelayStatus};
 pub use topology::Topology;

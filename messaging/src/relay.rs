@@ -347,7 +347,7 @@ impl Relay {
                 debug!(events = batch.len(), checkpoint = %at, "batch confirmed");
             }
             if lag_refreshed.is_none_or(|t| t.elapsed() >= LAG_REFRESH) {
-                self.refresh_lag(pool, at).await?;
+                self.refresh_lag(at).await?;
                 lag_refreshed = Some(Instant::now());
             }
             if batch.len() as i64 >= self.settings.batch_size {
@@ -386,14 +386,9 @@ impl Relay {
         }
     }
 
-    async fn refresh_lag(&self, pool: &PgPool, at: LogPosition) -> Result<(), sqlx::Error> {
-        // The newest position is an index lookup; positions are not commit order and can have
-        // holes (rolled-back appends), so the difference is an estimate, which is all a gauge
-        // needs.
-        let newest: i64 =
-            sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM eventstore.events")
-                .fetch_one(pool)
-                .await?;
+    async fn refresh_lag(&self, at: LogPosition) -> Result<(), eventstore::StoreError> {
+        // An estimate (see `newest_position`), which is all a gauge needs.
+        let newest = self.store.newest_position().await?;
         metrics::gauge!("relay_lag_events", "relay" => self.settings.name.clone())
             .set((newest - at.position).max(0) as f64);
         Ok(())

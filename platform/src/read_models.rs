@@ -1,11 +1,76 @@
 //! Where read models live, shared by the projectors that write them and the query API that
 //! reads them: each projection version has a Postgres schema (`read_products_v3`) or a Redis
 //! key prefix (`<prefix>:carts:v3:`), and `read.projections` names the serving version.
+//!
+//! [`PROJECTIONS`] is the one registry of projections: the live projectors, rebuilds, lag
+//! status, queue declaration, the CLI, the admin API and the tests all iterate it.
+
+use domain::values::{CartId, OrderId, ProductId};
 
 /// Projection names as in `read.projections`.
 pub const PRODUCTS: &str = "products";
 pub const ORDERS: &str = "orders";
 pub const CARTS: &str = "carts";
+
+/// Where a projection's versions are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// A schema per version, its progress in `read.progress` (same transaction as the rows).
+    Postgres,
+    /// A key prefix per version, its progress in a hash beside the views.
+    Redis,
+}
+
+/// A read-side projection: a view of one stream type, replayable from the event store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Projection {
+    /// Its name in `read.projections` and on the command line.
+    pub name: &'static str,
+    /// The stream type whose events it folds (`<type>-<uuid>` streams).
+    pub stream_type: &'static str,
+    pub storage: Storage,
+    /// The bus consumer (and queue) that feeds it live.
+    pub consumer: &'static str,
+}
+
+impl Projection {
+    /// The routing-key pattern of its queue: every event of its stream type.
+    pub fn binding(&self) -> String {
+        format!("{}.*", self.stream_type)
+    }
+}
+
+/// Every projection. Adding one starts here.
+pub const PROJECTIONS: [Projection; 3] = [
+    Projection {
+        name: PRODUCTS,
+        stream_type: ProductId::STREAM_TYPE,
+        storage: Storage::Postgres,
+        consumer: "projector.products",
+    },
+    Projection {
+        name: ORDERS,
+        stream_type: OrderId::STREAM_TYPE,
+        storage: Storage::Postgres,
+        consumer: "projector.orders",
+    },
+    Projection {
+        name: CARTS,
+        stream_type: CartId::STREAM_TYPE,
+        storage: Storage::Redis,
+        consumer: "projector.carts",
+    },
+];
+
+/// The projection called `name`.
+pub fn projection(name: &str) -> Option<&'static Projection> {
+    PROJECTIONS.iter().find(|p| p.name == name)
+}
+
+/// The projections' names, for messages: `products, orders, carts`.
+pub fn projection_names() -> String {
+    PROJECTIONS.map(|p| p.name).join(", ")
+}
 
 /// The schema of a Postgres projection's version.
 pub fn schema(projection: &str, version: i32) -> String {

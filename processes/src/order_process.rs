@@ -268,7 +268,7 @@ impl<P: PaymentProvider> OrderProcess<P> {
     async fn handle_event(&self, event: RecordedEvent) -> Result<(), HandlerError> {
         let undecodable = |e: eventstore::StoreError| HandlerError::permanent(e);
         match event.stream_type() {
-            "order" => match event.decode::<OrderEvent>().map_err(undecodable)? {
+            OrderId::STREAM_TYPE => match event.decode::<OrderEvent>().map_err(undecodable)? {
                 OrderEvent::OrderPlaced { order_id, .. } => {
                     self.on_order_placed(&event, order_id).await
                 }
@@ -318,7 +318,7 @@ impl<P: PaymentProvider> OrderProcess<P> {
                 OrderEvent::OrderPaid { order_id, .. } => self.forget_deadline(order_id).await,
                 _ => Ok(()),
             },
-            "payment" => {
+            PaymentId::STREAM_TYPE => {
                 let on_order = |order_id: OrderId, command: OrderCommand| {
                     let options = caused_by(&event);
                     let store = self.store.clone();

@@ -20,7 +20,7 @@ pub use platform::read_models::CartKeys;
 use platform::read_models::CartsApplied;
 
 /// Stream type this projection reads.
-pub const STREAM_TYPE: &str = "cart";
+pub const STREAM_TYPE: &str = domain::values::CartId::STREAM_TYPE;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartItemView {

@@ -1,11 +1,12 @@
-//! The projectors as bus consumers: each projection is a [`messaging::Handler`] on a queue of
-//! its own, bound to its stream type's events.
+//! The projectors as bus consumers: each projection of the registry
+//! ([`platform::read_models::PROJECTIONS`]) is a [`messaging::Handler`] on a queue of its own,
+//! bound to its stream type's events; [`LiveProjector::for_projection`] makes the one it names.
 
 use std::marker::PhantomData;
 
 use eventstore::{EventStore, RecordedEvent};
 use messaging::{Envelope, Handler, HandlerError};
-use platform::read_models::CartKeys;
+use platform::read_models::{CARTS, CartKeys, ORDERS, PRODUCTS, Projection};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -13,11 +14,6 @@ use crate::error::ProjectionError;
 use crate::orders::Orders;
 use crate::products::Products;
 use crate::tables::{PgProjection, apply_live};
-
-/// Consumer name and binding of each projector.
-pub const PRODUCTS_CONSUMER: (&str, &str) = ("projector.products", "product.*");
-pub const ORDERS_CONSUMER: (&str, &str) = ("projector.orders", "order.*");
-pub const CARTS_CONSUMER: (&str, &str) = ("projector.carts", "cart.*");
 
 fn handler_error(error: ProjectionError) -> HandlerError {
     if error.is_transient() {
@@ -107,14 +103,52 @@ impl Handler for CartsProjector {
     }
 }
 
+/// The live projector of each projection in the registry.
+#[derive(Debug, Clone)]
+pub enum LiveProjector {
+    Products(ProductsProjector),
+    Orders(OrdersProjector),
+    Carts(CartsProjector),
+}
+
+impl LiveProjector {
+    /// The projector of `projection`, writing through the given connections.
+    pub fn for_projection(
+        projection: &Projection,
+        pool: PgPool,
+        redis: ConnectionManager,
+        keys: CartKeys,
+        store: EventStore,
+    ) -> Result<Self, ProjectionError> {
+        Ok(match projection.name {
+            PRODUCTS => Self::Products(PgProjector::new(pool, store)),
+            ORDERS => Self::Orders(PgProjector::new(pool, store)),
+            CARTS => Self::Carts(CartsProjector::new(pool, redis, keys, store)),
+            other => return Err(ProjectionError::UnknownProjection(other.to_owned())),
+        })
+    }
+}
+
+impl Handler for LiveProjector {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        self.handle_batch(vec![envelope]).await
+    }
+
+    async fn handle_batch(&self, envelopes: Vec<Envelope>) -> Result<(), HandlerError> {
+        match self {
+            Self::Products(p) => p.handle_batch(envelopes).await,
+            Self::Orders(p) => p.handle_batch(envelopes).await,
+            Self::Carts(p) => p.handle_batch(envelopes).await,
+        }
+    }
+}
+
 /// Consumer settings for a projector: large prefetch and batches, so a busy stream is written
 /// in a few transactions per second rather than one per event; a short linger keeps a quiet
 /// stream's events from waiting.
-pub fn consumer_settings(
-    (name, binding): (&str, &str),
-    amqp_url: String,
-) -> messaging::ConsumerSettings {
-    let mut settings = messaging::ConsumerSettings::new(name, [binding], amqp_url);
+pub fn consumer_settings(projection: &Projection, amqp_url: String) -> messaging::ConsumerSettings {
+    let mut settings =
+        messaging::ConsumerSettings::new(projection.consumer, [projection.binding()], amqp_url);
     settings.prefetch = 512;
     settings.batch_size = 256;
     settings.batch_linger = std::time::Duration::from_millis(2);

@@ -17,7 +17,7 @@ use crate::error::ProjectionError;
 use crate::tables::{ORDERS, PgProjection};
 
 /// Stream type this projection reads.
-pub const STREAM_TYPE: &str = "order";
+pub const STREAM_TYPE: &str = domain::values::OrderId::STREAM_TYPE;
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OrderRow {

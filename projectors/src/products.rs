@@ -13,7 +13,7 @@ use crate::error::ProjectionError;
 use crate::tables::{PRODUCTS, PgProjection};
 
 /// Stream type this projection reads.
-pub const STREAM_TYPE: &str = "product";
+pub const STREAM_TYPE: &str = domain::values::ProductId::STREAM_TYPE;
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ProductRow {

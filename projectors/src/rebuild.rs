@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use eventstore::{EventStore, LogPosition, RecordedEvent, StoreError};
 use futures::StreamExt;
-use platform::read_models::{CARTS, CartKeys, ORDERS, PRODUCTS, schema};
+use platform::read_models::{CartKeys, PRODUCTS, Projection, Storage, schema};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -40,10 +40,6 @@ use crate::tables::{apply_to, record_progress};
 
 /// Events read from the store per batch, unless the caller says otherwise.
 pub const BATCH: i64 = 10_000;
-
-/// The projections a rebuild knows, with the stream type each reads.
-pub const PROJECTIONS: [(&str, &str); 3] =
-    [(PRODUCTS, "product"), (ORDERS, "order"), (CARTS, "cart")];
 
 /// What a finished rebuild did.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,19 +88,18 @@ pub async fn rebuild(
     mut progress: impl FnMut(u64),
     stop: impl Fn() -> bool,
 ) -> Result<Option<Rebuilt>, ProjectionError> {
-    let (name, stream_type) = PROJECTIONS
-        .into_iter()
-        .find(|(name, _)| *name == projection)
+    let projection = platform::read_models::projection(projection)
         .ok_or_else(|| ProjectionError::UnknownProjection(projection.to_owned()))?;
+    let (name, stream_type) = (projection.name, projection.stream_type);
     let started = Instant::now();
     let pool = store.pool();
-    let (version, deferred_indexes) = prepare(pool, redis, keys, name).await?;
-    let target = match name {
-        CARTS => Target::Redis {
+    let (version, deferred_indexes) = prepare(pool, redis, keys, projection).await?;
+    let target = match projection.storage {
+        Storage::Redis => Target::Redis {
             redis: redis.clone(),
             keys: keys.clone(),
         },
-        _ => Target::Postgres {
+        Storage::Postgres => Target::Postgres {
             schema: schema(name, version),
             projection: name,
         },
@@ -150,15 +145,15 @@ pub async fn rebuild(
     }
     build_indexes(pool, &deferred_indexes).await?;
     let old = switch(pool, name, version).await?;
-    if let (CARTS, Some(old)) = (name, old) {
+    if let (Storage::Redis, Some(old)) = (projection.storage, old) {
         take_over_cart_position(redis, keys, old, version).await?;
     }
     let elapsed = started.elapsed();
     // Readers pick the serving version per request; give those in flight a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    match (name, old) {
+    match (projection.storage, old) {
         (_, None) => {}
-        (CARTS, Some(old)) => drop_redis(redis, keys, old).await?,
+        (Storage::Redis, Some(old)) => drop_redis(redis, keys, old).await?,
         (_, Some(old)) => drop_postgres(pool, name, old).await?,
     }
     Ok(Some(Rebuilt {
@@ -239,8 +234,9 @@ async fn prepare(
     pool: &PgPool,
     redis: &mut ConnectionManager,
     keys: &CartKeys,
-    name: &'static str,
+    projection: &'static Projection,
 ) -> Result<(i32, Vec<String>), ProjectionError> {
+    let name = projection.name;
     let (serving, building): (i32, Option<i32>) = sqlx::query_as(
         "SELECT serving_version, building_version FROM read.projections WHERE name = $1",
     )
@@ -249,7 +245,7 @@ async fn prepare(
     .await?;
     let version = building.unwrap_or(serving + 1).max(serving + 1);
     let mut deferred_indexes = Vec::new();
-    if name == CARTS {
+    if projection.storage == Storage::Redis {
         drop_redis(redis, keys, version).await?;
     } else {
         drop_postgres(pool, name, version).await?;

@@ -3,7 +3,7 @@
 //! `/v1/admin/projections` reports the same figures from the same SQL function (`read.lag`).
 
 use chrono::{DateTime, Utc};
-use platform::read_models::{CARTS, CartKeys, ORDERS, PRODUCTS};
+use platform::read_models::{CartKeys, PROJECTIONS, Storage};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -24,9 +24,10 @@ pub async fn measure(
     keys: &CartKeys,
 ) -> Result<Vec<Lag>, ProjectionError> {
     let mut lags = Vec::new();
-    for (projection, stream_type) in [(PRODUCTS, "product"), (ORDERS, "order"), (CARTS, "cart")] {
+    for p in &PROJECTIONS {
+        let (projection, stream_type) = (p.name, p.stream_type);
         let serving = platform::read_models::serving_version(pool, projection).await?;
-        let (transaction_id, position): (i64, i64) = if projection == CARTS {
+        let (transaction_id, position): (i64, i64) = if p.storage == Storage::Redis {
             let (tx, pos): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
                 .arg(keys.progress(serving))
                 .arg("transaction_id")

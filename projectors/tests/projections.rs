@@ -342,6 +342,29 @@ async fn scenario(f: &Fixture) -> (Vec<ProductId>, Vec<CartId>, Vec<OrderId>) {
 }
 
 #[tokio::test]
+async fn every_projection_in_the_registry_has_a_live_projector_and_a_serving_version() {
+    let f = Fixture::new().await;
+    for projection in &platform::read_models::PROJECTIONS {
+        projectors::live::LiveProjector::for_projection(
+            projection,
+            f.db.pool.clone(),
+            f.redis.clone(),
+            f.keys.clone(),
+            f.store.clone(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", projection.name));
+        let serving = platform::read_models::serving_version(&f.db.pool, projection.name)
+            .await
+            .unwrap_or_else(|e| panic!("{} has no row in read.projections: {e}", projection.name));
+        assert!(serving >= 1, "{}", projection.name);
+        assert_eq!(
+            projection.binding(),
+            format!("{}.*", projection.stream_type)
+        );
+    }
+}
+
+#[tokio::test]
 async fn views_match_the_domain_after_one_clean_pass() {
     let mut f = Fixture::new().await;
     let (products, carts, orders) = scenario(&f).await;

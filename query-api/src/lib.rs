@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use eventstore::EventStore;
 use platform::http::{Readiness, operational_routes, track_metrics};
 use platform::identity::JwtVerifier;
 use platform::problem::Problem;
@@ -49,6 +50,8 @@ pub fn consistency_wait() -> Duration {
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// The event store, for the one route that shows a stream (an order's events).
+    pub store: EventStore,
     pub redis: ConnectionManager,
     pub cart_keys: CartKeys,
     pub verifier: Arc<JwtVerifier>,

@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use eventstore::{EventStore, LogPosition};
+use eventstore::EventStore;
 use indicatif::{ProgressBar, ProgressStyle};
 use platform::read_models::CartKeys;
-use projectors::rebuild::{BATCH, PROJECTIONS, rebuild};
+use platform::read_models::{PROJECTIONS, projection, projection_names};
+use projectors::rebuild::{BATCH, rebuild};
 
 use crate::cli::{DeadLettersCommand, EventsCommand, ProjectionsCommand};
 
@@ -68,10 +69,10 @@ pub async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
         }
         ProjectionsCommand::Rebuild { name, all } => {
             let names: Vec<String> = match (name, all) {
-                (_, true) => PROJECTIONS.iter().map(|(n, _)| (*n).to_owned()).collect(),
+                (_, true) => PROJECTIONS.iter().map(|p| p.name.to_owned()).collect(),
                 (Some(name), false) => vec![name],
                 (None, false) => {
-                    anyhow::bail!("name a projection (products, orders, carts) or pass --all")
+                    anyhow::bail!("name a projection ({}) or pass --all", projection_names())
                 }
             };
             let stop = Arc::new(AtomicBool::new(false));
@@ -82,13 +83,9 @@ pub async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
                 }
             });
             for name in names {
-                let stream_type = PROJECTIONS
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, t)| *t)
-                    .with_context(|| {
-                        format!("no projection named {name}; try products, orders or carts")
-                    })?;
+                let stream_type = projection(&name).map(|p| p.stream_type).with_context(|| {
+                    format!("no projection named {name}; try {}", projection_names())
+                })?;
                 let total = store.count_events_of_type(stream_type).await?;
                 let bar = ProgressBar::new(total.max(0) as u64);
                 bar.set_style(ProgressStyle::with_template(
@@ -189,7 +186,7 @@ fn print_event(e: &eventstore::RecordedEvent) {
 }
 
 pub async fn events(command: EventsCommand) -> anyhow::Result<()> {
-    let (pool, store) = connect().await?;
+    let (_, store) = connect().await?;
     match command {
         EventsCommand::Stream { stream_id } => {
             let events = store.read_stream(&stream_id, 0).await?;
@@ -197,19 +194,9 @@ pub async fn events(command: EventsCommand) -> anyhow::Result<()> {
             events.iter().for_each(print_event);
         }
         EventsCommand::Tail { last, follow } => {
-            // Start `last` events before the newest readable one.
-            let start: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT e.transaction_id::text::int8, e.position FROM eventstore.events e \
-                 WHERE e.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY e.transaction_id DESC, e.position DESC OFFSET $1 LIMIT 1",
-            )
-            .bind(last.max(0))
-            .fetch_optional(&pool)
-            .await?;
-            let mut at = start.map_or(LogPosition::START, |(t, p)| LogPosition {
-                transaction_id: t as u64,
-                position: p,
-            });
+            let mut at = store
+                .log_position_before_last(u64::try_from(last).unwrap_or_default())
+                .await?;
             loop {
                 let batch = store.read_log(at, 1000).await?;
                 batch.iter().for_each(print_event);

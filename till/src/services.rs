@@ -17,12 +17,10 @@ use platform::dev_issuer::DevIssuer;
 use platform::http::{Readiness, operational_routes};
 use platform::identity::{DEV_ISSUER, IdentitySettings, JwtVerifier};
 use platform::read_models::CartKeys;
+use platform::read_models::PROJECTIONS;
 use platform::settings::redact;
 use processes::{ORDER_PROCESS, OrderProcess, SimulatedProvider};
-use projectors::live::{
-    CARTS_CONSUMER, CartsProjector, ORDERS_CONSUMER, OrdersProjector, PRODUCTS_CONSUMER,
-    ProductsProjector,
-};
+use projectors::live::LiveProjector;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -217,15 +215,15 @@ async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManage
     .with_context(unreachable)
 }
 
-/// Every consumer of the bus: its name and binding patterns. The relay declares their queues
-/// before it publishes anything, so no event is ever routed to nowhere on a fresh broker (a
-/// message to a topic exchange with no matching queue is dropped).
+/// Every consumer of the bus: its name and binding patterns — each projection of the registry
+/// and each process. The relay declares their queues before it publishes anything, so no event
+/// is ever routed to nowhere on a fresh broker (a message to a topic exchange with no matching
+/// queue is dropped).
 pub fn consumers() -> Vec<(&'static str, Vec<String>)> {
-    let mut consumers: Vec<(&'static str, Vec<String>)> =
-        [PRODUCTS_CONSUMER, ORDERS_CONSUMER, CARTS_CONSUMER]
-            .into_iter()
-            .map(|(name, binding)| (name, vec![binding.to_owned()]))
-            .collect();
+    let mut consumers: Vec<(&'static str, Vec<String>)> = PROJECTIONS
+        .iter()
+        .map(|p| (p.consumer, vec![p.binding()]))
+        .collect();
     let (name, bindings) = ORDER_PROCESS;
     consumers.push((name, bindings.iter().map(|b| (*b).to_owned()).collect()));
     consumers
@@ -369,6 +367,7 @@ pub async fn start(
                 });
                 let state = query_api::AppState {
                     pool: pool.clone().context("needs the database")?,
+                    store: store.clone().context("needs the database")?,
                     redis: redis.clone().context("needs Redis")?,
                     cart_keys: config.cart_keys.clone(),
                     verifier: Arc::clone(&verifier),
@@ -429,38 +428,25 @@ pub async fn start(
                 let pool = pool.clone().context("needs the database")?;
                 let redis = redis.clone().context("needs Redis")?;
                 let store = store.clone().context("needs the database")?;
-                let consumer = |consumer: (&str, &str)| {
-                    projectors::live::consumer_settings(consumer, config.amqp_url.clone())
-                };
-                let topology = &config.topology;
-                let handles = [
-                    spawn_consumer(
+                let mut handles = Vec::with_capacity(PROJECTIONS.len());
+                for projection in &PROJECTIONS {
+                    let projector = LiveProjector::for_projection(
+                        projection,
+                        pool.clone(),
+                        redis.clone(),
+                        config.cart_keys.clone(),
+                        store.clone(),
+                    )?;
+                    let settings =
+                        projectors::live::consumer_settings(projection, config.amqp_url.clone());
+                    handles.push(spawn_consumer(
                         tasks,
-                        topology,
-                        consumer(PRODUCTS_CONSUMER),
-                        ProductsProjector::new(pool.clone(), store.clone()),
+                        &config.topology,
+                        settings,
+                        projector,
                         shutdown,
-                    ),
-                    spawn_consumer(
-                        tasks,
-                        topology,
-                        consumer(ORDERS_CONSUMER),
-                        OrdersProjector::new(pool.clone(), store.clone()),
-                        shutdown,
-                    ),
-                    spawn_consumer(
-                        tasks,
-                        topology,
-                        consumer(CARTS_CONSUMER),
-                        CartsProjector::new(
-                            pool.clone(),
-                            redis.clone(),
-                            config.cart_keys.clone(),
-                            store,
-                        ),
-                        shutdown,
-                    ),
-                ];
+                    ));
+                }
                 let readiness = Readiness::default().check("consumers", move || {
                     let down: Vec<String> = handles
                         .iter()

@@ -185,27 +185,25 @@ async fn a_poisoned_event_is_dead_lettered_while_the_rest_flows() {
         .unwrap();
     let mut dead = 0;
     for _ in 0..100 {
-        dead = messaging::dead_letters::count(
-            &connection,
-            &system.topology,
-            projectors::live::CARTS_CONSUMER.0,
-        )
-        .await
-        .unwrap();
+        dead = messaging::dead_letters::count(&connection, &system.topology, carts_consumer())
+            .await
+            .unwrap();
         if dead > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(dead, 1);
-    let letters = messaging::dead_letters::list(
-        &connection,
-        &system.topology,
-        projectors::live::CARTS_CONSUMER.0,
-        10,
-    )
-    .await
-    .unwrap();
+    let letters =
+        messaging::dead_letters::list(&connection, &system.topology, carts_consumer(), 10)
+            .await
+            .unwrap();
     assert_eq!(letters.len(), 1);
     let _ = connection.close(200, "done").await;
+}
+
+fn carts_consumer() -> &'static str {
+    platform::read_models::projection(platform::read_models::CARTS)
+        .expect("carts is a projection")
+        .consumer
 }

@@ -7,30 +7,24 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use platform::identity::Admin;
 use platform::problem::Problem;
-use platform::read_models::{CARTS, ORDERS, PRODUCTS};
+use platform::read_models::{PROJECTIONS, Projection, Storage};
 use serde_json::{Value, json};
 
 use crate::{AppState, db_problem, redis_problem};
-
-/// (projection, stream type it reads)
-const PROJECTIONS: [(&str, &str); 3] = [(PRODUCTS, "product"), (ORDERS, "order"), (CARTS, "cart")];
 
 pub async fn projections(
     State(state): State<AppState>,
     Admin(_): Admin,
 ) -> Result<Response, Problem> {
     let mut items = Vec::new();
-    for (name, stream_type) in PROJECTIONS {
-        items.push(projection_status(&state, name, stream_type).await?);
+    for projection in &PROJECTIONS {
+        items.push(projection_status(&state, projection).await?);
     }
     Ok(axum::Json(json!({ "items": items })).into_response())
 }
 
-async fn projection_status(
-    state: &AppState,
-    name: &str,
-    stream_type: &str,
-) -> Result<Value, Problem> {
+async fn projection_status(state: &AppState, projection: &Projection) -> Result<Value, Problem> {
+    let (name, stream_type) = (projection.name, projection.stream_type);
     let (serving, building): (i32, Option<i32>) = sqlx::query_as(
         "SELECT serving_version, building_version FROM read.projections WHERE name = $1",
     )
@@ -38,7 +32,7 @@ async fn projection_status(
     .fetch_one(&state.pool)
     .await
     .map_err(db_problem)?;
-    let (transaction_id, position, events) = if name == CARTS {
+    let (transaction_id, position, events) = if projection.storage == Storage::Redis {
         let mut redis = state.redis.clone();
         let (tx, pos, n): (Option<i64>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
             .arg(state.cart_keys.progress(serving))

@@ -3,6 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use domain::values::CartId;
 use platform::identity::Principal;
 use platform::problem::Problem;
 use platform::read_models::{CARTS, serving_version};
@@ -24,18 +25,24 @@ pub async fn one(
         .map_err(db_problem)?;
     let key = state.cart_keys.cart(version, id);
     let wakeups = Some((state.cart_wakeups.as_ref(), version));
-    consistency::wait_for(&awaited, "cart", state.consistency_wait, wakeups, |cart| {
-        let (mut redis, key) = (state.redis.clone(), state.cart_keys.cart(version, cart));
-        async move {
-            let stored: Option<u64> = redis::cmd("HGET")
-                .arg(key)
-                .arg("version")
-                .query_async(&mut redis)
-                .await
-                .map_err(redis_problem)?;
-            Ok(stored.unwrap_or(0))
-        }
-    })
+    consistency::wait_for(
+        &awaited,
+        CartId::STREAM_TYPE,
+        state.consistency_wait,
+        wakeups,
+        |cart| {
+            let (mut redis, key) = (state.redis.clone(), state.cart_keys.cart(version, cart));
+            async move {
+                let stored: Option<u64> = redis::cmd("HGET")
+                    .arg(key)
+                    .arg("version")
+                    .query_async(&mut redis)
+                    .await
+                    .map_err(redis_problem)?;
+                Ok(stored.unwrap_or(0))
+            }
+        },
+    )
     .await?;
     let mut redis = state.redis.clone();
     let (owner, view, stored): (Option<String>, Option<String>, Option<u64>) = redis::cmd("HMGET")

@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use domain::values::OrderId;
 use platform::identity::Principal;
 use platform::problem::Problem;
 use platform::read_models::ORDERS;
@@ -56,7 +57,15 @@ fn not_found() -> Problem {
 }
 
 async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
-    consistency::serving_schema(state, headers, ORDERS, "order", "orders", "order_id").await
+    consistency::serving_schema(
+        state,
+        headers,
+        ORDERS,
+        OrderId::STREAM_TYPE,
+        "orders",
+        "order_id",
+    )
+    .await
 }
 
 /// `GET /v1/orders?limit=&cursor=&status=` — newest first.
@@ -136,37 +145,41 @@ pub async fn one(
 /// Fields of stored events never shown to a client.
 const SECRET_FIELDS: [&str; 1] = ["token"];
 
-/// `GET /v1/orders/{id}/events` — the order's own stream, from the event store.
+/// `GET /v1/orders/{id}/events` — the order's own stream, read through the event store (so
+/// every event is upcast to its current shape).
 pub async fn events(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let id = path_id(&id, "order")?;
-    let rows: Vec<(i64, Uuid, String, Value, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT version, event_id, event_type, data, recorded_at FROM eventstore.events \
-         WHERE stream_id = $1 ORDER BY version",
-    )
-    .bind(format!("order-{id}"))
-    .fetch_all(&state.pool)
-    .await
-    .map_err(db_problem)?;
-    let owner = rows
-        .first()
-        .and_then(|(_, _, _, data, _)| data["customer_id"].as_str());
+    let events = state
+        .store
+        .read_stream(&OrderId(id).stream_id(), 0)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let first = events.first().map(|e| e.data.to_value());
+    let owner = first.as_ref().and_then(|data| data["customer_id"].as_str());
     let allowed = principal.is_admin() || owner == Some(principal.user_id.as_str());
-    if rows.is_empty() || !allowed {
+    if events.is_empty() || !allowed {
         return Err(not_found());
     }
-    let items: Vec<Value> = rows
+    let items: Vec<Value> = events
         .into_iter()
-        .map(|(version, event_id, event_type, mut data, recorded_at)| {
+        .map(|event| {
+            let mut data = event.data.to_value();
             if let Some(fields) = data.as_object_mut() {
                 for secret in SECRET_FIELDS {
                     fields.remove(secret);
                 }
             }
-            json!({ "version": version, "event_id": event_id, "type": event_type, "data": data, "recorded_at": recorded_at })
+            json!({
+                "version": event.version,
+                "event_id": event.event_id,
+                "type": event.event_type,
+                "data": data,
+                "recorded_at": event.recorded_at,
+            })
         })
         .collect();
     Ok(axum::response::IntoResponse::into_response(axum::Json(

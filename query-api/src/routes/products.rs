@@ -6,6 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use domain::values::ProductId;
 use platform::identity::MaybePrincipal;
 use platform::problem::Problem;
 use platform::read_models::PRODUCTS;
@@ -56,7 +57,7 @@ async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String,
         state,
         headers,
         PRODUCTS,
-        "product",
+        ProductId::STREAM_TYPE,
         "products",
         "product_id",
     )

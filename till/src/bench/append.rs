@@ -57,7 +57,7 @@ pub async fn run(args: AppendBenchArgs) -> anyhow::Result<()> {
 
 /// Appends one event at a time to a stream of its own, at the exact expected version.
 async fn append_worker(store: EventStore, mut recorder: Recorder) -> anyhow::Result<Phase> {
-    let stream = format!("cart-{}", Uuid::new_v4());
+    let stream = domain::values::CartId(Uuid::new_v4()).stream_id();
     let mut version = 0;
     while recorder.running() {
         recorder

@@ -6,22 +6,18 @@ use std::time::Instant;
 
 use eventstore::EventStore;
 use futures::TryStreamExt;
-use platform::read_models::CartKeys;
-use projectors::rebuild::{BATCH, PROJECTIONS, rebuild};
+use platform::read_models::{CartKeys, PROJECTIONS, projection, projection_names};
+use projectors::rebuild::{BATCH, rebuild};
 use sqlx::{ConnectOptions, Connection};
 
 use super::scratch::ScratchDatabase;
 use crate::cli::RebuildBenchArgs;
 
 pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
-    if let Some(unknown) = args
-        .projections
-        .iter()
-        .find(|p| !PROJECTIONS.iter().any(|(name, _)| name == p))
-    {
+    if let Some(unknown) = args.projections.iter().find(|p| projection(p).is_none()) {
         anyhow::bail!(
             "no projection {unknown:?}; there are: {}",
-            PROJECTIONS.map(|(name, _)| name).join(", ")
+            projection_names()
         );
     }
     let scratch = ScratchDatabase::create(4).await?;
@@ -47,9 +43,14 @@ pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
     };
     let client = redis::Client::open(platform::settings::redis_url())?;
     let mut redis = redis::aio::ConnectionManager::new(client).await?;
-    for (name, stream_type) in PROJECTIONS.into_iter().filter(|(name, _)| {
-        args.projections.is_empty() || args.projections.iter().any(|p| p == name)
-    }) {
+    for (name, stream_type) in
+        PROJECTIONS
+            .iter()
+            .map(|p| (p.name, p.stream_type))
+            .filter(|(name, _)| {
+                args.projections.is_empty() || args.projections.iter().any(|p| p == name)
+            })
+    {
         // Baseline: the rows alone (their data as text, not decoded), streamed in the order a
         // rebuild reads them.
         let scan_started = Instant::now();
