@@ -17,7 +17,7 @@ pub mod error;
 pub mod idempotency;
 pub mod routes;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -35,14 +35,7 @@ use crate::body::MAX_BODY_BYTES;
 use crate::routes::{carts, orders, products};
 
 /// Where the command API listens unless `TILL_COMMAND_API_ADDR` says otherwise.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:8081";
-
-pub fn listen_addr() -> SocketAddr {
-    std::env::var("TILL_COMMAND_API_ADDR")
-        .ok()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| DEFAULT_ADDR.parse().expect("valid default address"))
-}
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
 
 /// Shared by every handler.
 #[derive(Debug, Clone)]

@@ -32,6 +32,7 @@ use hyper_util::rt::TokioExecutor;
 use platform::http::{Readiness, operational_routes, track_metrics};
 use platform::identity::{AuthError, JwtVerifier};
 use platform::problem::Problem;
+use platform::settings::{Env, SettingError};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
@@ -58,34 +59,27 @@ impl GatewaySettings {
     /// (http://127.0.0.1:8081), `TILL_QUERY_API_URL` (http://127.0.0.1:8082),
     /// `TILL_RATE_PER_USER` / `TILL_RATE_PER_IP` as `rate/burst` (200/400 and 5000/10000),
     /// `TILL_UPSTREAM_TIMEOUT_MS` (10000), `TILL_CORS_ORIGINS` (comma-separated).
-    pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let rate = |name: &str, default: (u32, u32)| {
-            var(name)
-                .and_then(|v| {
-                    let (rate, burst) = v.split_once('/')?;
-                    Some((rate.trim().parse().ok()?, burst.trim().parse().ok()?))
-                })
-                .unwrap_or(default)
+    pub fn from_env(env: &Env) -> Result<Self, SettingError> {
+        let settings = Self {
+            listen: env.addr(
+                "TILL_GATEWAY_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            )?,
+            command_api: env.text("TILL_COMMAND_API_URL", "http://127.0.0.1:8081"),
+            query_api: env.text("TILL_QUERY_API_URL", "http://127.0.0.1:8082"),
+            per_user: env.rate("TILL_RATE_PER_USER", (200, 400))?,
+            per_ip: env.rate("TILL_RATE_PER_IP", (5000, 10000))?,
+            upstream_timeout: env.millis("TILL_UPSTREAM_TIMEOUT_MS", Duration::from_secs(10))?,
+            cors_origins: env.list("TILL_CORS_ORIGINS"),
         };
-        Self {
-            listen: var("TILL_GATEWAY_ADDR")
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            command_api: var("TILL_COMMAND_API_URL")
-                .unwrap_or_else(|| "http://127.0.0.1:8081".into()),
-            query_api: var("TILL_QUERY_API_URL").unwrap_or_else(|| "http://127.0.0.1:8082".into()),
-            per_user: rate("TILL_RATE_PER_USER", (200, 400)),
-            per_ip: rate("TILL_RATE_PER_IP", (5000, 10000)),
-            upstream_timeout: Duration::from_millis(
-                var("TILL_UPSTREAM_TIMEOUT_MS")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(10_000),
-            ),
-            cors_origins: var("TILL_CORS_ORIGINS")
-                .map(|v| v.split(',').map(|o| o.trim().to_owned()).collect())
-                .unwrap_or_default(),
+        for (variable, url) in [
+            ("TILL_COMMAND_API_URL", &settings.command_api),
+            ("TILL_QUERY_API_URL", &settings.query_api),
+        ] {
+            upstream_base(variable, url)
+                .map_err(|_| SettingError::new(variable, url, UPSTREAM_EXPECTED))?;
         }
+        Ok(settings)
     }
 }
 
@@ -107,12 +101,14 @@ fn quota((rate, burst): (u32, u32)) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
+/// What an upstream URL must be.
+const UPSTREAM_EXPECTED: &str = "an http:// URL with a host: the gateway forwards plain HTTP to \
+                                 the services it fronts (terminate TLS in front of the gateway \
+                                 instead)";
+
 /// Why the gateway cannot start with its settings.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "{variable}={url} is not an http:// URL with a host: the gateway forwards plain HTTP to the \
-     services it fronts (terminate TLS in front of the gateway instead)"
-)]
+#[error("{variable}={url} is not {UPSTREAM_EXPECTED}")]
 pub struct InvalidUpstream {
     pub variable: &'static str,
     pub url: String,

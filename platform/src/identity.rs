@@ -25,6 +25,7 @@ use serde::Deserialize;
 use tokio::sync::RwLock;
 
 use crate::problem::Problem;
+use crate::settings::{Env, SettingError};
 
 /// The only algorithm accepted.
 pub const ALGORITHMS: [Algorithm; 1] = [Algorithm::RS256];
@@ -56,33 +57,74 @@ impl IdentitySettings {
     /// - any other issuer: `TILL_JWT_ISSUER`, `TILL_JWT_AUDIENCE`, `TILL_JWKS_URL`;
     /// - nothing set: the local development issuer.
     ///
+    /// A half-configured issuer (one Entra variable, or some of the `TILL_JWT_*` ones) is an
+    /// error, never a silent fall-back to the development issuer.
     /// `TILL_JWT_LEEWAY_SECS` (default 30, at most 60).
-    pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let leeway = var("TILL_JWT_LEEWAY_SECS")
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(Duration::from_secs(30), Duration::from_secs)
-            .min(MAX_LEEWAY);
-        let (issuer, audience, jwks_url) =
-            match (var("TILL_ENTRA_TENANT_ID"), var("TILL_ENTRA_CLIENT_ID")) {
-                (Some(tenant), Some(client_id)) => (
-                    format!("https://login.microsoftonline.com/{tenant}/v2.0"),
-                    client_id,
-                    format!("https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys"),
-                ),
-                _ => (
-                    var("TILL_JWT_ISSUER").unwrap_or_else(|| DEV_ISSUER.to_owned()),
-                    var("TILL_JWT_AUDIENCE").unwrap_or_else(|| DEV_AUDIENCE.to_owned()),
-                    var("TILL_JWKS_URL").unwrap_or_else(|| DEV_JWKS_URL.to_owned()),
-                ),
-            };
-        Self {
+    pub fn from_env(env: &Env) -> Result<Self, SettingError> {
+        let max = MAX_LEEWAY.as_secs();
+        let leeway = env.parsed(
+            "TILL_JWT_LEEWAY_SECS",
+            Duration::from_secs(30),
+            &format!("a whole number of seconds from 0 to {max}"),
+            |v| {
+                v.parse()
+                    .ok()
+                    .filter(|s| *s <= max)
+                    .map(Duration::from_secs)
+            },
+        )?;
+        let entra = ["TILL_ENTRA_TENANT_ID", "TILL_ENTRA_CLIENT_ID"].map(|n| env.get(n));
+        let generic = ["TILL_JWT_ISSUER", "TILL_JWT_AUDIENCE", "TILL_JWKS_URL"].map(|n| env.get(n));
+        let (issuer, audience, jwks_url) = match (entra, generic) {
+            ([Some(tenant), Some(client_id)], _) => (
+                format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+                client_id.to_owned(),
+                format!("https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys"),
+            ),
+            ([None, None], [Some(issuer), Some(audience), Some(jwks)]) => {
+                (issuer.to_owned(), audience.to_owned(), jwks.to_owned())
+            }
+            ([None, None], [None, None, None]) => (
+                DEV_ISSUER.to_owned(),
+                DEV_AUDIENCE.to_owned(),
+                DEV_JWKS_URL.to_owned(),
+            ),
+            ([Some(tenant), None], _) => {
+                return Err(SettingError::new(
+                    "TILL_ENTRA_TENANT_ID",
+                    tenant,
+                    "usable without TILL_ENTRA_CLIENT_ID (set both for Entra ID)",
+                ));
+            }
+            ([None, Some(client)], _) => {
+                return Err(SettingError::new(
+                    "TILL_ENTRA_CLIENT_ID",
+                    client,
+                    "usable without TILL_ENTRA_TENANT_ID (set both for Entra ID)",
+                ));
+            }
+            (_, generic) => {
+                let names = ["TILL_JWT_ISSUER", "TILL_JWT_AUDIENCE", "TILL_JWKS_URL"];
+                let (set, value) = names
+                    .iter()
+                    .zip(generic)
+                    .find_map(|(name, value)| Some((*name, value?)))
+                    .unwrap_or(("TILL_JWT_ISSUER", ""));
+                return Err(SettingError::new(
+                    set,
+                    value,
+                    "usable alone: set TILL_JWT_ISSUER, TILL_JWT_AUDIENCE and TILL_JWKS_URL \
+                     together (or TILL_ENTRA_TENANT_ID and TILL_ENTRA_CLIENT_ID)",
+                ));
+            }
+        };
+        Ok(Self {
             issuer,
             audience,
             jwks_url,
             leeway,
             refresh_interval: Duration::from_secs(30),
-        }
+        })
     }
 }
 

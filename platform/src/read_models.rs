@@ -78,12 +78,7 @@ pub fn schema(projection: &str, version: i32) -> String {
 }
 
 /// The Redis key prefix of read models unless `TILL_REDIS_PREFIX` says otherwise.
-pub fn redis_prefix() -> String {
-    std::env::var("TILL_REDIS_PREFIX")
-        .ok()
-        .filter(|p| !p.trim().is_empty())
-        .unwrap_or_else(|| "tillstream".to_owned())
-}
+pub const DEFAULT_REDIS_PREFIX: &str = "tillstream";
 
 /// Keys of the cart projection: a hash per cart with fields `version`, `view` (JSON) and
 /// `customer_id`, and a progress hash per version.

@@ -9,7 +9,7 @@ pub mod consistency;
 pub mod pagination;
 pub mod routes;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,24 +28,11 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 /// Where the query API listens unless `TILL_QUERY_API_ADDR` says otherwise.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:8082";
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
 
-pub fn listen_addr() -> SocketAddr {
-    std::env::var("TILL_QUERY_API_ADDR")
-        .ok()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| DEFAULT_ADDR.parse().expect("valid default address"))
-}
-
-/// How long a read with a consistency token may wait: `TILL_CONSISTENCY_WAIT_MS` (3000).
-pub fn consistency_wait() -> Duration {
-    Duration::from_millis(
-        std::env::var("TILL_CONSISTENCY_WAIT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000),
-    )
-}
+/// How long a read with a consistency token may wait unless `TILL_CONSISTENCY_WAIT_MS` says
+/// otherwise.
+pub const DEFAULT_CONSISTENCY_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct AppState {

@@ -1,6 +1,8 @@
-//! The library side of the `till` binary: [`services`] starts Tillstream's services from a
-//! [`services::SystemConfig`], for `till up`, `till serve` and the end-to-end tests alike;
+//! The library side of the `till` binary: [`services`] starts Tillstream's services from the
+//! settings tree ([`settings::SystemConfig`]), for `till up`, `till serve` and the end-to-end
+//! tests alike;
 //! [`demo`] is the scripted session of `till demo` and `till up --demo`.
 
 pub mod demo;
 pub mod services;
+pub mod settings;

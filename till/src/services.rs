@@ -15,7 +15,7 @@ use messaging::{
 use platform::database::{PoolSettings, connect, create_and_migrate};
 use platform::dev_issuer::DevIssuer;
 use platform::http::{Readiness, operational_routes};
-use platform::identity::{DEV_ISSUER, IdentitySettings, JwtVerifier};
+use platform::identity::JwtVerifier;
 use platform::read_models::CartKeys;
 use platform::read_models::PROJECTIONS;
 use platform::settings::redact;
@@ -25,6 +25,8 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::settings::SystemConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Service {
@@ -75,106 +77,8 @@ impl Service {
     }
 }
 
-/// Everything the services are started with. [`SystemConfig::from_env`] is what `till` uses;
-/// tests build one with their own database, bus prefix, key prefix and free ports.
-#[derive(Debug, Clone)]
-pub struct SystemConfig {
-    pub database_url: String,
-    pub database_connections: u32,
-    pub amqp_url: String,
-    pub redis_url: String,
-    pub identity: IdentitySettings,
-    /// Where the development issuer listens, when tokens come from it (`None` otherwise).
-    pub dev_issuer_addr: Option<SocketAddr>,
-    pub topology: Topology,
-    pub cart_keys: CartKeys,
-    pub command_api_addr: SocketAddr,
-    pub query_api_addr: SocketAddr,
-    pub consistency_wait: Duration,
-    pub relay_poll_interval: Duration,
-    /// Where the relay and the projectors serve `/livez`, `/readyz` and `/metrics`.
-    pub relay_ops_addr: SocketAddr,
-    pub projectors_ops_addr: SocketAddr,
-    pub processes_ops_addr: SocketAddr,
-    /// How long an order with stock held waits for payment (`TILL_PAYMENT_WINDOW_SECS`).
-    pub payment_window: Duration,
-    /// How often due payment deadlines are looked for.
-    pub deadline_interval: Duration,
-    /// How long the simulated provider takes for `tok_slow`.
-    pub provider_slow: Duration,
-    /// The gateway's settings; with `link_gateway`, its upstream URLs are set to where the
-    /// command and query APIs of this start actually listen.
-    pub gateway: gateway::GatewaySettings,
-    pub link_gateway: bool,
-}
-
 /// Aggregate states the command API keeps in memory (a few KiB each at most).
 pub const COMMAND_CACHE_CAPACITY: usize = 4096;
-
-/// Where the development issuer listens (must match `identity::DEV_JWKS_URL`).
-pub const DEV_ISSUER_ADDR: &str = "127.0.0.1:8079";
-
-impl SystemConfig {
-    pub fn from_env() -> anyhow::Result<Self> {
-        let identity = IdentitySettings::from_env();
-        let dev_issuer_addr = match identity.issuer == DEV_ISSUER {
-            true => Some(addr_var("TILL_DEV_ISSUER_ADDR", DEV_ISSUER_ADDR)?),
-            false => None,
-        };
-        Ok(Self {
-            database_url: platform::settings::database_url(),
-            database_connections: count_var("TILL_DATABASE_CONNECTIONS", 32)?,
-            amqp_url: platform::settings::amqp_url(),
-            redis_url: platform::settings::redis_url(),
-            identity,
-            dev_issuer_addr,
-            topology: Topology::default(),
-            cart_keys: CartKeys {
-                prefix: platform::read_models::redis_prefix(),
-            },
-            command_api_addr: command_api::listen_addr(),
-            query_api_addr: query_api::listen_addr(),
-            consistency_wait: query_api::consistency_wait(),
-            relay_poll_interval: Duration::from_millis(200),
-            relay_ops_addr: addr_var("TILL_RELAY_ADDR", "127.0.0.1:8083")?,
-            projectors_ops_addr: addr_var("TILL_PROJECTORS_ADDR", "127.0.0.1:8084")?,
-            processes_ops_addr: addr_var("TILL_PROCESSES_ADDR", "127.0.0.1:8085")?,
-            payment_window: Duration::from_secs(
-                std::env::var("TILL_PAYMENT_WINDOW_SECS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(900),
-            ),
-            deadline_interval: Duration::from_millis(500),
-            provider_slow: Duration::from_millis(1500),
-            gateway: gateway::GatewaySettings::from_env(),
-            link_gateway: false,
-        })
-    }
-}
-
-fn count_var(name: &str, default: u32) -> anyhow::Result<u32> {
-    parse_count(name, std::env::var(name).ok(), default)
-}
-
-/// A positive count from a variable's value; unset or blank means `default`.
-fn parse_count(name: &str, raw: Option<String>, default: u32) -> anyhow::Result<u32> {
-    match raw {
-        Some(raw) if !raw.trim().is_empty() => raw
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .with_context(|| format!("{name}={raw} is not a positive whole number")),
-        _ => Ok(default),
-    }
-}
-
-fn addr_var(name: &str, default: &str) -> anyhow::Result<SocketAddr> {
-    let raw = std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    raw.parse()
-        .with_context(|| format!("{name}={raw} is not an address like 127.0.0.1:8083"))
-}
 
 /// A started HTTP service: its name and address, for the banner and for tests.
 #[derive(Debug, Clone)]
@@ -195,7 +99,7 @@ async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<(TcpListener, Sock
 }
 
 /// Connects to Redis, or says where it was expected and how to start it.
-async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
     let unreachable = || {
         format!(
             "Redis is not reachable at {}: start it with `redis-server --daemonize yes` (or \
@@ -608,21 +512,4 @@ pub async fn run_until_stopped(
         }
     }
     failure.map_or(Ok(()), Err)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_count;
-
-    #[test]
-    fn counts_default_when_unset_and_refuse_what_is_not_a_positive_number() {
-        let count = |raw: Option<&str>| parse_count("N", raw.map(str::to_owned), 32);
-        assert_eq!(count(None).unwrap(), 32);
-        assert_eq!(count(Some("  ")).unwrap(), 32);
-        assert_eq!(count(Some(" 8 ")).unwrap(), 8);
-        for bad in ["0", "-1", "eight", "1.5"] {
-            let error = count(Some(bad)).unwrap_err().to_string();
-            assert_eq!(error, format!("N={bad} is not a positive whole number"));
-        }
-    }
 }

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use till::services::{self, Service, SystemConfig};
+use till::services::{self, Service};
+use till::settings::SystemConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +18,7 @@ fn closed_port() -> u16 {
 }
 
 async fn start_error(service: Service, configure: impl FnOnce(&mut SystemConfig)) -> String {
-    let mut config = SystemConfig::from_env().unwrap();
+    let mut config = SystemConfig::from_process_env().unwrap();
     let any = "127.0.0.1:0".parse().unwrap();
     config.command_api_addr = any;
     config.query_api_addr = any;
@@ -104,4 +105,57 @@ async fn the_gateway_refuses_upstream_urls_it_cannot_forward_to() {
             "{error}"
         );
     }
+}
+
+/// `till` with `vars` set (and nothing else of Tillstream's), as a newcomer would run it.
+fn till(args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_till"));
+    command.args(args);
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("TILL_")) {
+        command.env_remove(name);
+    }
+    command.envs(vars.iter().copied());
+    command.output().expect("till runs")
+}
+
+#[test]
+fn a_bad_setting_stops_the_start_with_a_message_that_names_it() {
+    for (variable, value) in [
+        ("TILL_RATE_PER_USER", "abc"),
+        ("TILL_PAYMENT_WINDOW_SECS", "-1"),
+        ("TILL_GATEWAY_ADDR", "not-an-address"),
+        ("TILL_DATABASE_CONNECTIONS", "0"),
+    ] {
+        for args in [&["config"][..], &["serve", "gateway"][..], &["migrate"][..]] {
+            let output = till(args, &[(variable, value)]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{args:?} with {variable}={value}");
+            assert!(
+                stderr.contains(&format!("{variable}={value:?} is not ")),
+                "{args:?} with {variable}={value}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn till_config_prints_the_effective_settings_with_passwords_hidden() {
+    let output = till(
+        &["config"],
+        &[
+            ("AMQP_URL", "amqp://shop:s3cret@127.0.0.1:5672/%2f"),
+            ("TILL_PAYMENT_WINDOW_SECS", "60"),
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("amqp://shop:***@127.0.0.1:5672/%2f") && !stdout.contains("s3cret"),
+        "{stdout}"
+    );
+    let window = stdout
+        .lines()
+        .find(|l| l.starts_with("TILL_PAYMENT_WINDOW_SECS"))
+        .unwrap_or_default();
+    assert!(window.ends_with(" 60"), "{stdout}");
 }

@@ -4,6 +4,7 @@
 //! phases run in one scratch database, so the ratio compares the event store with what this
 //! Postgres can do at all on this machine.
 
+use clap::Args;
 use std::time::Duration;
 
 use eventstore::{EventStore, ExpectedVersion, NewEvent};
@@ -12,7 +13,19 @@ use uuid::Uuid;
 use super::load::{self, Load, Recorder};
 use super::report::Phase;
 use super::scratch::{ScratchDatabase, baseline_worker, metadata, payload};
-use crate::cli::AppendBenchArgs;
+
+#[derive(Debug, Clone, Args)]
+pub struct AppendBenchArgs {
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 32)]
+    pub writers: usize,
+    /// Seconds each measured phase runs.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Seconds of warm-up before each phase (not measured).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+}
 
 pub async fn run(args: AppendBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(

@@ -16,3 +16,27 @@ mod report;
 mod scratch;
 mod seed;
 pub mod write;
+
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Concurrent single-event appends vs. plain single-row INSERTs of the same payload.
+    Append(append::AppendBenchArgs),
+    /// Simulated shoppers sending commands through the gateway vs. plain INSERTs.
+    Write(write::WriteBenchArgs),
+    /// Events from the store to the read models: throughput and freshness vs. RabbitMQ alone.
+    Pipeline(pipeline::PipelineBenchArgs),
+    /// Projection rebuilds from the store vs. a raw scan of the events.
+    Rebuild(rebuild::RebuildBenchArgs),
+}
+
+/// Runs the benchmark `command` names.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Append(args) => append::run(args).await,
+        Command::Write(args) => write::run(args).await,
+        Command::Pipeline(args) => pipeline::run(args).await,
+        Command::Rebuild(args) => rebuild::run(args).await,
+    }
+}

@@ -11,6 +11,7 @@
 //! Everything runs in one process against a scratch database, a bus prefix and a Redis prefix
 //! of the run's own, all removed at the end.
 
+use clap::Args;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,13 +29,26 @@ use lapin::types::FieldTable;
 use platform::dev_issuer::DevIssuer;
 use reqwest::StatusCode;
 use serde_json::json;
-use till::services::{self, Service, SystemConfig};
+use till::services::{self, Service};
+use till::settings::SystemConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::scratch::ScratchDatabase;
-use crate::cli::PipelineBenchArgs;
+
+#[derive(Debug, Clone, Args)]
+pub struct PipelineBenchArgs {
+    /// Events seeded for the throughput run.
+    #[arg(long, default_value_t = 50_000)]
+    pub events: u64,
+    /// Commands per second for the freshness run.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds of the freshness run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
 
 const AUDIENCE: &str = "api://tillstream-bench";
 
@@ -58,7 +72,7 @@ pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
     let issuer = DevIssuer::ephemeral(&issuer_url, AUDIENCE)?;
     let jwks_router = issuer.router();
     tokio::spawn(async move { axum::serve(jwks, jwks_router).await });
-    let mut config = SystemConfig::from_env()?;
+    let mut config = SystemConfig::from_process_env()?;
     let any = "127.0.0.1:0".parse()?;
     config.database_url = scratch.url.clone();
     config.dev_issuer_addr = None;

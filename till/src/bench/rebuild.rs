@@ -2,6 +2,7 @@
 //! the store and prints its events/s next to the raw scan rate of the same events (a streamed
 //! `SELECT` of their rows in log order), measured in the same run.
 
+use clap::Args;
 use std::time::Instant;
 
 use eventstore::EventStore;
@@ -11,7 +12,16 @@ use projectors::rebuild::{BATCH, rebuild};
 use sqlx::{ConnectOptions, Connection};
 
 use super::scratch::ScratchDatabase;
-use crate::cli::RebuildBenchArgs;
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildBenchArgs {
+    /// Events seeded before rebuilding.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Rebuild only these projections (repeatable); all of them by default.
+    #[arg(long = "projection", value_name = "NAME")]
+    pub projections: Vec<String>,
+}
 
 pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
     if let Some(unknown) = args.projections.iter().find(|p| projection(p).is_none()) {

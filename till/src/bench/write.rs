@@ -4,6 +4,7 @@
 //! each one's peak memory can be read from the kernel. The same run measures the raw-INSERT
 //! baseline of this machine's Postgres at the same concurrency.
 
+use clap::Args;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,7 +18,19 @@ use tokio::process::{Child, Command};
 use super::load::{self, Load, Recorder, outcomes_line};
 use super::report::Phase;
 use super::scratch::{ScratchDatabase, baseline_worker};
-use crate::cli::WriteBenchArgs;
+
+#[derive(Debug, Clone, Args)]
+pub struct WriteBenchArgs {
+    /// Concurrent shoppers, each with a token of their own.
+    #[arg(long, default_value_t = 32)]
+    pub shoppers: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Seconds of warm-up (not measured).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+}
 
 const AUDIENCE: &str = "api://tillstream-bench";
 
