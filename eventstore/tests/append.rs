@@ -10,8 +10,8 @@ use domain::values::{Category, Description, Money, OrderId, ProductId, ProductNa
 use eventstore::{
     AppendError, CommandOptions, EventStore, ExecuteError, ExpectedVersion, Metadata, NewEvent,
 };
-use platform::testing::TestDatabase;
 use serde_json::json;
+use testkit::TestDatabase;
 use tokio::sync::Barrier;
 use uuid::Uuid;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use eventstore::{AppendError, EventStore, ExpectedVersion, StoreError, StreamAppend};
 use platform::database::{PoolSettings, connect};
-use platform::testing::TestDatabase;
+use testkit::TestDatabase;
 use uuid::Uuid;
 
 mod support;

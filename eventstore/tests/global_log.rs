@@ -9,8 +9,8 @@ use std::time::Duration;
 use eventstore::{
     EventStore, ExpectedVersion, LogPosition, Metadata, NewEvent, load_checkpoint, save_checkpoint,
 };
-use platform::testing::TestDatabase;
 use serde_json::json;
+use testkit::TestDatabase;
 use uuid::Uuid;
 
 mod support;
@@ -82,7 +82,7 @@ async fn a_reader_waits_for_a_late_commit_and_then_sees_every_event_exactly_once
                     if finished {
                         // Empty can also mean "held back by a transaction elsewhere on the
                         // server"; caught up means the horizon has passed every write.
-                        support::wait_for_log_horizon(store.pool()).await;
+                        testkit::wait_for_log_horizon(store.pool()).await;
                         if store.read_log(at, 1).await.unwrap().is_empty() {
                             return seen;
                         }
@@ -178,7 +178,7 @@ async fn the_log_can_be_read_in_batches() {
             .await
             .unwrap();
     }
-    support::wait_for_log_horizon(&db.pool).await;
+    testkit::wait_for_log_horizon(&db.pool).await;
     let mut at = LogPosition::START;
     let mut seen = HashSet::new();
     loop {

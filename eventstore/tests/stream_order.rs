@@ -2,9 +2,9 @@
 //! stream's in version order, whatever the batch size, walking the `(stream_id, version)` index.
 
 use eventstore::{EventStore, ExpectedVersion, Metadata, NewEvent};
-use platform::testing::TestDatabase;
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection};
+use testkit::TestDatabase;
 use uuid::Uuid;
 
 fn events(n: usize) -> Vec<NewEvent> {

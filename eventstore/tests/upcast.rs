@@ -3,8 +3,8 @@
 use domain::cart::{Cart, CartEvent};
 use domain::values::{CartId, CustomerId};
 use eventstore::{EventStore, ExpectedVersion, NewEvent, StoreError, Upcasters};
-use platform::testing::TestDatabase;
 use serde_json::{Value, json};
+use testkit::TestDatabase;
 use uuid::Uuid;
 
 mod support;
@@ -65,7 +65,7 @@ async fn old_schema_versions_are_lifted_on_read_and_new_events_use_the_current_o
     assert_eq!(cart.0.unwrap().owner.as_str(), "alice");
 
     // The same lift applies on the global log.
-    support::wait_for_log_horizon(&db.pool).await;
+    testkit::wait_for_log_horizon(&db.pool).await;
     let log = store.read_log(Default::default(), 10).await.unwrap();
     assert_eq!(log[0].data.to_value()["customer_id"], "alice");
 

@@ -16,7 +16,7 @@ use messaging::{
     Backoff, ConsumerHandle, ConsumerRunner, ConsumerSettings, Envelope, Handler, HandlerError,
     Relay, RelaySettings, dead_letters,
 };
-use platform::testing::TestDatabase;
+use testkit::TestDatabase;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::info;

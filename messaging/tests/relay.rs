@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use eventstore::{EventStore, LogPosition, load_checkpoint};
 use messaging::envelope::{header_int, header_str};
 use messaging::{Relay, RelayHandle, RelaySettings, RelayState};
-use platform::testing::TestDatabase;
+use testkit::TestDatabase;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::info;

@@ -11,7 +11,6 @@
 //! - [`read_models`]: where each read model version lives (schemas, Redis keys).
 //! - [`http`]: `/livez`, `/readyz`, `/metrics`, request metrics, graceful shutdown.
 //! - [`telemetry`]: tracing subscriber set-up.
-//! - `testing` (feature `testing`): throwaway databases for integration tests.
 
 pub mod consistency;
 pub mod database;
@@ -22,5 +21,3 @@ pub mod problem;
 pub mod read_models;
 pub mod settings;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;

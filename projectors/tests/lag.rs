@@ -2,8 +2,8 @@
 //! stream type a projection has not applied yet, the oldest one's time, and the head.
 
 use eventstore::{EventStore, ExpectedVersion, LogPosition, Metadata, NewEvent};
-use platform::testing::TestDatabase;
 use serde_json::json;
+use testkit::TestDatabase;
 use uuid::Uuid;
 
 fn event() -> NewEvent {

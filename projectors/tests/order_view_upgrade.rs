@@ -2,8 +2,8 @@
 //! 0010 stores them as text. An orders version built before either must come out with every
 //! line and history entry in place, in order, in the shape the API serves.
 
-use platform::testing::TestDatabase;
 use serde_json::{Value, json};
+use testkit::TestDatabase;
 
 #[tokio::test]
 async fn an_orders_version_from_before_0007_keeps_its_lines_and_history() {

@@ -5,9 +5,9 @@
 use std::borrow::Cow;
 
 use eventstore::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
-use platform::testing::TestDatabase;
 use projectors::ordering::new_events_by_stream;
 use serde_json::json;
+use testkit::TestDatabase;
 use uuid::Uuid;
 
 const STREAM_TYPE: &str = "cart";

@@ -13,10 +13,10 @@ use domain::values::{
 };
 use eventstore::{CommandOptions, EventStore, LogPosition, RecordedEvent};
 use platform::read_models::{CartKeys, ORDERS, PRODUCTS, schema};
-use platform::testing::TestDatabase;
 use projectors::tables::apply_live;
 use projectors::{carts, orders::Orders, products::Products};
 use redis::aio::ConnectionManager;
+use testkit::TestDatabase;
 use uuid::Uuid;
 
 struct Fixture {
@@ -56,19 +56,11 @@ impl Fixture {
 
     async fn all_events(&self) -> Vec<RecordedEvent> {
         // Nothing else writes to this database; wait for the horizon like a relay would.
-        for _ in 0..600 {
-            let events = self
-                .store
-                .read_log(LogPosition::START, 100_000)
-                .await
-                .unwrap();
-            let (_, total) = self.store.head().await.unwrap();
-            if events.len() as i64 == total {
-                return events;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("the global log did not become readable");
+        testkit::wait_for_log_horizon(&self.db.pool).await;
+        self.store
+            .read_log(LogPosition::START, 100_000)
+            .await
+            .unwrap()
     }
 
     async fn apply(&mut self, events: &[RecordedEvent]) -> (u64, u64, u64) {

@@ -1,8 +1,6 @@
 //! Every command route through the gateway with real tokens: happy paths, who may do what,
 //! bad input, `If-Match`, `Idempotency-Key`, races, and the gateway's own answers.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -15,7 +13,7 @@ use domain::values::{
 use eventstore::CommandOptions;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{Reply, TestSystem, token};
+use testkit::{Reply, TestSystem, token};
 use uuid::Uuid;
 
 const OWNER: &str = "alice";

@@ -1,8 +1,6 @@
 //! The scripted demo runs end to end against a fresh system.
 
-mod support;
-
-use support::{TestSystem, issuer};
+use testkit::{TestSystem, issuer};
 
 #[tokio::test]
 async fn the_demo_runs_end_to_end() {

@@ -1,14 +1,12 @@
 //! Tokens through the gateway: the negative list of JWT attacks and mistakes, each refused
 //! with 401 and a `WWW-Authenticate` challenge, and the services checking tokens themselves.
 
-mod support;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{TestSystem, issuer, token};
+use testkit::{TestSystem, issuer, token};
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()

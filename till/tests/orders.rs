@@ -2,15 +2,13 @@
 //! simulated provider, deadlines, cancel and refund, the race for the last units, and
 //! redelivery of every process input.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use eventstore::LogPosition;
 use messaging::Handler;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Reply, TestSystem, token};
+use testkit::{Reply, TestSystem, token};
 
 const ADMIN: &str = "admin";
 

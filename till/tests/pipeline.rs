@@ -1,15 +1,13 @@
 //! The pipeline under failure: projectors stopped and restarted mid-stream lose and duplicate
 //! nothing; a poisoned event is dead-lettered while everything else keeps flowing.
 
-mod support;
-
 use std::time::Duration;
 
 use domain::cart::Cart;
 use eventstore::{ExpectedVersion, NewEvent};
 use reqwest::Method;
 use serde_json::json;
-use support::{TestSystem, token};
+use testkit::{TestSystem, token};
 use uuid::Uuid;
 
 /// Waits until the cart view of every stream in `carts` has its stream's version.

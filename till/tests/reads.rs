@@ -2,11 +2,9 @@
 //! RabbitMQ into the projectors, views through the query API — read back right after each
 //! command with its consistency token.
 
-mod support;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Reply, TestSystem, token};
+use testkit::{Reply, TestSystem, token};
 
 /// Sends a GET through the gateway carrying the consistency token of `after`.
 async fn read_after(system: &TestSystem, path: &str, token: Option<&str>, after: &Reply) -> Reply {

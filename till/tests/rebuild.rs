@@ -2,8 +2,6 @@
 //! see an empty view, and the result equals a clean replay; an interrupted rebuild leaves the
 //! old version serving and the next run completes.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +11,7 @@ use eventstore::LogPosition;
 use platform::read_models::{ORDERS, PRODUCTS, schema};
 use reqwest::Method;
 use serde_json::json;
-use support::{TestSystem, token};
+use testkit::{TestSystem, token};
 use uuid::Uuid;
 
 async fn serving(system: &TestSystem, name: &str) -> (i32, Option<i32>) {

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,16 +14,24 @@ use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
-use messaging::{Envelope, Topology};
+use messaging::Envelope;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Generous: every global-log reader on the server waits for the oldest open transaction in the
-/// cluster, and other test suites may hold one open for seconds.
-pub const PATIENCE: Duration = Duration::from_secs(120);
+pub use testkit::bus::amqp;
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use testkit::{
+    PATIENCE, TestBus, eventually, eventually_explained, stall_report, wait_for_log_horizon,
+    within, within_explained,
+};
+
+pub fn amqp_url() -> String {
+    platform::settings::amqp_url()
+}
 
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -33,81 +40,6 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-}
-
-pub fn amqp_url() -> String {
-    platform::settings::amqp_url()
-}
-
-pub async fn amqp() -> Connection {
-    let url = amqp_url();
-    messaging::connect(&url, "messaging tests")
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "RabbitMQ is not reachable at {} ({e}); start it with `scripts/services` \
-                 or `docker compose up -d rabbitmq`",
-                platform::settings::redact(&url)
-            )
-        })
-}
-
-/// A topology with a random prefix, whose exchange and the named consumers' queues are deleted
-/// when this is dropped.
-#[derive(Debug)]
-pub struct TestBus {
-    pub topology: Topology,
-    consumers: Mutex<Vec<String>>,
-}
-
-impl TestBus {
-    pub fn new() -> Self {
-        Self {
-            topology: Topology::new(format!("test-{}", Uuid::new_v4().simple())),
-            consumers: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Remembers `consumer` for deletion and returns its name.
-    pub fn consumer(&self, consumer: &str) -> String {
-        self.consumers.lock().unwrap().push(consumer.to_owned());
-        consumer.to_owned()
-    }
-}
-
-impl Drop for TestBus {
-    fn drop(&mut self) {
-        let topology = self.topology.clone();
-        let consumers = std::mem::take(&mut *self.consumers.lock().unwrap());
-        // Drop runs outside async (and maybe while the test's runtime is unwinding): clean up on
-        // a runtime of our own.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(conn) = messaging::connect(&amqp_url(), "messaging tests cleanup").await
-                else {
-                    return;
-                };
-                if let Ok(channel) = conn.create_channel().await {
-                    for consumer in &consumers {
-                        let _ = topology.delete_consumer(&channel, consumer).await;
-                    }
-                    let _ = topology.delete_exchange(&channel).await;
-                    let _ = channel.close(200, "cleaned up").await;
-                }
-                let _ = conn.close(200, "cleaned up").await;
-                // lapin's I/O loop winds down on its own thread; give it a moment before this
-                // runtime (its reactor) goes away, or it logs a spurious error.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            });
-        })
-        .join();
-    }
 }
 
 /// One message as the probe received it.
@@ -289,105 +221,6 @@ pub async fn stored_ids(pool: &PgPool) -> HashSet<Uuid> {
         .unwrap()
         .into_iter()
         .collect()
-}
-
-/// Waits until every stored event is below the global-log horizon, i.e. readable by the relay.
-pub async fn wait_for_log_horizon(pool: &PgPool) {
-    eventually(
-        "the global-log horizon to pass the newest event",
-        || async {
-            sqlx::query_scalar::<_, bool>(
-            "SELECT coalesce(max(transaction_id) < pg_snapshot_xmin(pg_current_snapshot()), true) \
-             FROM eventstore.events",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap()
-        },
-    )
-    .await;
-}
-
-/// Why a relay-fed test may be waiting: events still above the global-log horizon, and the
-/// oldest open transactions on the whole server (any of them holds every relay back).
-pub async fn stall_report(pool: &PgPool) -> String {
-    let above: Result<i64, _> = sqlx::query_scalar(
-        "SELECT count(*) FROM eventstore.events \
-         WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
-    )
-    .fetch_one(pool)
-    .await;
-    type Activity = (
-        i32,
-        Option<String>,
-        Option<String>,
-        Option<f64>,
-        Option<String>,
-    );
-    let oldest: Result<Vec<Activity>, _> = sqlx::query_as(
-        "SELECT pid, datname::text, state, \
-                extract(epoch FROM now() - xact_start)::float8, left(query, 100) \
-         FROM pg_stat_activity \
-         WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) \
-           AND pid <> pg_backend_pid() \
-         ORDER BY xact_start LIMIT 5",
-    )
-    .fetch_all(pool)
-    .await;
-    format!(
-        "events above the global-log horizon: {above:?}; oldest open transactions on the \
-         server (pid, database, state, seconds, query): {oldest:?}"
-    )
-}
-
-async fn poll_until<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
-
-/// Polls `check` until it is true; panics after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    assert!(poll_until(check).await, "timed out waiting for {what}");
-}
-
-/// Like [`eventually`], for waits that depend on the relay: the panic explains the horizon.
-pub async fn eventually_explained<F, Fut>(pool: &PgPool, what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    if !poll_until(check).await {
-        panic!("timed out waiting for {what}; {}", stall_report(pool).await);
-    }
-}
-
-/// Like [`within`], for waits that depend on the relay: the panic explains the horizon.
-pub async fn within_explained<T>(pool: &PgPool, what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(PATIENCE, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("timed out waiting for {what}; {}", stall_report(pool).await),
-    }
-}
-
-/// Awaits `future` for at most [`PATIENCE`].
-pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 /// Publishes `body` straight to `queue` and waits for the confirm.

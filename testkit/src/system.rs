@@ -1,8 +1,6 @@
-//! An in-process Tillstream for end-to-end tests: its own database, a development issuer, the
-//! command API and the gateway on free ports. Requests go through the gateway with real RS256
-//! tokens, exactly as a client's would.
-
-#![allow(dead_code)]
+//! An in-process Tillstream for end-to-end tests: its own database, bus and key prefix, a
+//! development issuer, and the services on free ports. Requests go through the gateway with
+//! real RS256 tokens, exactly as a client's would.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -11,7 +9,6 @@ use std::time::Duration;
 use eventstore::EventStore;
 use platform::dev_issuer::DevIssuer;
 use platform::identity::IdentitySettings;
-use platform::testing::TestDatabase;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use till::services::{self, Service};
@@ -19,6 +16,9 @@ use till::settings::SystemConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::bus::TestBus;
+use crate::database::TestDatabase;
 
 pub const AUDIENCE: &str = "api://tillstream-test";
 
@@ -73,51 +73,69 @@ pub struct TestSystem {
     pub cart_keys: platform::read_models::CartKeys,
     pub config: SystemConfig,
     shutdown: CancellationToken,
-    full: bool,
+    /// The bus, when the relay runs: its queues and exchange are deleted after the test.
+    _bus: Option<TestBus>,
+}
+
+impl std::fmt::Debug for TestSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestSystem")
+            .field("gateway", &self.gateway)
+            .field("database", &self.db.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for TestSystem {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if !self.full {
-            return;
+        if self._bus.is_some() {
+            crate::redis::delete_keys_after(self.cart_keys.prefix.clone());
         }
-        // Remove this test's exchange, queues and Redis keys (from a thread: Drop is not async).
-        let (topology, prefix) = (self.topology.clone(), self.cart_keys.prefix.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(connection) =
-                    messaging::connect(&platform::settings::amqp_url(), "test-cleanup").await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    for (consumer, _) in services::consumers() {
-                        let _ = topology.delete_consumer(&channel, consumer).await;
-                    }
-                    let _ = topology.delete_exchange(&channel).await;
-                    let _ = connection.close(200, "test done").await;
-                }
-                if let Ok(client) = redis::Client::open(platform::settings::redis_url())
-                    && let Ok(mut redis) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{prefix}:*"))
-                        .query_async(&mut redis)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> =
-                            redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
-                    }
-                }
-            });
-        })
-        .join();
+    }
+}
+
+/// The settings of a system on `database_url` with a bus and key prefix named after `id`,
+/// every service on a free port, short timers, and tokens from [`issuer`]. The gateway's
+/// upstreams point nowhere until [`SystemConfig::link_gateway`] links them.
+pub fn settings_for_tests(database_url: &str, id: &str) -> SystemConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    // A port nothing listens on, for the query API when it is not started.
+    let closed = std::net::TcpListener::bind(any).expect("bind");
+    let nowhere = format!("http://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    let gateway = gateway::GatewaySettings {
+        listen: any,
+        command_api: nowhere.clone(),
+        query_api: nowhere,
+        per_user: (10_000, 10_000),
+        per_ip: (10_000, 10_000),
+        upstream_timeout: Duration::from_secs(10),
+        cors_origins: vec![],
+    };
+    SystemConfig {
+        database_url: database_url.to_owned(),
+        database_connections: 24,
+        amqp_url: platform::settings::amqp_url(),
+        redis_url: platform::settings::redis_url(),
+        identity: identity(),
+        dev_issuer_addr: None,
+        topology: messaging::Topology::new(format!("test-{id}")),
+        cart_keys: platform::read_models::CartKeys {
+            prefix: format!("test-{id}"),
+        },
+        command_api_addr: any,
+        query_api_addr: any,
+        consistency_wait: Duration::from_secs(5),
+        relay_poll_interval: Duration::from_millis(50),
+        relay_ops_addr: any,
+        projectors_ops_addr: any,
+        processes_ops_addr: any,
+        payment_window: Duration::from_secs(60),
+        deadline_interval: Duration::from_millis(100),
+        provider_slow: Duration::from_millis(300),
+        gateway,
+        link_gateway: true,
     }
 }
 
@@ -150,9 +168,7 @@ impl TestSystem {
             .into_iter()
             .filter(|s| *s != Service::Projectors)
             .collect();
-        let mut system = Self::launch(&services, |_| {}).await;
-        system.full = true;
-        system
+        Self::launch(&services, |_| {}).await
     }
 
     /// Starts the projectors; cancelling the returned token stops them (like a killed process:
@@ -169,45 +185,8 @@ impl TestSystem {
 
     async fn launch(services: &[Service], configure: impl FnOnce(&mut SystemConfig)) -> Self {
         let db = TestDatabase::with_pool_size(8).await;
-        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let id = uuid::Uuid::new_v4().simple().to_string();
-        // A port nothing listens on, for the query API when it is not started.
-        let closed = std::net::TcpListener::bind(any).expect("bind");
-        let nowhere = format!("http://{}", closed.local_addr().expect("address"));
-        drop(closed);
-        let gateway = gateway::GatewaySettings {
-            listen: any,
-            command_api: nowhere.clone(),
-            query_api: nowhere,
-            per_user: (10_000, 10_000),
-            per_ip: (10_000, 10_000),
-            upstream_timeout: Duration::from_secs(10),
-            cors_origins: vec![],
-        };
-        let mut config = SystemConfig {
-            database_url: db.url.clone(),
-            database_connections: 24,
-            amqp_url: platform::settings::amqp_url(),
-            redis_url: platform::settings::redis_url(),
-            identity: identity(),
-            dev_issuer_addr: None,
-            topology: messaging::Topology::new(format!("test-{id}")),
-            cart_keys: platform::read_models::CartKeys {
-                prefix: format!("test-{id}"),
-            },
-            command_api_addr: any,
-            query_api_addr: any,
-            consistency_wait: Duration::from_secs(5),
-            relay_poll_interval: Duration::from_millis(50),
-            relay_ops_addr: any,
-            projectors_ops_addr: any,
-            processes_ops_addr: any,
-            payment_window: Duration::from_secs(60),
-            deadline_interval: Duration::from_millis(100),
-            provider_slow: Duration::from_millis(300),
-            gateway,
-            link_gateway: true,
-        };
+        let mut config = settings_for_tests(&db.url, &id);
         configure(&mut config);
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -230,7 +209,13 @@ impl TestSystem {
             http: reqwest::Client::new(),
             topology: config.topology.clone(),
             cart_keys: config.cart_keys.clone(),
-            full: services.contains(&Service::Relay),
+            _bus: services.contains(&Service::Relay).then(|| {
+                let bus = TestBus::with_topology(config.topology.clone());
+                for (consumer, _) in services::consumers() {
+                    bus.consumer(consumer);
+                }
+                bus
+            }),
             config,
             db,
             shutdown,

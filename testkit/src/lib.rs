@@ -1,0 +1,26 @@
+//! Tillstream's test kit, a dev-dependency of every crate with integration tests. Each piece
+//! isolates a test from every other, so the suite runs in parallel and twice in a row against
+//! the real Postgres, RabbitMQ and Redis:
+//!
+//! - [`database`]: [`TestDatabase`], a migrated database of the test's own, dropped after it;
+//!   waiting for the global-log horizon, and why a wait on it stalls.
+//! - [`bus`]: [`TestBus`], a topology (exchange, queues) of the test's own, deleted after it.
+//! - [`redis`]: a key prefix of the test's own, its keys deleted after it.
+//! - [`eventually`]: bounded waits with messages that say what was awaited.
+//! - [`system`]: the whole system in process ([`TestSystem`]) on free ports with its own
+//!   database, bus and key prefix ([`system::settings_for_tests`]), driven through the gateway
+//!   with real RS256 tokens ([`token`]).
+//! - `cleanup`: async clean-up from `Drop`, which all of the above use.
+
+mod cleanup;
+
+pub mod bus;
+pub mod database;
+pub mod eventually;
+pub mod redis;
+pub mod system;
+
+pub use bus::TestBus;
+pub use database::{TestDatabase, stall_report, wait_for_log_horizon};
+pub use eventually::{PATIENCE, eventually, eventually_explained, within, within_explained};
+pub use system::{Reply, TestSystem, issuer, token};
