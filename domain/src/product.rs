@@ -111,8 +111,9 @@ pub enum ProductRejection {
 rejection_codes!(ProductRejection {
     NotFound => (NotFound, "product-not-found"),
     AlreadyExists => (InvalidState, "product-exists"),
-    Discontinued => (InvalidState, "product-discontinued"),
-    InsufficientStock => (InvalidState, "insufficient-stock"),
+    // The same class as when a shopper meets them (CartRejection): one code, one status.
+    Discontinued => (Unprocessable, "product-discontinued"),
+    InsufficientStock => (Unprocessable, "insufficient-stock"),
     StockOutOfRange => (Unprocessable, "stock-out-of-range"),
     ZeroAdjustment => (Unprocessable, "zero-stock-adjustment"),
     CurrencyChange => (Unprocessable, "currency-change"),

@@ -203,7 +203,7 @@ fn change_price_of_discontinued_product_is_rejected() {
             C::ChangePrice { price: eur(2_000) },
         ),
         R::Discontinued,
-        InvalidState,
+        Unprocessable,
         "product-discontinued",
     );
 }
@@ -354,7 +354,7 @@ fn discontinue_twice_is_rejected() {
             C::Discontinue,
         ),
         R::Discontinued,
-        InvalidState,
+        Unprocessable,
         "product-discontinued",
     );
 }
@@ -442,7 +442,7 @@ fn reserve_more_than_available_is_rejected() {
             requested: 3,
             available: 2,
         },
-        InvalidState,
+        Unprocessable,
         "insufficient-stock",
     );
 }
@@ -458,7 +458,7 @@ fn reserve_on_discontinued_product_is_rejected() {
             },
         ),
         R::Discontinued,
-        InvalidState,
+        Unprocessable,
         "product-discontinued",
     );
 }
