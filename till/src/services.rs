@@ -499,6 +499,9 @@ pub async fn run_until_stopped(
         _ = shutdown.cancelled() => {}
         Some(result) = tasks.join_next() => {
             failure = match result {
+                // Stopping because of the signal (SIGTERM from Kubernetes, Ctrl-C): the task saw
+                // the shutdown before this select did. That is the clean way out, not a failure.
+                Ok(Ok(())) if shutdown.is_cancelled() => None,
                 Ok(Ok(())) => Some(anyhow::anyhow!("a service stopped unexpectedly")),
                 Ok(Err(e)) => Some(e),
                 Err(e) => Some(e.into()),
@@ -512,4 +515,38 @@ pub async fn run_until_stopped(
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_shutdown_is_a_clean_stop_even_when_a_service_sees_it_first() {
+        // The services end as soon as the token is cancelled, so a task may finish before
+        // run_until_stopped notices the cancellation itself; the signal handler's race.
+        for _ in 0..50 {
+            let shutdown = CancellationToken::new();
+            let mut tasks = JoinSet::new();
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                token.cancel();
+                Ok(())
+            });
+            tokio::task::yield_now().await;
+            run_until_stopped(tasks, shutdown)
+                .await
+                .expect("a stop on the shutdown signal is not a failure");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_that_stops_on_its_own_is_a_failure() {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async { Ok(()) });
+        let error = run_until_stopped(tasks, CancellationToken::new())
+            .await
+            .expect_err("nothing asked it to stop");
+        assert_eq!(error.to_string(), "a service stopped unexpectedly");
+    }
 }
