@@ -119,7 +119,8 @@ impl Write {
         }
     }
 
-    fn version_after(&self) -> u64 {
+    /// The stream's version once the events are appended.
+    pub fn version_after(&self) -> u64 {
         self.version + self.events.len() as u64
     }
 

@@ -638,6 +638,41 @@ async fn with_if_match(
     Reply::from(request.send().await.unwrap()).await
 }
 
+/// A command with a stale `If-Match` (`stale`, while the stream is at `current`) is refused with
+/// 412 with and without an `Idempotency-Key`, and the keyed refusal is the key's answer from
+/// then on.
+async fn refused_as_stale(
+    system: &TestSystem,
+    token: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    stale: &str,
+    key: &str,
+    current: u64,
+) {
+    for key in [None, Some(key)] {
+        let refused = with_if_match(system, token, path, stale, key, body.clone()).await;
+        assert_eq!(
+            (refused.status, refused.problem_code()),
+            (StatusCode::PRECONDITION_FAILED, "version-mismatch"),
+            "{path}, key {key:?}: {refused:?}"
+        );
+        assert!(
+            refused.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("at version {current}"))),
+            "{refused:?}"
+        );
+    }
+    let replayed = with_if_match(system, token, path, stale, Some(key), body).await;
+    assert_eq!(
+        replayed.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{replayed:?}"
+    );
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+}
+
 #[tokio::test]
 async fn if_match_guards_add_item_and_checkout_with_and_without_a_key() {
     let system = TestSystem::start().await;
@@ -649,32 +684,18 @@ async fn if_match_guards_add_item_and_checkout_with_and_without_a_key() {
     let checkout = format!("/v1/carts/{cart}/checkout");
     let add = json!({ "product_id": product, "quantity": 1 });
 
-    // The cart is at version 1 (created): every stale If-Match is refused and changes nothing,
-    // and a refusal under a key is the key's answer from then on.
-    for key in [None, Some("stale-add")] {
-        let stale = with_if_match(&system, &alice, &items, "\"7\"", key, Some(add.clone())).await;
-        assert_eq!(
-            (stale.status, stale.problem_code()),
-            (StatusCode::PRECONDITION_FAILED, "version-mismatch"),
-            "add-item, key {key:?}: {stale:?}"
-        );
-        assert_eq!(system.store.stream_version(&cart_stream).await.unwrap(), 1);
-    }
-    let replayed = with_if_match(
+    // The cart is at version 1 (created).
+    refused_as_stale(
         &system,
         &alice,
         &items,
-        "\"7\"",
-        Some("stale-add"),
         Some(add.clone()),
+        "\"7\"",
+        "stale-add",
+        1,
     )
     .await;
-    assert_eq!(
-        replayed.status,
-        StatusCode::PRECONDITION_FAILED,
-        "{replayed:?}"
-    );
-    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(system.store.stream_version(&cart_stream).await.unwrap(), 1);
 
     // The current version goes through, with and without a key.
     let added = with_if_match(&system, &alice, &items, "\"1\"", None, Some(add.clone())).await;
@@ -696,27 +717,18 @@ async fn if_match_guards_add_item_and_checkout_with_and_without_a_key() {
         (StatusCode::OK, Some("\"3\""))
     );
 
-    // Checkout: a stale version is refused with and without a key and places no order.
-    for key in [None, Some("stale-checkout")] {
-        let stale = with_if_match(&system, &alice, &checkout, "\"2\"", key, None).await;
-        assert_eq!(
-            (stale.status, stale.problem_code()),
-            (StatusCode::PRECONDITION_FAILED, "version-mismatch"),
-            "checkout, key {key:?}: {stale:?}"
-        );
-        assert_eq!(system.store.stream_version(&cart_stream).await.unwrap(), 3);
-    }
-    let stale_again = with_if_match(
+    // Checkout: a stale version places no order either.
+    refused_as_stale(
         &system,
         &alice,
         &checkout,
-        "\"2\"",
-        Some("stale-checkout"),
         None,
+        "\"2\"",
+        "stale-checkout",
+        3,
     )
     .await;
-    assert_eq!(stale_again.status, StatusCode::PRECONDITION_FAILED);
-    assert_eq!(stale_again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(system.store.stream_version(&cart_stream).await.unwrap(), 3);
 
     let placed = with_if_match(
         &system,

@@ -106,7 +106,7 @@ async fn add_item_plan(
         })
         .map_err(|r| rejection_problem(&r))?;
     let added = Write::new(cart_stream.clone(), version, &events, &ctx.metadata)?;
-    let after = version + events.len() as u64;
+    let after = added.version_after();
     let cart = events.iter().fold(cart, |c, e| c.evolve(e));
     Ok(Plan::new(added, Reply::ok(json!({ "cart_id": cart_id })))
         .and(product_seen)
@@ -229,7 +229,7 @@ async fn checkout_plan(
         &decided.order_events,
         &ctx.metadata,
     )?;
-    let after = closed.version + decided.cart_events.len() as u64;
+    let after = closed.version_after();
     let cart = decided.cart_events.iter().fold(cart, |c, e| c.evolve(e));
     let reply = Reply::accepted(
         json!({ "cart_id": cart_id, "order_id": order_id }),
