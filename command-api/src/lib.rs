@@ -84,5 +84,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             Problem::not_found("route-not-found", "no such route").into_response()
         })
+        .layer(axum::middleware::from_fn(platform::http::problems_only))
         .layer(from_fn_with_state("command-api", track_metrics))
 }

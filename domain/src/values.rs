@@ -88,7 +88,9 @@ impl ProductId {
     }
 }
 
-/// The id of a signed-in user, taken from the token (`oid`, or `sub`). Opaque to the domain.
+/// The id of a signed-in user, taken from the token (`oid`, or `sub`). Opaque to the domain and
+/// compared byte for byte: it is never trimmed or normalised, so `"alice "` is not `"alice"` —
+/// and since no such look-alike is accepted at all, one user can never pass for another.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CustomerId(String);
@@ -97,14 +99,19 @@ impl CustomerId {
     pub const MAX_LEN: usize = 128;
 
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.len() > Self::MAX_LEN {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN {
             return Err(InvalidValue::new(
                 "customer_id",
-                format!("must be 1 to {} characters", Self::MAX_LEN),
+                format!("must be 1 to {} bytes", Self::MAX_LEN),
             ));
         }
-        Ok(Self(trimmed.to_owned()))
+        if !is_exact_user_id(raw) {
+            return Err(InvalidValue::new(
+                "customer_id",
+                "must not start or end with whitespace or hold control characters",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -116,6 +123,14 @@ impl fmt::Display for CustomerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Whether `id` can name a user as it is: no surrounding whitespace (Unicode's, not only ASCII's)
+/// and no control characters anywhere. Identity providers issue no such ids; a token that
+/// carries one is a look-alike of another user's or cannot be stored.
+pub fn is_exact_user_id(id: &str) -> bool {
+    let surrounded = id.starts_with(char::is_whitespace) || id.ends_with(char::is_whitespace);
+    !surrounded && !id.chars().any(char::is_control)
 }
 
 /// Who sends a command. Authorisation rules that belong to the business (a cart is its owner's)
@@ -366,6 +381,14 @@ text_value!(
     true
 );
 
+text_value!(
+    /// Why something was done (an order cancelled), up to 500 characters.
+    Reason,
+    "reason",
+    500,
+    true
+);
+
 /// A stock keeping unit: 1 to 64 of `A-Z 0-9 - _ .`, stored in upper case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -508,6 +531,24 @@ mod tests {
         assert!(ProductName::parse(&"é".repeat(200)).is_ok());
         assert!(ProductName::parse("bad\u{0}name").is_err());
         assert!(Description::parse("").is_ok());
+    }
+
+    #[test]
+    fn customer_ids_are_taken_exactly_or_refused() {
+        assert_eq!(CustomerId::parse("alice").unwrap().as_str(), "alice");
+        assert_eq!(CustomerId::parse("a b").unwrap().as_str(), "a b");
+        for look_alike in [
+            "alice ",
+            " alice",
+            "\u{a0}alice",
+            "alice\u{2003}",
+            "al\u{0}ice",
+            "al\nice",
+            "",
+        ] {
+            assert!(CustomerId::parse(look_alike).is_err(), "{look_alike:?}");
+        }
+        assert!(CustomerId::parse(&"x".repeat(129)).is_err());
     }
 
     #[test]

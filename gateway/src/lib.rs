@@ -159,16 +159,42 @@ pub fn router(
         .route("/v1/{*path}", any(forward))
         .with_state(gateway)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unusable_request_id));
     let router = Router::new()
         .merge(api)
         .merge(operational_routes(readiness))
         .fallback(|| async { Problem::not_found("route-not-found", "no such route") })
+        .layer(axum::middleware::from_fn(platform::http::problems_only))
         .layer(from_fn_with_state("gateway", track_metrics));
     Ok(match cors {
         Some(cors) => router.layer(cors),
         None => router,
     })
+}
+
+/// Longest client request id kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A client's `X-Request-Id` is kept (and echoed, logged, forwarded) only if it is a short
+/// token-like id; anything else (markup, kilobytes of text) is dropped and one is generated.
+async fn drop_unusable_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let usable = |id: &HeaderValue| {
+        let id = id.as_bytes();
+        !id.is_empty()
+            && id.len() <= MAX_REQUEST_ID
+            && id
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    };
+    if request
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|id| !usable(id))
+    {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

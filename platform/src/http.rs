@@ -146,6 +146,42 @@ pub async fn track_metrics(
     response
 }
 
+/// Middleware: every error answer is problem+json. Handlers answer with [`Problem`]s already;
+/// this turns what the framework answers on its own before a handler runs (a path segment that
+/// is not UTF-8, an unparsable query, a missing header) into one too, keeping its status, its
+/// text as the detail, and the headers a client needs (`Allow`, `Retry-After`,
+/// `WWW-Authenticate`).
+pub async fn problems_only(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_owned();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let code = reason.to_ascii_lowercase().replace([' ', '\''], "-");
+    let mut problem = Problem::new(status, &code, reason);
+    if !detail.is_empty() {
+        problem = problem.with_detail(detail);
+    }
+    for name in [
+        axum::http::header::ALLOW,
+        axum::http::header::RETRY_AFTER,
+        axum::http::header::WWW_AUTHENTICATE,
+    ] {
+        if let Some(value) = parts.headers.get(&name).and_then(|v| v.to_str().ok()) {
+            problem = problem.with_header(name, value);
+        }
+    }
+    problem.into_response()
+}
+
 /// Serves `router` until `shutdown` is cancelled, then finishes in-flight requests.
 pub async fn serve(
     listener: TcpListener,
@@ -188,4 +224,81 @@ pub fn shutdown_on_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::Path;
+    use axum::http::{Method, header};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn answer(router: &Router, method: Method, uri: &str) -> Response {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request");
+        router.clone().oneshot(request).await.expect("answer")
+    }
+
+    #[tokio::test]
+    async fn what_the_framework_refuses_is_answered_as_problem_json() {
+        let router = Router::new()
+            .route(
+                "/items/{id}",
+                get(|Path(id): Path<u32>| async move { id.to_string() }),
+            )
+            .route(
+                "/fails",
+                get(|| async {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "3")],
+                        "down",
+                    )
+                }),
+            )
+            .layer(axum::middleware::from_fn(problems_only));
+        for (method, uri, status) in [
+            (Method::GET, "/items/%FF", StatusCode::BAD_REQUEST),
+            (Method::GET, "/items/seven", StatusCode::BAD_REQUEST),
+            (Method::POST, "/items/7", StatusCode::METHOD_NOT_ALLOWED),
+            (Method::GET, "/fails", StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            let response = answer(&router, method.clone(), uri).await;
+            assert_eq!(response.status(), status, "{method} {uri}");
+            assert_eq!(
+                response
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .map(|v| v.as_bytes()),
+                Some(&b"application/problem+json"[..]),
+                "{method} {uri}"
+            );
+            let allow = response.headers().contains_key(header::ALLOW);
+            assert_eq!(
+                allow,
+                status == StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {uri}"
+            );
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(problem["status"], status.as_u16());
+        }
+        let down = answer(&router, Method::GET, "/fails").await;
+        assert_eq!(
+            down.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
+        // Successes and answers that are problems already pass untouched.
+        let ok = answer(&router, Method::GET, "/items/7").await;
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
 }

@@ -24,6 +24,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use tokio::sync::RwLock;
 
+use domain::values::is_exact_user_id;
+
 use crate::problem::Problem;
 use crate::settings::{Env, SettingError};
 
@@ -33,6 +35,8 @@ pub const ALGORITHMS: [Algorithm; 1] = [Algorithm::RS256];
 pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 /// The role that may manage the catalog, ship orders and see everything.
 pub const ADMIN_ROLE: &str = "admin";
+/// The longest user id accepted (the domain's `CustomerId`).
+const MAX_USER_ID: usize = domain::values::CustomerId::MAX_LEN;
 
 /// Who issues tokens and for which audience.
 #[derive(Debug, Clone)]
@@ -271,8 +275,15 @@ impl JwtVerifier {
             .claims
             .oid
             .or(data.claims.sub)
-            .filter(|id| !id.trim().is_empty() && id.len() <= 128)
             .ok_or_else(|| AuthError::Invalid("the token names no user (oid or sub)".into()))?;
+        // Compared byte for byte everywhere: an id that only looks like another user's (spaces
+        // around it, control characters) is refused rather than trimmed into that user.
+        if user_id.is_empty() || user_id.len() > MAX_USER_ID || !is_exact_user_id(&user_id) {
+            return Err(AuthError::Invalid(format!(
+                "the token's user id must be 1 to {MAX_USER_ID} bytes, without surrounding \
+                 whitespace or control characters"
+            )));
+        }
         let principal = Principal {
             user_id,
             roles: data.claims.roles,

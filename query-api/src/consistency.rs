@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
+use eventstore::EventStore;
 use platform::consistency::{Awaited, ConsistencyToken};
+use platform::identity::Principal;
 use platform::problem::Problem;
 use platform::read_models::{CartKeys, CartsApplied};
 use tokio::sync::broadcast;
@@ -33,30 +35,82 @@ pub fn parse(headers: &HeaderMap) -> Result<Vec<Awaited>, Problem> {
         .map_err(|e| Problem::bad_request("invalid-consistency-token", e.to_string()))
 }
 
+/// Who may read the streams a read's token names.
+#[derive(Debug, Clone, Copy)]
+pub enum Readers<'a> {
+    /// Public streams (the catalog).
+    Anyone,
+    /// The stream's customer only (carts).
+    Owner(&'a Principal),
+    /// The stream's customer, or an admin (orders).
+    OwnerOrAdmin(&'a Principal),
+}
+
+/// Whether a token entry is worth waiting for: it names a stream that exists at least at that
+/// version, and `readers` may read it (its first event names its customer). Anything else —
+/// another user's cart, a stream that does not exist, a version from the future — is ignored,
+/// so it costs no wait and the answer is the same as without it: it reveals nothing.
+pub async fn genuine(
+    store: &EventStore,
+    wanted: Awaited,
+    readers: Readers<'_>,
+) -> Result<bool, Problem> {
+    let stream_id = format!("{}-{}", wanted.stream_type, wanted.id);
+    let events = store
+        .read_stream(&stream_id, 0)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    if events.last().is_none_or(|e| e.version < wanted.version) {
+        return Ok(false);
+    }
+    let owned_by = |principal: &Principal| {
+        events.first().is_some_and(|first| {
+            first.data.to_value()["customer_id"].as_str() == Some(principal.user_id.as_str())
+        })
+    };
+    Ok(match readers {
+        Readers::Anyone => true,
+        Readers::Owner(principal) => owned_by(principal),
+        Readers::OwnerOrAdmin(principal) => principal.is_admin() || owned_by(principal),
+    })
+}
+
 /// Waits until `current(awaited)` reports a version at or past each awaited one, until
-/// `limit`. `current` returns the version the view holds (0 = not there yet). With `wakeups`
+/// `limit`. `current` returns the version the view holds (0 = not there yet). An entry the view
+/// does not hold yet is waited for only if `genuine` says so (see [`genuine`]). With `wakeups`
 /// (announcements of the projection version the read serves), a check waits for the stream to
 /// be announced; without, it polls.
-pub async fn wait_for<F, Fut>(
+pub async fn wait_for<F, Fut, G, GFut>(
     awaited: &[Awaited],
     stream_type: &str,
     limit: Duration,
     wakeups: Option<(&CartWakeups, i32)>,
+    mut genuine: G,
     mut current: F,
 ) -> Result<(), Problem>
 where
     F: FnMut(uuid::Uuid) -> Fut,
     Fut: Future<Output = Result<u64, Problem>>,
+    G: FnMut(Awaited) -> GFut,
+    GFut: Future<Output = Result<bool, Problem>>,
 {
     let started = Instant::now();
-    for wanted in awaited.iter().filter(|a| a.stream_type == stream_type) {
+    'streams: for wanted in awaited.iter().filter(|a| a.stream_type == stream_type) {
         // Subscribed before the first check, so an announcement between the check and the
         // wait is not missed.
         let mut announcements = wakeups.map(|(w, version)| (w, w.subscribe(), version));
         let mut pause = POLL_PAUSES.0;
+        let mut checked = false;
         loop {
             if current(wanted.id).await? >= wanted.version {
                 break;
+            }
+            if !checked {
+                if !genuine(wanted.clone()).await? {
+                    metrics::counter!("consistency_tokens_ignored_total").increment(1);
+                    continue 'streams;
+                }
+                checked = true;
             }
             let left = limit.saturating_sub(started.elapsed());
             if left.is_zero() {
@@ -201,6 +255,7 @@ impl CartWakeups {
 pub async fn serving_schema(
     state: &crate::AppState,
     headers: &HeaderMap,
+    readers: Readers<'_>,
     projection: &str,
     stream_type: &str,
     table: &str,
@@ -212,17 +267,26 @@ pub async fn serving_schema(
         .map_err(crate::db_problem)?;
     let schema = platform::read_models::schema(projection, version);
     let sql = format!("SELECT version FROM \"{schema}\".{table} WHERE {id_column} = $1");
-    wait_for(&awaited, stream_type, state.consistency_wait, None, |id| {
-        let (pool, sql) = (state.pool.clone(), sql.clone());
-        async move {
-            let version: Option<i64> = sqlx::query_scalar(&sql)
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .map_err(crate::db_problem)?;
-            Ok(version.unwrap_or(0) as u64)
-        }
-    })
+    let store = &state.store;
+    let genuine = move |wanted| genuine(store, wanted, readers);
+    wait_for(
+        &awaited,
+        stream_type,
+        state.consistency_wait,
+        None,
+        genuine,
+        |id| {
+            let (pool, sql) = (state.pool.clone(), sql.clone());
+            async move {
+                let version: Option<i64> = sqlx::query_scalar(&sql)
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+                    .map_err(crate::db_problem)?;
+                Ok(version.unwrap_or(0) as u64)
+            }
+        },
+    )
     .await?;
     Ok(schema)
 }

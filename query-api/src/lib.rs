@@ -7,6 +7,7 @@
 
 pub mod consistency;
 pub mod pagination;
+pub mod params;
 pub mod routes;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -98,6 +99,7 @@ pub fn router(state: AppState) -> Router {
             .with_detail("the query API only reads")
         })
         .fallback(|| async { Problem::not_found("route-not-found", "no such route") })
+        .layer(axum::middleware::from_fn(platform::http::problems_only))
         .layer(from_fn_with_state("query-api", track_metrics))
 }
 

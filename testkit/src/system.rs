@@ -164,11 +164,16 @@ impl TestSystem {
     /// Everything but the projectors, which the test starts (and stops) itself with
     /// [`TestSystem::start_projectors`].
     pub async fn start_without_projectors() -> Self {
+        Self::start_without_projectors_with(|_| {}).await
+    }
+
+    /// Everything but the projectors, with the settings changed by `configure`.
+    pub async fn start_without_projectors_with(configure: impl FnOnce(&mut SystemConfig)) -> Self {
         let services: Vec<Service> = Service::ALL
             .into_iter()
             .filter(|s| *s != Service::Projectors)
             .collect();
-        Self::launch(&services, |_| {}).await
+        Self::launch(&services, configure).await
     }
 
     /// Starts the projectors; cancelling the returned token stops them (like a killed process:

@@ -805,6 +805,50 @@ async fn a_discontinued_product_stops_checkout_with_the_same_answer_as_adding_it
     );
 }
 
+#[tokio::test]
+async fn text_that_postgres_cannot_store_is_refused_and_changes_nothing() {
+    let system = TestSystem::start().await;
+    let (admin, alice) = (admin(), token(OWNER, &[]));
+    let order = seed_order(&system, OWNER, false).await;
+    let stream = format!("order-{order}");
+    let before = system.store.stream_version(&stream).await.unwrap();
+    let cancel = system
+        .post(
+            &format!("/v1/orders/{order}/cancel"),
+            &alice,
+            json!({ "reason": "changed my mind\u{0}" }),
+        )
+        .await;
+    assert_eq!(
+        (cancel.status, cancel.problem_code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed"),
+        "{cancel:?}"
+    );
+    assert_eq!(system.store.stream_version(&stream).await.unwrap(), before);
+    let product = system
+        .post(
+            "/v1/products",
+            &admin,
+            json!({ "sku": "NUL-1", "name": "Mug\u{0}", "description": "a\u{0}b",
+                    "category": "kitchen", "price": { "amount": 100, "currency": "EUR" }, "stock": 1 }),
+        )
+        .await;
+    assert_eq!(
+        product.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{product:?}"
+    );
+    // Control: a reason with a line break is fine.
+    let cancelled = system
+        .post(
+            &format!("/v1/orders/{order}/cancel"),
+            &alice,
+            json!({ "reason": "changed\nmy mind" }),
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{cancelled:?}");
+}
+
 async fn with_key(
     system: &TestSystem,
     key: &str,
@@ -1122,6 +1166,39 @@ async fn an_upstream_that_does_not_answer_in_time_is_a_504() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn only_a_short_token_like_request_id_is_echoed() {
+    let system = TestSystem::start().await;
+    let long = "a".repeat(8 * 1024);
+    for (sent, kept) in [
+        ("order-42.retry_1:a", true),
+        ("<script>alert(1)</script>", false),
+        ("two words", false),
+        (long.as_str(), false),
+    ] {
+        let reply = system
+            .request(Method::GET, "/v1/products", None)
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        let echoed = reply
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if kept {
+            assert_eq!(echoed, sent);
+        } else {
+            assert!(
+                uuid::Uuid::parse_str(&echoed).is_ok(),
+                "{sent:.40}: a generated id instead, got {echoed:.40}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -34,17 +34,22 @@ fn segment(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
+/// Refused on a write and on a read alike.
 async fn assert_refused(system: &TestSystem, name: &str, token: &str) {
-    let reply = system
-        .send(Method::POST, "/v1/carts", Some(token), None)
-        .await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{name}: {reply:?}");
-    let challenge = reply.header("www-authenticate").unwrap_or_default();
-    assert!(
-        challenge.starts_with("Bearer"),
-        "{name}: challenge {challenge:?}"
-    );
-    assert_eq!(reply.problem_code(), "unauthorized", "{name}");
+    for (method, path) in [(Method::POST, "/v1/carts"), (Method::GET, "/v1/orders")] {
+        let reply = system.send(method.clone(), path, Some(token), None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{name}, {method} {path}: {reply:?}"
+        );
+        let challenge = reply.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer"),
+            "{name}: challenge {challenge:?}"
+        );
+        assert_eq!(reply.problem_code(), "unauthorized", "{name}");
+    }
 }
 
 #[tokio::test]
@@ -99,6 +104,32 @@ async fn the_jwt_negative_list_is_refused() {
         ),
         ("no expiry", signed(&without(claims(), "exp"))),
         ("no subject", signed(&without(claims(), "sub"))),
+        // Look-alikes of alice, and ids no column can hold: refused, never trimmed into alice.
+        (
+            "subject with a trailing space",
+            signed(&with(claims(), "sub", json!("alice "))),
+        ),
+        (
+            "subject with a leading space",
+            signed(&with(claims(), "sub", json!(" alice"))),
+        ),
+        (
+            "subject with a no-break space",
+            signed(&with(claims(), "sub", json!("\u{a0}alice"))),
+        ),
+        (
+            "subject with a NUL",
+            signed(&with(claims(), "sub", json!("al\u{0}ice"))),
+        ),
+        (
+            "subject with a newline",
+            signed(&with(claims(), "sub", json!("alice\n"))),
+        ),
+        ("empty subject", signed(&with(claims(), "sub", json!("")))),
+        (
+            "overlong subject",
+            signed(&with(claims(), "sub", json!("a".repeat(129)))),
+        ),
         ("unknown kid", unknown_kid),
         ("tampered payload", tampered),
         ("garbage", "not-a-jwt".into()),

@@ -272,21 +272,40 @@ async fn projections_report_their_progress_to_admins_only() {
     assert_eq!(customer.status, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn a_read_whose_view_never_catches_up_is_told_so_not_served_stale() {
-    let system = TestSystem::start_full_with(|config| {
-        config.consistency_wait = std::time::Duration::from_millis(200)
-    })
-    .await;
-    // A token for a version no product stream has reached (a client's stale or forged token).
-    let product = uuid::Uuid::new_v4();
+/// A GET with `consistency` as its token; the answer and how long it took.
+async fn read_with_token(
+    system: &TestSystem,
+    path: &str,
+    token: Option<&str>,
+    consistency: &str,
+) -> (Reply, std::time::Duration) {
+    let started = std::time::Instant::now();
     let reply = Reply::from(
         system
-            .request(Method::GET, &format!("/v1/products/{product}"), None)
-            .header("x-consistency-token", format!("product-{product}@5"))
+            .request(Method::GET, path, token)
+            .header("x-consistency-token", consistency)
             .send()
             .await
             .unwrap(),
+    )
+    .await;
+    (reply, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_read_whose_view_never_catches_up_is_told_so_not_served_stale() {
+    // No projectors: the views never catch up with anything.
+    let system = TestSystem::start_without_projectors_with(|config| {
+        config.consistency_wait = std::time::Duration::from_millis(300)
+    })
+    .await;
+    let alice = token("alice", &[]);
+    let cart = system.cart("alice").await;
+    let (reply, _) = read_with_token(
+        &system,
+        &format!("/v1/carts/{cart}"),
+        Some(&alice),
+        &format!("cart-{cart}@1"),
     )
     .await;
     assert_eq!(
@@ -297,9 +316,152 @@ async fn a_read_whose_view_never_catches_up_is_told_so_not_served_stale() {
     // A token for a kind of stream the route does not serve is no reason to wait.
     let other = system
         .request(Method::GET, "/v1/products", None)
-        .header("x-consistency-token", format!("payment-{product}@9"))
+        .header("x-consistency-token", format!("payment-{cart}@9"))
         .send()
         .await
         .unwrap();
     assert_eq!(other.status(), StatusCode::OK);
+}
+
+/// A token the caller may not read, for a stream that does not exist, or for a version no
+/// stream has reached costs no wait and answers exactly as without it: it reveals nothing.
+#[tokio::test]
+async fn a_token_for_someone_elses_or_no_stream_costs_nothing_and_reveals_nothing() {
+    let wait = std::time::Duration::from_secs(3);
+    let system =
+        TestSystem::start_without_projectors_with(|config| config.consistency_wait = wait).await;
+    let (alice, bob) = (token("alice", &[]), token("bob", &[]));
+    let alices_cart = system.cart("alice").await;
+    let bobs_cart = system.cart("bob").await;
+    let product = system.product("TOKEN-1", 100, 5).await;
+    let nothing = uuid::Uuid::new_v4();
+
+    let cases = [
+        (
+            format!("/v1/carts/{alices_cart}"),
+            Some(&alice),
+            format!("cart-{bobs_cart}@1"),
+        ),
+        (
+            format!("/v1/carts/{alices_cart}"),
+            Some(&alice),
+            format!("cart-{nothing}@3"),
+        ),
+        (
+            format!("/v1/carts/{bobs_cart}"),
+            Some(&alice),
+            format!("cart-{bobs_cart}@1"),
+        ),
+        (
+            format!("/v1/carts/{alices_cart}"),
+            Some(&alice),
+            format!("cart-{alices_cart}@9"),
+        ),
+        (
+            format!("/v1/orders/{nothing}"),
+            Some(&bob),
+            format!("order-{nothing}@1"),
+        ),
+        (
+            "/v1/orders".to_owned(),
+            Some(&bob),
+            format!("order-{nothing}@1"),
+        ),
+        (
+            format!("/v1/products/{nothing}"),
+            None,
+            format!("product-{nothing}@5"),
+        ),
+        (
+            format!("/v1/products/{product}"),
+            None,
+            format!("product-{product}@7"),
+        ),
+        (
+            "/v1/products".to_owned(),
+            None,
+            format!("product-{nothing}@1"),
+        ),
+    ];
+    for (path, caller, consistency) in cases {
+        let caller = caller.map(String::as_str);
+        let (with_token, took) = read_with_token(&system, &path, caller, &consistency).await;
+        assert!(
+            took < wait / 2,
+            "{path} with {consistency} waited {took:?}: {with_token:?}"
+        );
+        let without = system.send(Method::GET, &path, caller, None).await;
+        assert_eq!(
+            (with_token.status, &with_token.body),
+            (without.status, &without.body),
+            "{path} with {consistency}"
+        );
+    }
+}
+
+/// Query values that no column can hold (NUL) or that carry control characters are the
+/// client's mistake: 400 problem+json, never a 500.
+#[tokio::test]
+async fn queries_with_control_characters_are_refused() {
+    let system = TestSystem::start_full().await;
+    let alice = token("alice", &[]);
+    for (path, caller) in [
+        ("/v1/products?q=%00", None),
+        ("/v1/products?q=mug%00", None),
+        ("/v1/products?category=a%00b", None),
+        ("/v1/products?q=%1B%5B31m", None),
+        ("/v1/orders?status=%00", Some(&alice)),
+        ("/v1/orders?limit=%00", Some(&alice)),
+    ] {
+        let reply = system
+            .send(Method::GET, path, caller.map(String::as_str), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}: {reply:?}");
+        assert_eq!(reply.problem_code(), "invalid-query", "{path}");
+    }
+    // Control: the same queries without the bad bytes are fine.
+    for (path, caller) in [
+        ("/v1/products?q=mug", None),
+        ("/v1/orders?status=paid", Some(&alice)),
+    ] {
+        let reply = system
+            .send(Method::GET, path, caller.map(String::as_str), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {reply:?}");
+    }
+}
+
+/// Whatever refuses a request — a handler, the router, an extractor before any handler runs —
+/// answers problem+json.
+#[tokio::test]
+async fn every_error_any_service_answers_is_problem_json() {
+    let system = TestSystem::start_full().await;
+    let alice = token("alice", &[]);
+    let cases = [
+        (Method::GET, "/v1/orders/%FF", Some(&alice)),
+        (Method::GET, "/v1/carts/%FF%FE", Some(&alice)),
+        (Method::GET, "/v1/products/%FF", None),
+        (Method::GET, "/v1/orders/%FF/events", Some(&alice)),
+        (Method::POST, "/v1/carts/%FF/checkout", Some(&alice)),
+        (Method::DELETE, "/v1/carts/%FF/items/%FF", Some(&alice)),
+        (Method::GET, "/v1/nothing-here", None),
+        (Method::PATCH, "/v1/carts", Some(&alice)),
+        (Method::GET, "/v1/orders?limit=many", Some(&alice)),
+    ];
+    for (method, path, caller) in cases {
+        let reply = system
+            .send(method.clone(), path, caller.map(String::as_str), None)
+            .await;
+        assert!(reply.status.is_client_error(), "{method} {path}: {reply:?}");
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json"),
+            "{method} {path}: {reply:?}"
+        );
+        assert_eq!(
+            reply.body["status"],
+            reply.status.as_u16(),
+            "{method} {path}"
+        );
+    }
 }

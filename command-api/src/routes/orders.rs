@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use domain::order::{Order, OrderCommand, PaymentToken};
-use domain::values::{OrderId, PaymentId};
+use domain::values::{OrderId, PaymentId, Reason};
 use platform::identity::Admin;
 use serde::Deserialize;
 use serde_json::json;
@@ -16,9 +16,6 @@ use crate::context::CommandContext;
 use crate::driver::{Reply, run};
 use crate::error::invalid;
 use crate::routes::path_id;
-
-/// Longest cancellation reason kept.
-const MAX_REASON_CHARS: usize = 500;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,12 +77,18 @@ pub async fn cancel(
         Ok(id) => OrderId(id),
         Err(p) => return p.into_response(),
     };
+    // A long reason is cut, not refused; one with control characters is refused (a NUL could
+    // not even be stored).
     let reason = body
         .value
         .and_then(|b| b.reason)
-        .map(|r| r.trim().chars().take(MAX_REASON_CHARS).collect::<String>())
+        .map(|r| r.trim().chars().take(Reason::MAX_CHARS).collect::<String>())
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| "cancelled on request".to_owned());
+    let reason = match Reason::parse(&reason) {
+        Ok(reason) => reason.as_str().to_owned(),
+        Err(e) => return invalid(e).into_response(),
+    };
     run::<Order>(
         &state,
         &ctx,

@@ -8,6 +8,7 @@ use platform::identity::Principal;
 use platform::problem::Problem;
 use platform::read_models::{CARTS, serving_version};
 
+use crate::consistency::Readers;
 use crate::routes::path_id;
 use crate::{AppState, consistency, db_problem, redis_problem, with_etag};
 
@@ -30,6 +31,7 @@ pub async fn one(
         CartId::STREAM_TYPE,
         state.consistency_wait,
         wakeups,
+        |wanted| consistency::genuine(&state.store, wanted, Readers::Owner(&principal)),
         |cart| {
             let (mut redis, key) = (state.redis.clone(), state.cart_keys.cart(version, cart));
             async move {

@@ -1,9 +1,7 @@
 //! Orders: a customer sees their own, an admin sees all; anyone else is told an order does not
 //! exist. An order's events come straight from the event store, minus secrets.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -14,6 +12,7 @@ use platform::read_models::ORDERS;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::params::Params;
 use crate::routes::path_id;
 use crate::{AppState, consistency, db_problem, list_etag, pagination, with_etag};
 
@@ -56,10 +55,15 @@ fn not_found() -> Problem {
     Problem::not_found("order-not-found", "order not found")
 }
 
-async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
+async fn serving_schema(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> Result<String, Problem> {
     consistency::serving_schema(
         state,
         headers,
+        consistency::Readers::OwnerOrAdmin(principal),
         ORDERS,
         OrderId::STREAM_TYPE,
         "orders",
@@ -72,14 +76,14 @@ async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String,
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<HashMap<String, String>>,
+    params: Params,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let limit = pagination::limit(params.get("limit").map(String::as_str))?;
-    let before = pagination::decode(params.get("cursor").map(String::as_str))?;
+    let limit = pagination::limit(params.get("limit"))?;
+    let before = pagination::decode(params.get("cursor"))?;
     let status = params.get("status").filter(|s| !s.is_empty());
     let owner = (!principal.is_admin()).then_some(principal.user_id.as_str());
-    let schema = serving_schema(&state, &headers).await?;
+    let schema = serving_schema(&state, &principal, &headers).await?;
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM \"{schema}\".orders \
          WHERE ($1::text IS NULL OR customer_id = $1) \
@@ -119,7 +123,7 @@ pub async fn one(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = path_id(&id, "order")?;
-    let schema = serving_schema(&state, &headers).await?;
+    let schema = serving_schema(&state, &principal, &headers).await?;
     let OrderDetailRow {
         row,
         lines,

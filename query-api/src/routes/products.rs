@@ -1,8 +1,6 @@
 //! The catalog: anyone may read it.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -13,6 +11,7 @@ use platform::read_models::PRODUCTS;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::params::Params;
 use crate::routes::path_id;
 use crate::{AppState, consistency, db_problem, list_etag, pagination, with_etag};
 
@@ -56,6 +55,7 @@ async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String,
     consistency::serving_schema(
         state,
         headers,
+        consistency::Readers::Anyone,
         PRODUCTS,
         ProductId::STREAM_TYPE,
         "products",
@@ -68,11 +68,11 @@ async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String,
 pub async fn list(
     State(state): State<AppState>,
     MaybePrincipal(_): MaybePrincipal,
-    Query(params): Query<HashMap<String, String>>,
+    params: Params,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let limit = pagination::limit(params.get("limit").map(String::as_str))?;
-    let after = pagination::decode(params.get("cursor").map(String::as_str))?;
+    let limit = pagination::limit(params.get("limit"))?;
+    let after = pagination::decode(params.get("cursor"))?;
     let q = params.get("q").map(|q| q.trim()).filter(|q| !q.is_empty());
     if q.is_some_and(|q| q.len() > 200) {
         return Err(Problem::invalid_field(
