@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
     let reads = Router::new()
         .route("/v1/products", get(routes::products::list))
         .route("/v1/products/{id}", get(routes::products::one))
+        .route("/v1/me", get(routes::me::me))
         .route("/v1/carts/{id}", get(routes::carts::one))
         .route("/v1/orders", get(routes::orders::list))
         .route("/v1/orders/{id}", get(routes::orders::one))
@@ -104,15 +105,50 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// A JSON answer with an `ETag`, or 304 when the client's `If-None-Match` already has it.
-pub fn with_etag(request_headers: &HeaderMap, etag: String, body: serde_json::Value) -> Response {
+pub fn with_etag(
+    request_headers: &HeaderMap,
+    etag: String,
+    body: serde_json::Value,
+    audience: Audience,
+) -> Response {
+    let headers = [
+        (header::ETAG, etag.clone()),
+        (header::CACHE_CONTROL, audience.cache_control().to_owned()),
+        // A read that carries a (new) consistency token must not be answered from a cache
+        // entry stored for a read without it.
+        (
+            header::VARY,
+            "Authorization, X-Consistency-Token".to_owned(),
+        ),
+    ];
     let matches = request_headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if matches {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
-    ([(header::ETAG, etag)], axum::Json(body)).into_response()
+    (headers, axum::Json(body)).into_response()
+}
+
+/// Who a view is for, which says how it may be cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The catalog: the same for everyone, so any cache may keep it, briefly (a price change
+    /// shows within seconds; a client that must see its own change sends its token).
+    Everyone,
+    /// One user's cart or orders: only the user's own client may keep it, and must ask again
+    /// (If-None-Match) before using it.
+    OneUser,
+}
+
+impl Audience {
+    fn cache_control(self) -> &'static str {
+        match self {
+            Self::Everyone => "public, max-age=5",
+            Self::OneUser => "private, no-cache",
+        }
+    }
 }
 
 /// An ETag for a list: a hash of its JSON.

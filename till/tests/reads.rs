@@ -465,3 +465,69 @@ async fn every_error_any_service_answers_is_problem_json() {
         );
     }
 }
+
+#[tokio::test]
+async fn me_says_who_the_token_names() {
+    let system = TestSystem::start_full().await;
+    for (user, roles) in [("alice", vec![]), ("root", vec!["admin"])] {
+        let reply = system
+            .send(Method::GET, "/v1/me", Some(&token(user, &roles)), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(reply.body, json!({ "user_id": user, "roles": roles }));
+        assert_eq!(reply.header("cache-control"), Some("private, no-store"));
+    }
+    let anonymous = system.send(Method::GET, "/v1/me", None, None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
+
+/// The catalog may be cached briefly by anyone; a user's own views only by their client, and
+/// only after asking again.
+#[tokio::test]
+async fn public_reads_are_cacheable_and_private_ones_are_not() {
+    let system = TestSystem::start_full().await;
+    let alice = token("alice", &[]);
+    let product = system.product("CACHE-1", 100, 5).await;
+    let cart = system.cart("alice").await;
+    let product_path = format!("/v1/products/{product}");
+    let product_view = eventually_ok(&system, &product_path, None).await;
+    let cart_view = eventually_ok(&system, &format!("/v1/carts/{cart}"), Some(&alice)).await;
+    let catalog = system.send(Method::GET, "/v1/products", None, None).await;
+    for public in [&product_view, &catalog] {
+        assert_eq!(public.header("cache-control"), Some("public, max-age=5"));
+        assert!(public.header("etag").is_some());
+        assert!(
+            public
+                .header("vary")
+                .is_some_and(|v| v.contains("X-Consistency-Token")),
+            "{public:?}"
+        );
+    }
+    assert_eq!(cart_view.header("cache-control"), Some("private, no-cache"));
+    // A revalidation that finds nothing new says so with the same caching rules.
+    let etag = product_view.header("etag").unwrap().to_owned();
+    let unchanged = Reply::from(
+        system
+            .request(Method::GET, &product_path, None)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(unchanged.header("cache-control"), Some("public, max-age=5"));
+    assert_eq!(unchanged.header("etag"), Some(etag.as_str()));
+}
+
+/// GETs `path` until the view is there (the projectors are asynchronous).
+async fn eventually_ok(system: &TestSystem, path: &str, caller: Option<&str>) -> Reply {
+    for _ in 0..200 {
+        let reply = system.send(Method::GET, path, caller, None).await;
+        if reply.status == StatusCode::OK {
+            return reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{path} never answered 200");
+}

@@ -10,7 +10,7 @@ use platform::read_models::{CARTS, serving_version};
 
 use crate::consistency::Readers;
 use crate::routes::path_id;
-use crate::{AppState, consistency, db_problem, redis_problem, with_etag};
+use crate::{AppState, Audience, consistency, db_problem, redis_problem, with_etag};
 
 /// `GET /v1/carts/{id}`
 pub async fn one(
@@ -66,5 +66,6 @@ pub async fn one(
         &headers,
         format!("\"{}\"", stored.unwrap_or(0)),
         view,
+        Audience::OneUser,
     ))
 }

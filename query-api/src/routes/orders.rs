@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::params::Params;
 use crate::routes::path_id;
-use crate::{AppState, consistency, db_problem, list_etag, pagination, with_etag};
+use crate::{AppState, Audience, consistency, db_problem, list_etag, pagination, with_etag};
 
 #[derive(Debug, sqlx::FromRow)]
 struct OrderRow {
@@ -103,7 +103,12 @@ pub async fn list(
         "items": rows.iter().map(OrderRow::json).collect::<Vec<_>>(),
         "next_cursor": pagination::next_cursor(&ids, limit),
     });
-    Ok(with_etag(&headers, list_etag(&body), body))
+    Ok(with_etag(
+        &headers,
+        list_etag(&body),
+        body,
+        Audience::OneUser,
+    ))
 }
 
 /// An order with its lines and status history, both stored in the API's shape by the projector.
@@ -143,7 +148,12 @@ pub async fn one(
     let mut body = row.json();
     body["lines"] = lines;
     body["history"] = history;
-    Ok(with_etag(&headers, format!("\"{}\"", row.version), body))
+    Ok(with_etag(
+        &headers,
+        format!("\"{}\"", row.version),
+        body,
+        Audience::OneUser,
+    ))
 }
 
 /// Fields of stored events never shown to a client.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::params::Params;
 use crate::routes::path_id;
-use crate::{AppState, consistency, db_problem, list_etag, pagination, with_etag};
+use crate::{AppState, Audience, consistency, db_problem, list_etag, pagination, with_etag};
 
 #[derive(Debug, sqlx::FromRow)]
 struct ProductRow {
@@ -104,7 +104,12 @@ pub async fn list(
         "items": rows.iter().map(ProductRow::json).collect::<Vec<_>>(),
         "next_cursor": pagination::next_cursor(&ids, limit),
     });
-    Ok(with_etag(&headers, list_etag(&body), body))
+    Ok(with_etag(
+        &headers,
+        list_etag(&body),
+        body,
+        Audience::Everyone,
+    ))
 }
 
 /// `GET /v1/products/{id}`
@@ -128,5 +133,6 @@ pub async fn one(
         &headers,
         format!("\"{}\"", row.version),
         row.json(),
+        Audience::Everyone,
     ))
 }
