@@ -25,7 +25,7 @@ use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::{post, put};
+use axum::routing::{patch, post, put};
 use eventstore::EventStore;
 use platform::http::{Readiness, operational_routes, track_metrics};
 use platform::identity::JwtVerifier;
@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
     let readiness = Readiness::default().postgres(state.store.pool().clone());
     let commands = Router::new()
         .route("/v1/products", post(products::create))
+        .route("/v1/products/{id}", patch(products::change_details))
         .route("/v1/products/{id}/price", post(products::change_price))
         .route("/v1/products/{id}/stock", post(products::adjust_stock))
         .route("/v1/products/{id}/discontinue", post(products::discontinue))

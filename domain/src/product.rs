@@ -9,13 +9,20 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::values::{
-    Category, Description, MAX_UNITS, Money, OrderId, ProductId, ProductName, Sku, Units,
+    Category, Description, ImageUrl, MAX_UNITS, Money, OrderId, ProductId, ProductName, Sku, Units,
 };
 use crate::{Aggregate, event_types, rejection_codes};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProductCommand {
     Create(NewProduct),
+    /// Changes what the catalog says about the product; each `None` keeps what it was.
+    ChangeDetails {
+        name: Option<ProductName>,
+        description: Option<Description>,
+        category: Option<Category>,
+        image_urls: Option<Vec<ImageUrl>>,
+    },
     ChangePrice {
         price: Money,
     },
@@ -44,12 +51,22 @@ pub struct NewProduct {
     pub category: Category,
     pub price: Money,
     pub stock: Units,
+    /// Schema version 2; version 1 events had none (the upcaster adds an empty list).
+    pub image_urls: Vec<ImageUrl>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum ProductEvent {
     ProductCreated(NewProduct),
+    /// The catalog's description of the product after an edit (every field, changed or not).
+    ProductDetailsChanged {
+        product_id: ProductId,
+        name: ProductName,
+        description: Description,
+        category: Category,
+        image_urls: Vec<ImageUrl>,
+    },
     ProductPriceChanged {
         product_id: ProductId,
         old_price: Money,
@@ -79,6 +96,7 @@ pub enum ProductEvent {
 
 event_types!(ProductEvent {
     ProductCreated,
+    ProductDetailsChanged,
     ProductPriceChanged,
     ProductStockAdjusted,
     ProductDiscontinued,
@@ -129,7 +147,9 @@ pub struct ProductDetails {
     pub product_id: ProductId,
     pub sku: Sku,
     pub name: ProductName,
+    pub description: Description,
     pub category: Category,
+    pub image_urls: Vec<ImageUrl>,
     pub price: Money,
     /// Units on hand that no order holds.
     pub available: Units,
@@ -168,6 +188,35 @@ impl ProductDetails {
         let product_id = p.product_id;
         match command {
             ProductCommand::Create(_) => Err(ProductRejection::AlreadyExists),
+            ProductCommand::ChangeDetails {
+                name,
+                description,
+                category,
+                image_urls,
+            } => {
+                if p.discontinued {
+                    return Err(ProductRejection::Discontinued);
+                }
+                let changed = E::ProductDetailsChanged {
+                    product_id,
+                    name: name.unwrap_or_else(|| p.name.clone()),
+                    description: description.unwrap_or_else(|| p.description.clone()),
+                    category: category.unwrap_or_else(|| p.category.clone()),
+                    image_urls: image_urls.unwrap_or_else(|| p.image_urls.clone()),
+                };
+                let unchanged = E::ProductDetailsChanged {
+                    product_id,
+                    name: p.name.clone(),
+                    description: p.description.clone(),
+                    category: p.category.clone(),
+                    image_urls: p.image_urls.clone(),
+                };
+                Ok(if changed == unchanged {
+                    vec![]
+                } else {
+                    vec![changed]
+                })
+            }
             ProductCommand::ChangePrice { price } => {
                 if p.discontinued {
                     return Err(ProductRejection::Discontinued);
@@ -270,7 +319,9 @@ impl Aggregate for Product {
                     product_id: new.product_id,
                     sku: new.sku.clone(),
                     name: new.name.clone(),
+                    description: new.description.clone(),
                     category: new.category.clone(),
+                    image_urls: new.image_urls.clone(),
                     price: new.price,
                     available: new.stock,
                     reservations: BTreeMap::new(),
@@ -282,6 +333,18 @@ impl Aggregate for Product {
         };
         match event {
             E::ProductCreated(_) => {}
+            E::ProductDetailsChanged {
+                name,
+                description,
+                category,
+                image_urls,
+                ..
+            } => {
+                p.name = name.clone();
+                p.description = description.clone();
+                p.category = category.clone();
+                p.image_urls = image_urls.clone();
+            }
             E::ProductPriceChanged { new_price, .. } => p.price = *new_price,
             E::ProductStockAdjusted { available, .. } => p.available = *available,
             E::ProductDiscontinued { .. } => p.discontinued = true,

@@ -389,6 +389,51 @@ text_value!(
     true
 );
 
+/// A picture of a product: an absolute `https://` or `http://` URL of at most 2,048 bytes,
+/// without whitespace or control characters. Stored as given.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ImageUrl(String);
+
+impl ImageUrl {
+    pub const MAX_LEN: usize = 2048;
+    /// Most pictures one product has.
+    pub const MAX_PER_PRODUCT: usize = 10;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let host = raw
+            .strip_prefix("https://")
+            .or_else(|| raw.strip_prefix("http://"))
+            .and_then(|rest| rest.split(['/', '?', '#']).next())
+            .unwrap_or_default();
+        let valid = !host.is_empty()
+            && raw.len() <= Self::MAX_LEN
+            && !raw.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !valid {
+            return Err(InvalidValue::new(
+                "image_urls",
+                "each must be an http:// or https:// URL with a host, at most 2048 bytes, without spaces",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Every URL of a list, at most [`ImageUrl::MAX_PER_PRODUCT`] of them.
+    pub fn parse_all(raw: &[String]) -> Result<Vec<Self>, InvalidValue> {
+        if raw.len() > Self::MAX_PER_PRODUCT {
+            return Err(InvalidValue::new(
+                "image_urls",
+                format!("at most {} pictures", Self::MAX_PER_PRODUCT),
+            ));
+        }
+        raw.iter().map(|url| Self::parse(url)).collect()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A stock keeping unit: 1 to 64 of `A-Z 0-9 - _ .`, stored in upper case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

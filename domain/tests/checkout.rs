@@ -210,6 +210,7 @@ fn the_catalog_entry_of_a_product_is_what_its_stream_says() {
         category: category(),
         price: eur(250),
         stock: 7,
+        image_urls: Vec::new(),
     })]);
     assert_eq!(CatalogEntry::of(&product), Some(entry(1, eur(250), 7)));
 }

@@ -8,7 +8,7 @@ use domain::RejectionKind::{InvalidState, NotFound, Unprocessable};
 use domain::product::{
     NewProduct, Product, ProductCommand as C, ProductEvent as E, ProductRejection as R,
 };
-use domain::values::{MAX_UNITS, Units};
+use domain::values::{ImageUrl, MAX_UNITS, ProductName, Units};
 use domain::{Aggregate, DomainEvent};
 use support::*;
 
@@ -21,6 +21,7 @@ fn new_product(stock: Units) -> NewProduct {
         category: category(),
         price: eur(1_000),
         stock,
+        image_urls: Vec::new(),
     }
 }
 
@@ -136,6 +137,100 @@ fn events_before_creation_leave_the_product_missing() {
 }
 
 // ---- change price ----------------------------------------------------------------------------
+
+// ---- change details ----------------------------------------------------------------------------
+
+fn picture(n: u32) -> ImageUrl {
+    ImageUrl::parse(&format!("https://img.example/{n}.jpg")).unwrap()
+}
+
+#[test]
+fn change_details_records_the_whole_new_description() {
+    let state = given::<Product>(&[created(5)]);
+    let renamed = ProductName::parse("Blue mug").unwrap();
+    let events = then(
+        when(
+            &state,
+            C::ChangeDetails {
+                name: Some(renamed.clone()),
+                description: None,
+                category: None,
+                image_urls: Some(vec![picture(1), picture(2)]),
+            },
+        ),
+        vec![E::ProductDetailsChanged {
+            product_id: product_id(1),
+            name: renamed.clone(),
+            description: description(),
+            category: category(),
+            image_urls: vec![picture(1), picture(2)],
+        }],
+    );
+    let p = apply(state, &events);
+    assert_eq!(details(&p).name, renamed);
+    assert_eq!(details(&p).image_urls, vec![picture(1), picture(2)]);
+    assert_eq!(events[0].event_type(), "ProductDetailsChanged");
+}
+
+#[test]
+fn change_details_to_what_they_are_changes_nothing() {
+    let state = given::<Product>(&[created(5)]);
+    then(
+        when(
+            &state,
+            C::ChangeDetails {
+                name: Some(name(1)),
+                description: Some(description()),
+                category: None,
+                image_urls: Some(vec![]),
+            },
+        ),
+        vec![],
+    );
+}
+
+#[test]
+fn change_details_of_a_discontinued_or_missing_product_is_rejected() {
+    let change = || C::ChangeDetails {
+        name: Some(name(2)),
+        description: None,
+        category: None,
+        image_urls: None,
+    };
+    then_rejected(
+        when(&given::<Product>(&[created(5), discontinued()]), change()),
+        R::Discontinued,
+        Unprocessable,
+        "product-discontinued",
+    );
+    then_rejected(
+        when(&given::<Product>(&[]), change()),
+        R::NotFound,
+        NotFound,
+        "product-not-found",
+    );
+}
+
+#[test]
+fn image_urls_are_absolute_web_urls_without_spaces() {
+    assert!(ImageUrl::parse("https://img.example/a.jpg").is_ok());
+    assert!(ImageUrl::parse("http://img.example").is_ok());
+    for bad in [
+        "ftp://img.example/a.jpg",
+        "https://",
+        "https:///a.jpg",
+        "/a.jpg",
+        "https://img.example/a b.jpg",
+        "https://img.example/\u{0}",
+        "javascript:alert(1)",
+    ] {
+        assert!(ImageUrl::parse(bad).is_err(), "{bad}");
+    }
+    assert!(ImageUrl::parse(&format!("https://x.example/{}", "a".repeat(2048))).is_err());
+    let eleven: Vec<String> = (0..11).map(|n| format!("https://x.example/{n}")).collect();
+    assert!(ImageUrl::parse_all(&eleven).is_err());
+    assert_eq!(ImageUrl::parse_all(&eleven[..10]).unwrap().len(), 10);
+}
 
 #[test]
 fn change_price_records_old_and_new_price() {

@@ -88,6 +88,7 @@ fn new_product(stock: u32) -> NewProduct {
         category: category(),
         price: eur(1_000),
         stock,
+        image_urls: Vec::new(),
     }
 }
 

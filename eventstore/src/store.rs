@@ -172,8 +172,9 @@ enum Missed {
 }
 
 impl EventStore {
+    /// A store on `pool` that reads and writes events in the shapes of [`Upcasters::tillstream`].
     pub fn new(pool: PgPool) -> Self {
-        Self::with_upcasters(pool, Upcasters::default())
+        Self::with_upcasters(pool, Upcasters::tillstream())
     }
 
     pub fn with_upcasters(pool: PgPool, upcasters: Upcasters) -> Self {

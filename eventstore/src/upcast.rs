@@ -32,6 +32,22 @@ impl fmt::Debug for Upcasters {
 }
 
 impl Upcasters {
+    /// Every change of a stored event's shape Tillstream has made, oldest first per type. A
+    /// store made with [`crate::EventStore::new`] reads through these and writes each type at
+    /// its newest version.
+    pub fn tillstream() -> Self {
+        Self::default()
+            // v2: products have pictures; a v1 product had none.
+            .register("ProductCreated", |mut data| {
+                if let Value::Object(fields) = &mut data {
+                    fields
+                        .entry("image_urls")
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                }
+                data
+            })
+    }
+
     /// Registers the lift from `event_type`'s latest version `n` to `n + 1`. Call in order.
     pub fn register(
         mut self,

@@ -339,6 +339,7 @@ fn new_product(stock: u32) -> (ProductId, ProductCommand) {
         category: Category::parse("kitchen").unwrap(),
         price: Money::price(1200, "EUR").unwrap(),
         stock,
+        image_urls: Vec::new(),
     });
     (product_id, command)
 }

@@ -137,3 +137,36 @@ async fn an_undecodable_event_names_itself() {
         other => panic!("unexpected error: {other:?}"),
     }
 }
+
+/// The real upcasters: a product created before products had pictures reads with none, and
+/// new ones are written at the current version.
+#[tokio::test]
+async fn a_product_created_before_pictures_reads_with_none() {
+    use domain::product::{Product, ProductEvent};
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let product_id = Uuid::new_v4();
+    let stream_id = format!("product-{product_id}");
+    sqlx::query(
+        "INSERT INTO eventstore.events (stream_id, version, event_id, event_type, schema_version, data) \
+         VALUES ($1, 1, $2, 'ProductCreated', 1, $3)",
+    )
+    .bind(&stream_id)
+    .bind(Uuid::new_v4())
+    .bind(json!({
+        "product_id": product_id, "sku": "OLD-1", "name": "Old mug", "description": "",
+        "category": "kitchen", "price": { "amount": 100, "currency": "EUR" }, "stock": 3
+    }))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let events = store.read_stream(&stream_id, 0).await.unwrap();
+    assert_eq!(events[0].schema_version, 2);
+    let Ok(ProductEvent::ProductCreated(created)) = events[0].decode::<ProductEvent>() else {
+        panic!("not a ProductCreated: {:?}", events[0]);
+    };
+    assert!(created.image_urls.is_empty());
+    let (product, _) = store.load::<Product>(&stream_id).await.unwrap();
+    assert_eq!(product.0.map(|p| p.available), Some(3));
+    assert_eq!(Upcasters::tillstream().current_version("ProductCreated"), 2);
+}

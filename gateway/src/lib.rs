@@ -205,7 +205,13 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
@@ -266,7 +272,7 @@ fn upstream_readiness(gateway: &Gateway) -> Readiness {
 /// Anonymous callers may read the catalog; everything else needs a token.
 fn anonymous_allowed(method: &Method, path: &str) -> bool {
     matches!(*method, Method::GET | Method::HEAD)
-        && (path == "/v1/products" || path.starts_with("/v1/products/"))
+        && (path == "/v1/products" || path.starts_with("/v1/products/") || path == "/v1/categories")
 }
 
 async fn forward(

@@ -30,6 +30,13 @@ pub struct ProductRow {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The pictures' URLs as a JSON array, served whole.
+    pub image_urls: String,
+}
+
+/// A list of pictures as the view stores it.
+fn image_urls_json(urls: &[domain::values::ImageUrl]) -> String {
+    serde_json::to_string(urls).unwrap_or_else(|_| "[]".to_owned())
 }
 
 fn decode(event: &RecordedEvent) -> Result<ProductEvent, ProjectionError> {
@@ -61,6 +68,7 @@ pub fn apply(
                 version: recorded.version as i64,
                 created_at: recorded.recorded_at,
                 updated_at: recorded.recorded_at,
+                image_urls: image_urls_json(&new.image_urls),
             }));
         }
         // Only a creation starts a product; nothing else can apply to a missing one.
@@ -69,6 +77,18 @@ pub fn apply(
             let mut row = row;
             match event {
                 ProductEvent::ProductCreated(_) => {}
+                ProductEvent::ProductDetailsChanged {
+                    name,
+                    description,
+                    category,
+                    image_urls,
+                    ..
+                } => {
+                    row.name = name.as_str().to_owned();
+                    row.description = description.as_str().to_owned();
+                    row.category = category.as_str().to_owned();
+                    row.image_urls = image_urls_json(&image_urls);
+                }
                 ProductEvent::ProductPriceChanged { new_price, .. } => {
                     row.price_amount = new_price.amount;
                     row.currency = new_price.currency.to_string();
@@ -103,7 +123,7 @@ pub fn apply(
 }
 
 const COLUMNS: &str = "product_id, sku, name, description, category, price_amount, currency, \
-available, reserved, discontinued, version, created_at, updated_at";
+available, reserved, discontinued, version, created_at, updated_at, image_urls";
 
 /// The products projection, for [`crate::tables::apply_live`] and rebuilds.
 #[derive(Debug, Clone, Copy)]
@@ -161,13 +181,15 @@ impl PgProjection for Products {
                              unnest($4::text[]), unnest($5::text[]), unnest($6::int8[]), \
                              unnest($7::text[]), unnest($8::int8[]), unnest($9::int8[]), \
                              unnest($10::bool[]), unnest($11::int8[]), \
-                             unnest($12::timestamptz[]), unnest($13::timestamptz[]) \
+                             unnest($12::timestamptz[]), unnest($13::timestamptz[]), \
+                             unnest($14::text[]) \
              ON CONFLICT (product_id) DO UPDATE SET \
                sku = EXCLUDED.sku, name = EXCLUDED.name, description = EXCLUDED.description, \
                category = EXCLUDED.category, price_amount = EXCLUDED.price_amount, \
                currency = EXCLUDED.currency, available = EXCLUDED.available, \
                reserved = EXCLUDED.reserved, discontinued = EXCLUDED.discontinued, \
-               version = EXCLUDED.version, updated_at = EXCLUDED.updated_at \
+               version = EXCLUDED.version, updated_at = EXCLUDED.updated_at, \
+               image_urls = EXCLUDED.image_urls \
              WHERE products.version < EXCLUDED.version \
              RETURNING product_id"
         ))
@@ -184,6 +206,7 @@ impl PgProjection for Products {
         .bind(column!(version))
         .bind(column!(created_at))
         .bind(column!(updated_at))
+        .bind(column!(image_urls))
         .fetch_all(&mut **tx)
         .await
     }

@@ -158,6 +158,7 @@ async fn scenario(f: &Fixture) -> (Vec<ProductId>, Vec<CartId>, Vec<OrderId>) {
                 category: Category::parse(if i % 2 == 0 { "kitchen" } else { "garden" }).unwrap(),
                 price: Money::price(1000 + i * 100, "EUR").unwrap(),
                 stock: 50,
+                image_urls: Vec::new(),
             }),
         )
         .await;

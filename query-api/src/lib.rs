@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
     let reads = Router::new()
         .route("/v1/products", get(routes::products::list))
         .route("/v1/products/{id}", get(routes::products::one))
+        .route("/v1/categories", get(routes::products::categories))
         .route("/v1/me", get(routes::me::me))
         .route("/v1/carts/{id}", get(routes::carts::one))
         .route("/v1/orders", get(routes::orders::list))

@@ -531,3 +531,143 @@ async fn eventually_ok(system: &TestSystem, path: &str, caller: Option<&str>) ->
     }
     panic!("{path} never answered 200");
 }
+
+/// The catalog an admin edits: pictures on create, a PATCH that changes only what it names,
+/// and the categories with their counts.
+#[tokio::test]
+async fn admins_edit_product_details_and_everyone_sees_categories() {
+    let system = TestSystem::start_full().await;
+    let (admin, alice) = (token("admin", &["admin"]), token("alice", &[]));
+    let created = system
+        .post(
+            "/v1/products",
+            &admin,
+            json!({ "sku": "EDIT-1", "name": "Mug", "description": "plain", "category": "kitchen",
+                    "price": { "amount": 900, "currency": "EUR" }, "stock": 3,
+                    "image_urls": ["https://img.example/mug.jpg"] }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let product = created.body["product_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/products/{product}");
+    let view = read_after(&system, &path, None, &created).await;
+    assert_eq!(
+        view.body["image_urls"],
+        json!(["https://img.example/mug.jpg"])
+    );
+
+    let patch = |token: &str, body: Value| {
+        system
+            .request(Method::PATCH, &path, Some(token))
+            .json(&body)
+            .send()
+    };
+    let edited = Reply::from(
+        patch(
+            &admin,
+            json!({ "name": "Blue mug", "category": "tableware", "image_urls": [] }),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (edited.status, edited.header("etag")),
+        (StatusCode::OK, Some("\"2\"")),
+        "{edited:?}"
+    );
+    let view = read_after(&system, &path, None, &edited).await;
+    assert_eq!(view.body["name"], "Blue mug");
+    assert_eq!(view.body["description"], "plain", "untouched fields stay");
+    assert_eq!(view.body["category"], "tableware");
+    assert_eq!(view.body["image_urls"], json!([]));
+    let found = system
+        .send(Method::GET, "/v1/products?q=blue", None, None)
+        .await;
+    assert_eq!(found.body["items"][0]["product_id"], product.as_str());
+
+    // Refusals change nothing.
+    for (who, body, status) in [
+        (&alice, json!({ "name": "Mine now" }), StatusCode::FORBIDDEN),
+        (&admin, json!({}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            &admin,
+            json!({ "image_urls": ["ftp://x/a.jpg"] }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            &admin,
+            json!({ "name": "" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            &admin,
+            json!({ "price": 1 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let refused = Reply::from(patch(who, body.clone()).await.unwrap()).await;
+        assert_eq!(refused.status, status, "{body}: {refused:?}");
+    }
+    let stale = Reply::from(
+        system
+            .request(Method::PATCH, &path, Some(&admin))
+            .header("if-match", "\"1\"")
+            .json(&json!({ "name": "Late" }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{stale:?}");
+    let unknown = Reply::from(
+        system
+            .request(
+                Method::PATCH,
+                &format!("/v1/products/{}", uuid::Uuid::new_v4()),
+                Some(&admin),
+            )
+            .json(&json!({ "name": "Ghost" }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{unknown:?}");
+    assert_eq!(
+        system
+            .store
+            .stream_version(&format!("product-{product}"))
+            .await
+            .unwrap(),
+        2
+    );
+
+    // Categories: products on sale per category, for anyone.
+    let second = system.product("EDIT-2", 100, 1).await; // category "tests"
+    let gone = system.product("EDIT-3", 100, 1).await;
+    let discontinued = system
+        .post(
+            &format!("/v1/products/{gone}/discontinue"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    let both = format!(
+        "product-{second}@1;{}",
+        discontinued.header("x-consistency-token").unwrap()
+    );
+    let (categories, _) = read_with_token(&system, "/v1/categories", None, &both).await;
+    assert_eq!(categories.status, StatusCode::OK, "{categories:?}");
+    assert_eq!(
+        categories.body,
+        json!({ "items": [
+            { "category": "tableware", "products": 1 },
+            { "category": "tests", "products": 1 },
+        ] })
+    );
+    assert_eq!(
+        categories.header("cache-control"),
+        Some("public, max-age=5")
+    );
+}

@@ -4,7 +4,9 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use domain::product::{NewProduct, Product, ProductCommand};
-use domain::values::{Category, Description, MAX_UNITS, Money, ProductId, ProductName, Sku};
+use domain::values::{
+    Category, Description, ImageUrl, MAX_UNITS, Money, ProductId, ProductName, Sku,
+};
 use platform::identity::Admin;
 use platform::problem::Problem;
 use serde::Deserialize;
@@ -47,6 +49,8 @@ pub struct CreateProduct {
     pub category: String,
     pub price: PriceBody,
     pub stock: i64,
+    #[serde(default)]
+    pub image_urls: Vec<String>,
 }
 
 impl CreateProduct {
@@ -66,6 +70,7 @@ impl CreateProduct {
             category: Category::parse(&self.category).map_err(invalid)?,
             price: self.price.parse()?,
             stock,
+            image_urls: ImageUrl::parse_all(&self.image_urls).map_err(invalid)?,
         })
     }
 }
@@ -93,6 +98,76 @@ pub async fn create(
                 format!("/v1/products/{product_id}"),
             )
         },
+    )
+    .await
+}
+
+/// `PATCH /v1/products/{id}`: each field present replaces what the catalog says; absent ones
+/// stay.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeDetails {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub image_urls: Option<Vec<String>>,
+}
+
+impl ChangeDetails {
+    fn parse(&self) -> Result<ProductCommand, Problem> {
+        if self.name.is_none()
+            && self.description.is_none()
+            && self.category.is_none()
+            && self.image_urls.is_none()
+        {
+            return Err(Problem::invalid_field(
+                "body",
+                "send at least one of name, description, category, image_urls",
+            ));
+        }
+        Ok(ProductCommand::ChangeDetails {
+            name: self
+                .name
+                .as_deref()
+                .map(ProductName::parse)
+                .transpose()
+                .map_err(invalid)?,
+            description: (self
+                .description
+                .as_deref()
+                .map(Description::parse)
+                .transpose())
+            .map_err(invalid)?,
+            category: (self.category.as_deref().map(Category::parse).transpose())
+                .map_err(invalid)?,
+            image_urls: (self
+                .image_urls
+                .as_deref()
+                .map(ImageUrl::parse_all)
+                .transpose())
+            .map_err(invalid)?,
+        })
+    }
+}
+
+pub async fn change_details(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+    ctx: CommandContext,
+    body: CommandBody<ChangeDetails>,
+) -> Response {
+    let (product_id, command) = match (path_id(&id, "product"), body.value.parse()) {
+        (Ok(id), Ok(command)) => (ProductId(id), command),
+        (Err(p), _) | (_, Err(p)) => return p.into_response(),
+    };
+    run::<Product>(
+        &state,
+        &ctx,
+        &body.request_hash,
+        product_id.stream_id(),
+        command,
+        |_| Reply::ok(json!({ "product_id": product_id })),
     )
     .await
 }

@@ -28,6 +28,7 @@ struct ProductRow {
     discontinued: bool,
     version: i64,
     updated_at: DateTime<Utc>,
+    image_urls: Value,
 }
 
 impl ProductRow {
@@ -38,6 +39,7 @@ impl ProductRow {
             "name": self.name,
             "description": self.description,
             "category": self.category,
+            "image_urls": self.image_urls,
             "price": { "amount": self.price_amount, "currency": self.currency },
             "available": self.available,
             "discontinued": self.discontinued,
@@ -48,7 +50,7 @@ impl ProductRow {
 }
 
 const COLUMNS: &str = "product_id, sku, name, description, category, price_amount, currency, \
-available, discontinued, version, updated_at";
+available, discontinued, version, updated_at, image_urls::json AS image_urls";
 
 /// Waits for product tokens, then returns the schema to read.
 async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
@@ -133,6 +135,33 @@ pub async fn one(
         &headers,
         format!("\"{}\"", row.version),
         row.json(),
+        Audience::Everyone,
+    ))
+}
+
+/// `GET /v1/categories` — every category with products on sale, and how many.
+pub async fn categories(
+    State(state): State<AppState>,
+    MaybePrincipal(_): MaybePrincipal,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let schema = serving_schema(&state, &headers).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT category, count(*) FROM \"{schema}\".products \
+         WHERE NOT discontinued GROUP BY category ORDER BY category"
+    ))
+    .fetch_all(&state.pool)
+    .await
+    .map_err(db_problem)?;
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(category, products)| json!({ "category": category, "products": products }))
+        .collect();
+    let body = json!({ "items": items });
+    Ok(with_etag(
+        &headers,
+        list_etag(&body),
+        body,
         Audience::Everyone,
     ))
 }

@@ -117,6 +117,7 @@ pub async fn seed(pool: &PgPool, target: u64) -> anyhow::Result<Seeded> {
                     category: Category::parse("bench")?,
                     price,
                     stock: 1_000_000,
+                    image_urls: Vec::new(),
                 }),
             )?;
             for k in 1..=9u32 {
