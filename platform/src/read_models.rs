@@ -96,9 +96,22 @@ impl CartKeys {
         format!("{}:carts:v{version}:progress", self.prefix)
     }
 
-    /// Every key of one version (for dropping an old version).
+    /// Every cart hash (and the progress) of one version.
     pub fn pattern(&self, version: i32) -> String {
         format!("{}:carts:v{version}:*", self.prefix)
+    }
+
+    /// The set of one customer's cart ids in one version (`GET /v1/carts`).
+    pub fn owner_carts(&self, version: i32, customer_id: &str) -> String {
+        format!("{}:carts-by-owner:v{version}:{customer_id}", self.prefix)
+    }
+
+    /// Every key of one version, views and owner sets (for dropping an old version).
+    pub fn version_patterns(&self, version: i32) -> [String; 2] {
+        [
+            self.pattern(version),
+            format!("{}:carts-by-owner:v{version}:*", self.prefix),
+        ]
     }
 
     /// The pub/sub channel on which the projector announces the cart views it has just

@@ -222,6 +222,12 @@ pub async fn apply_to(
                 .arg(json)
                 .arg(&view.customer_id),
         );
+        // The owner's list of carts; a set, so adding again (any version, any order) is fine.
+        write
+            .cmd("SADD")
+            .arg(keys.owner_carts(version, &view.customer_id))
+            .arg(view.cart_id.to_string())
+            .ignore();
     }
     let written: Vec<i64> = write.query_async(redis).await?;
     Ok(CartsWritten {

@@ -386,22 +386,25 @@ async fn drop_redis(
     keys: &CartKeys,
     version: i32,
 ) -> Result<(), ProjectionError> {
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys.pattern(version))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(redis)
-            .await?;
-        if !found.is_empty() {
-            let _: () = redis::cmd("UNLINK").arg(found).query_async(redis).await?;
+    for pattern in keys.version_patterns(version) {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(redis)
+                .await?;
+            if !found.is_empty() {
+                let _: () = redis::cmd("UNLINK").arg(found).query_async(redis).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
     }
+    Ok(())
 }

@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/products/{id}", get(routes::products::one))
         .route("/v1/categories", get(routes::products::categories))
         .route("/v1/me", get(routes::me::me))
+        .route("/v1/carts", get(routes::carts::list))
         .route("/v1/carts/{id}", get(routes::carts::one))
         .route("/v1/orders", get(routes::orders::list))
         .route("/v1/orders/{id}", get(routes::orders::one))

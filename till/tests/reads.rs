@@ -671,3 +671,78 @@ async fn admins_edit_product_details_and_everyone_sees_categories() {
         Some("public, max-age=5")
     );
 }
+
+/// A shopper finds their own carts without keeping their ids, newest first, by status.
+#[tokio::test]
+async fn shoppers_list_their_own_carts() {
+    let system = TestSystem::start_full().await;
+    let (alice, bob) = (token("alice", &[]), token("bob", &[]));
+    let product = system.product("LIST-1", 100, 10).await;
+    let first = system.cart("alice").await;
+    let added = system
+        .post(
+            &format!("/v1/carts/{first}/items"),
+            &alice,
+            json!({ "product_id": product, "quantity": 1 }),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{added:?}");
+    let checked_out = system
+        .send(
+            Method::POST,
+            &format!("/v1/carts/{first}/checkout"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(checked_out.status, StatusCode::ACCEPTED, "{checked_out:?}");
+    let opened = system
+        .send(Method::POST, "/v1/carts", Some(&alice), None)
+        .await;
+    let second = opened.body["cart_id"].as_str().unwrap().to_owned();
+    let bobs = system.cart("bob").await;
+
+    // Read-your-writes: the token of the last command covers the newest cart.
+    let both = format!(
+        "{};{}",
+        checked_out.header("x-consistency-token").unwrap(),
+        opened.header("x-consistency-token").unwrap()
+    );
+    let ids = |reply: &Reply| -> Vec<String> {
+        reply.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["cart_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (all, _) = read_with_token(&system, "/v1/carts", Some(&alice), &both).await;
+    assert_eq!(all.status, StatusCode::OK, "{all:?}");
+    assert_eq!(ids(&all), [second.clone(), first.clone()], "newest first");
+    assert_eq!(all.header("cache-control"), Some("private, no-cache"));
+    let open = system
+        .send(Method::GET, "/v1/carts?status=open", Some(&alice), None)
+        .await;
+    assert_eq!(ids(&open), [second.as_str()]);
+    let done = system
+        .send(
+            Method::GET,
+            "/v1/carts?status=checked_out",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&done), [first.as_str()]);
+    assert_eq!(done.body["items"][0]["status"], "checked_out");
+
+    // Bob sees his own only; a bad status is the client's mistake; nobody lists anonymously.
+    let (bobs_list, _) =
+        read_with_token(&system, "/v1/carts", Some(&bob), &format!("cart-{bobs}@1")).await;
+    assert_eq!(ids(&bobs_list), [bobs]);
+    let bad = system
+        .send(Method::GET, "/v1/carts?status=lost", Some(&alice), None)
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
+    let anonymous = system.send(Method::GET, "/v1/carts", None, None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}

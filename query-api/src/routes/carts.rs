@@ -1,4 +1,4 @@
-//! A cart view: its owner only; to anyone else it does not exist.
+//! Cart views: the owner's only; to anyone else a cart does not exist.
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -9,29 +9,28 @@ use platform::problem::Problem;
 use platform::read_models::{CARTS, serving_version};
 
 use crate::consistency::Readers;
+use crate::params::Params;
 use crate::routes::path_id;
-use crate::{AppState, Audience, consistency, db_problem, redis_problem, with_etag};
+use crate::{AppState, Audience, consistency, db_problem, list_etag, redis_problem, with_etag};
 
-/// `GET /v1/carts/{id}`
-pub async fn one(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    let id = path_id(&id, "cart")?;
-    let awaited = consistency::parse(&headers)?;
+/// The serving version of the carts projection, once it holds every cart the request's
+/// consistency token names (those the caller owns; see [`consistency::genuine`]).
+async fn serving_version_after_token(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> Result<i32, Problem> {
+    let awaited = consistency::parse(headers)?;
     let version = serving_version(&state.pool, CARTS)
         .await
         .map_err(db_problem)?;
-    let key = state.cart_keys.cart(version, id);
     let wakeups = Some((state.cart_wakeups.as_ref(), version));
     consistency::wait_for(
         &awaited,
         CartId::STREAM_TYPE,
         state.consistency_wait,
         wakeups,
-        |wanted| consistency::genuine(&state.store, wanted, Readers::Owner(&principal)),
+        |wanted| consistency::genuine(&state.store, wanted, Readers::Owner(principal)),
         |cart| {
             let (mut redis, key) = (state.redis.clone(), state.cart_keys.cart(version, cart));
             async move {
@@ -46,6 +45,19 @@ pub async fn one(
         },
     )
     .await?;
+    Ok(version)
+}
+
+/// `GET /v1/carts/{id}`
+pub async fn one(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let id = path_id(&id, "cart")?;
+    let version = serving_version_after_token(&state, &principal, &headers).await?;
+    let key = state.cart_keys.cart(version, id);
     let mut redis = state.redis.clone();
     let (owner, view, stored): (Option<String>, Option<String>, Option<u64>) = redis::cmd("HMGET")
         .arg(&key)
@@ -66,6 +78,67 @@ pub async fn one(
         &headers,
         format!("\"{}\"", stored.unwrap_or(0)),
         view,
+        Audience::OneUser,
+    ))
+}
+
+/// Most carts one listing shows (the newest).
+const MAX_LISTED: usize = 100;
+
+/// `GET /v1/carts?status=open|checked_out` — the caller's own carts, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    params: Params,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let status = match params.get("status").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(status @ ("open" | "checked_out")) => Some(status),
+        Some(_) => {
+            return Err(Problem::invalid_field(
+                "status",
+                "must be open or checked_out",
+            ));
+        }
+    };
+    let version = serving_version_after_token(&state, &principal, &headers).await?;
+    let mut redis = state.redis.clone();
+    let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(state.cart_keys.owner_carts(version, &principal.user_id))
+        .query_async(&mut redis)
+        .await
+        .map_err(redis_problem)?;
+    // Cart ids are time-ordered (UUID v7): newest first.
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut views = Vec::new();
+    if !ids.is_empty() {
+        let mut read = redis::pipe();
+        for id in &ids {
+            let Ok(id) = uuid::Uuid::parse_str(id) else {
+                continue;
+            };
+            read.cmd("HMGET")
+                .arg(state.cart_keys.cart(version, id))
+                .arg("customer_id")
+                .arg("view");
+        }
+        let found: Vec<(Option<String>, Option<String>)> =
+            read.query_async(&mut redis).await.map_err(redis_problem)?;
+        views = found
+            .into_iter()
+            // The set is the owner's by its key; the view's own owner is checked all the same.
+            .filter(|(owner, _)| owner.as_deref() == Some(principal.user_id.as_str()))
+            .filter_map(|(_, view)| serde_json::from_str::<serde_json::Value>(&view?).ok())
+            .filter(|view| status.is_none_or(|s| view["status"] == s))
+            .take(MAX_LISTED)
+            .collect();
+    }
+    let body = serde_json::json!({ "items": views });
+    Ok(with_etag(
+        &headers,
+        list_etag(&body),
+        body,
         Audience::OneUser,
     ))
 }
