@@ -54,6 +54,7 @@ pub enum OrderStatus {
     PaymentDeclined,
     Paid,
     Shipped,
+    Delivered,
     Rejected,
     Expired,
     Cancelled,
@@ -70,6 +71,7 @@ impl OrderStatus {
             Self::PaymentDeclined => "payment_declined",
             Self::Paid => "paid",
             Self::Shipped => "shipped",
+            Self::Delivered => "delivered",
             Self::Rejected => "rejected",
             Self::Expired => "expired",
             Self::Cancelled => "cancelled",
@@ -134,6 +136,10 @@ pub enum OrderCommand {
     Ship {
         actor: Actor,
     },
+    /// The carrier handed the parcel over (admin).
+    Deliver {
+        actor: Actor,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +199,9 @@ pub enum OrderEvent {
     OrderShipped {
         order_id: OrderId,
     },
+    OrderDelivered {
+        order_id: OrderId,
+    },
 }
 
 event_types!(OrderEvent {
@@ -207,6 +216,7 @@ event_types!(OrderEvent {
     OrderCancelled,
     OrderRefunded,
     OrderShipped,
+    OrderDelivered,
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -400,6 +410,15 @@ impl OrderDetails {
                     _ => Err(self.illegal("ship")),
                 }
             }
+            OrderCommand::Deliver { actor } => {
+                if !actor.is_admin {
+                    return Err(OrderRejection::AdminOnly);
+                }
+                match self.status {
+                    S::Shipped => Ok(vec![OrderEvent::OrderDelivered { order_id }]),
+                    _ => Err(self.illegal("deliver")),
+                }
+            }
         }
     }
 }
@@ -493,6 +512,7 @@ impl Aggregate for Order {
             OrderEvent::OrderCancelled { .. } => order.status = S::Cancelled,
             OrderEvent::OrderRefunded { .. } => order.status = S::Refunded,
             OrderEvent::OrderShipped { .. } => order.status = S::Shipped,
+            OrderEvent::OrderDelivered { .. } => order.status = S::Delivered,
         }
         Order(Some(order))
     }

@@ -11,7 +11,7 @@ use domain::values::{Actor, PaymentId};
 use domain::{Aggregate, DomainEvent};
 use support::*;
 
-const ALL_STATUSES: [OrderStatus; 11] = [
+const ALL_STATUSES: [OrderStatus; 12] = [
     S::Placed,
     S::StockReserved,
     S::AwaitingPayment,
@@ -19,6 +19,7 @@ const ALL_STATUSES: [OrderStatus; 11] = [
     S::PaymentDeclined,
     S::Paid,
     S::Shipped,
+    S::Delivered,
     S::Rejected,
     S::Expired,
     S::Cancelled,
@@ -113,6 +114,12 @@ fn history(status: OrderStatus) -> Vec<E> {
         S::Shipped => with(
             history(S::Paid),
             &[E::OrderShipped {
+                order_id: order_id(1),
+            }],
+        ),
+        S::Delivered => with(
+            history(S::Shipped),
+            &[E::OrderDelivered {
                 order_id: order_id(1),
             }],
         ),
@@ -433,6 +440,7 @@ fn payment_from_any_other_state_is_illegal() {
         S::StockReserved,
         S::Paid,
         S::Shipped,
+        S::Delivered,
         S::Rejected,
         S::Expired,
         S::Cancelled,
@@ -583,6 +591,7 @@ fn expire_from_any_other_state_is_illegal() {
         S::PaymentPending,
         S::Paid,
         S::Shipped,
+        S::Delivered,
         S::Rejected,
         S::Expired,
         S::Cancelled,
@@ -662,6 +671,7 @@ fn cancel_while_a_payment_is_pending_is_rejected() {
 fn cancel_after_the_end_is_illegal() {
     for status in [
         S::Shipped,
+        S::Delivered,
         S::Expired,
         S::Rejected,
         S::Cancelled,
@@ -796,6 +806,46 @@ fn ship_only_from_paid() {
     }
 }
 
+// ---- deliver ---------------------------------------------------------------------------------
+
+#[test]
+fn admin_marks_a_shipped_order_delivered() {
+    let events = then(
+        when(&order_in(S::Shipped), C::Deliver { actor: admin() }),
+        vec![E::OrderDelivered {
+            order_id: order_id(1),
+        }],
+    );
+    assert_eq!(
+        details(&apply(order_in(S::Shipped), &events)).status,
+        S::Delivered
+    );
+    assert!(!S::Delivered.holds_stock());
+}
+
+#[test]
+fn only_an_admin_marks_delivery() {
+    for actor in [alice(), bob()] {
+        then_rejected(
+            when(&order_in(S::Shipped), C::Deliver { actor }),
+            R::AdminOnly,
+            Forbidden,
+            "admin-only",
+        );
+    }
+}
+
+#[test]
+fn deliver_only_from_shipped() {
+    for status in ALL_STATUSES.into_iter().filter(|s| *s != S::Shipped) {
+        illegal(
+            when(&order_in(status), C::Deliver { actor: admin() }),
+            "deliver",
+            status,
+        );
+    }
+}
+
 // ---- the whole story -------------------------------------------------------------------------
 
 #[test]
@@ -848,6 +898,7 @@ fn status_names_and_stock_holding() {
             "payment_declined",
             "paid",
             "shipped",
+            "delivered",
             "rejected",
             "expired",
             "cancelled",

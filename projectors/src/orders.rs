@@ -142,6 +142,7 @@ pub fn apply(
                 }
                 OrderEvent::OrderRefunded { .. } => OrderStatus::Refunded,
                 OrderEvent::OrderShipped { .. } => OrderStatus::Shipped,
+                OrderEvent::OrderDelivered { .. } => OrderStatus::Delivered,
             };
             row.status = status.as_str().to_owned();
             row

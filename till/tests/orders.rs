@@ -189,6 +189,28 @@ async fn happy_path_to_paid_and_shipped() {
         order_view(&system, ADMIN, &order).await.status,
         StatusCode::OK
     );
+
+    // Delivered: by an admin, once, and only after shipping.
+    let deliver = |who: &str, roles: &[&str]| {
+        let token = token(who, roles);
+        let path = format!("/v1/orders/{order}/deliver");
+        let system = &system;
+        async move { system.send(Method::POST, &path, Some(&token), None).await }
+    };
+    let by_owner = deliver("alice", &[]).await;
+    assert_eq!(
+        (by_owner.status, by_owner.problem_code()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let delivered = deliver(ADMIN, &["admin"]).await;
+    assert_eq!(delivered.status, StatusCode::ACCEPTED, "{delivered:?}");
+    let view = wait_for_status(&system, "alice", &order, "delivered").await;
+    assert_eq!(view["history"].as_array().unwrap().len(), 7);
+    let again = deliver(ADMIN, &["admin"]).await;
+    assert_eq!(
+        (again.status, again.problem_code()),
+        (StatusCode::CONFLICT, "illegal-order-transition")
+    );
 }
 
 #[tokio::test]

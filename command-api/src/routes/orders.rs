@@ -1,4 +1,4 @@
-//! Order commands: pay (owner), cancel (owner or admin), ship (admin). The order process that
+//! Order commands: pay (owner), cancel (owner or admin), ship and deliver (admin). The order process that
 //! reserves stock, charges and expires orders reacts to the events these record.
 
 use axum::extract::{Path, State};
@@ -124,6 +124,34 @@ pub async fn ship(
         &ctx.bodiless_request_hash,
         order_id.stream_id(),
         OrderCommand::Ship {
+            actor: ctx.actor.clone(),
+        },
+        |_| {
+            Reply::accepted(
+                json!({ "order_id": order_id }),
+                Some(format!("/v1/orders/{order_id}")),
+            )
+        },
+    )
+    .await
+}
+
+pub async fn deliver(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+    ctx: CommandContext,
+) -> Response {
+    let order_id = match path_id(&id, "order") {
+        Ok(id) => OrderId(id),
+        Err(p) => return p.into_response(),
+    };
+    run::<Order>(
+        &state,
+        &ctx,
+        &ctx.bodiless_request_hash,
+        order_id.stream_id(),
+        OrderCommand::Deliver {
             actor: ctx.actor.clone(),
         },
         |_| {
