@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use domain::order::{Order, OrderCommand, PaymentToken};
-use domain::values::{OrderId, PaymentId, Reason};
+use domain::values::{Actor, OrderId, PaymentId, Reason};
 use platform::identity::Admin;
 use serde::Deserialize;
 use serde_json::json;
@@ -114,26 +114,7 @@ pub async fn ship(
     Path(id): Path<String>,
     ctx: CommandContext,
 ) -> Response {
-    let order_id = match path_id(&id, "order") {
-        Ok(id) => OrderId(id),
-        Err(p) => return p.into_response(),
-    };
-    run::<Order>(
-        &state,
-        &ctx,
-        &ctx.bodiless_request_hash,
-        order_id.stream_id(),
-        OrderCommand::Ship {
-            actor: ctx.actor.clone(),
-        },
-        |_| {
-            Reply::accepted(
-                json!({ "order_id": order_id }),
-                Some(format!("/v1/orders/{order_id}")),
-            )
-        },
-    )
-    .await
+    bodiless(&state, &id, &ctx, |actor| OrderCommand::Ship { actor }).await
 }
 
 pub async fn deliver(
@@ -142,18 +123,27 @@ pub async fn deliver(
     Path(id): Path<String>,
     ctx: CommandContext,
 ) -> Response {
-    let order_id = match path_id(&id, "order") {
+    bodiless(&state, &id, &ctx, |actor| OrderCommand::Deliver { actor }).await
+}
+
+/// A command on the order in the path that takes nothing but its actor; answered 202 with the
+/// order's location.
+async fn bodiless(
+    state: &AppState,
+    id: &str,
+    ctx: &CommandContext,
+    command: impl FnOnce(Actor) -> OrderCommand,
+) -> Response {
+    let order_id = match path_id(id, "order") {
         Ok(id) => OrderId(id),
         Err(p) => return p.into_response(),
     };
     run::<Order>(
-        &state,
-        &ctx,
+        state,
+        ctx,
         &ctx.bodiless_request_hash,
         order_id.stream_id(),
-        OrderCommand::Deliver {
-            actor: ctx.actor.clone(),
-        },
+        command(ctx.actor.clone()),
         |_| {
             Reply::accepted(
                 json!({ "order_id": order_id }),
