@@ -197,25 +197,22 @@ impl ProductDetails {
                 if p.discontinued {
                     return Err(ProductRejection::Discontinued);
                 }
-                let changed = E::ProductDetailsChanged {
+                let name = name.unwrap_or_else(|| p.name.clone());
+                let description = description.unwrap_or_else(|| p.description.clone());
+                let category = category.unwrap_or_else(|| p.category.clone());
+                let image_urls = image_urls.unwrap_or_else(|| p.image_urls.clone());
+                if (&name, &description, &category, &image_urls)
+                    == (&p.name, &p.description, &p.category, &p.image_urls)
+                {
+                    return Ok(vec![]);
+                }
+                Ok(vec![E::ProductDetailsChanged {
                     product_id,
-                    name: name.unwrap_or_else(|| p.name.clone()),
-                    description: description.unwrap_or_else(|| p.description.clone()),
-                    category: category.unwrap_or_else(|| p.category.clone()),
-                    image_urls: image_urls.unwrap_or_else(|| p.image_urls.clone()),
-                };
-                let unchanged = E::ProductDetailsChanged {
-                    product_id,
-                    name: p.name.clone(),
-                    description: p.description.clone(),
-                    category: p.category.clone(),
-                    image_urls: p.image_urls.clone(),
-                };
-                Ok(if changed == unchanged {
-                    vec![]
-                } else {
-                    vec![changed]
-                })
+                    name,
+                    description,
+                    category,
+                    image_urls,
+                }])
             }
             ProductCommand::ChangePrice { price } => {
                 if p.discontinued {
