@@ -19,6 +19,13 @@ pub struct Awaited {
     pub version: u64,
 }
 
+impl Awaited {
+    /// The event stream this names: `<type>-<uuid>`.
+    pub fn stream_id(&self) -> String {
+        format!("{}-{}", self.stream_type, self.id)
+    }
+}
+
 /// Streams at the versions a command left them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsistencyToken(Vec<Awaited>);
@@ -85,7 +92,7 @@ impl fmt::Display for ConsistencyToken {
             if i > 0 {
                 f.write_str(";")?;
             }
-            write!(f, "{}-{}@{}", a.stream_type, a.id, a.version)?;
+            write!(f, "{}@{}", a.stream_id(), a.version)?;
         }
         Ok(())
     }

@@ -55,9 +55,8 @@ pub async fn genuine(
     wanted: Awaited,
     readers: Readers<'_>,
 ) -> Result<bool, Problem> {
-    let stream_id = format!("{}-{}", wanted.stream_type, wanted.id);
     let events = store
-        .read_stream(&stream_id, 0)
+        .read_stream(&wanted.stream_id(), 0)
         .await
         .map_err(|e| Problem::internal(&e))?;
     if events.last().is_none_or(|e| e.version < wanted.version) {
@@ -140,9 +139,8 @@ fn timed_out(wanted: &Awaited, limit: Duration) -> Problem {
         "Not consistent yet",
     )
     .with_detail(format!(
-        "the read model has not caught up with {}-{}@{} within {} ms; retry",
-        wanted.stream_type,
-        wanted.id,
+        "the read model has not caught up with {}@{} within {} ms; retry",
+        wanted.stream_id(),
         wanted.version,
         limit.as_millis()
     ))
