@@ -37,3 +37,37 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
         Ok(Self(params))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn params(uri: &str) -> Result<Params, Problem> {
+        let (mut parts, ()) = axum::http::Request::builder()
+            .uri(uri)
+            .body(())
+            .expect("request")
+            .into_parts();
+        Params::from_request_parts(&mut parts, &()).await
+    }
+
+    #[tokio::test]
+    async fn parameters_decode_and_control_characters_are_refused() {
+        let ok = params("/v1/products?q=blue%20mug&limit=5").await.unwrap();
+        assert_eq!(ok.get("q"), Some("blue mug"));
+        assert_eq!(ok.get("limit"), Some("5"));
+        assert_eq!(params("/v1/products").await.unwrap().get("q"), None);
+        for uri in [
+            "/v1/products?q=%00",
+            "/v1/products?a%07=1",
+            "/v1/orders?status=%0A",
+        ] {
+            let refused = params(uri).await.expect_err(uri);
+            assert_eq!(
+                (refused.status, refused.code()),
+                (400, "invalid-query"),
+                "{uri}"
+            );
+        }
+    }
+}
