@@ -4,7 +4,9 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{Method, header};
+use domain::values::Money;
 use platform::problem::Problem;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
@@ -185,5 +187,27 @@ mod tests {
             missing.errors[0].reason.contains("product_id"),
             "{missing:?}"
         );
+    }
+}
+
+/// An amount of money in a body: `{amount, currency}`, minor units and an ISO 4217 code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyBody {
+    pub amount: i64,
+    pub currency: String,
+}
+
+impl MoneyBody {
+    /// The money, or a 422 naming `<field>.amount` or `<field>.currency`.
+    pub fn parse(&self, field: &str) -> Result<Money, Problem> {
+        Money::price(self.amount, &self.currency).map_err(|e| {
+            let part = if e.field == "currency" {
+                "currency"
+            } else {
+                "amount"
+            };
+            Problem::invalid_field(format!("{field}.{part}"), e.reason)
+        })
     }
 }

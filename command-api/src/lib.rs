@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/ship", post(orders::ship))
         .route("/v1/orders/{id}/deliver", post(orders::deliver))
+        .route("/v1/orders/{id}/refund", post(orders::refund))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     Router::new()

@@ -1,7 +1,7 @@
 //! The order and its lifecycle.
 //!
 //! ```text
-//! Placed ─▶ StockReserved ─▶ AwaitingPayment ─▶ PaymentPending ─▶ Paid ─▶ Shipped
+//! Placed ─▶ StockReserved ─▶ AwaitingPayment ─▶ PaymentPending ─▶ Paid ─▶ Shipped ─▶ Delivered
 //!   │                          │        ▲            │              │
 //!   ▼                          │        └─ PaymentDeclined ◀────────┘(declined)
 //! Rejected (no stock)          ▼                                    ▼
@@ -10,12 +10,21 @@
 //!
 //! Cancel is allowed from every state before shipping except while a payment is with the
 //! provider (its outcome must be known first). Every other move is a rejection.
+//!
+//! Refunds: an admin may refund a paid, shipped or delivered order, in full or in parts, never
+//! more in total than was paid. A refund is first *requested* on the order (which reserves its
+//! amount, so two refunds racing cannot together exceed the payment), then given back by the
+//! provider and *recorded*; the order is `refunded` once everything paid has come back.
+//! Cancelling a paid order refunds whatever no earlier refund has claimed.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::cart::CartLine;
-use crate::values::{Actor, CartId, CustomerId, InvalidValue, Money, OrderId, PaymentId};
+use crate::values::{
+    Actor, Carrier, CartId, Currency, CustomerId, InvalidValue, Money, OrderId, PaymentId,
+    RefundId, TrackingNumber,
+};
 use crate::{Aggregate, event_types, rejection_codes};
 
 /// An opaque token from the payment provider's client-side form, 1 to 256 visible characters.
@@ -130,11 +139,24 @@ pub enum OrderCommand {
         actor: Actor,
         reason: String,
     },
+    /// An admin gives back `amount` of the payment (everything not yet claimed by another
+    /// refund when `None`).
+    Refund {
+        actor: Actor,
+        refund_id: RefundId,
+        amount: Option<Money>,
+        reason: String,
+    },
+    /// The provider gave a refund back.
     RecordRefund {
         payment_id: PaymentId,
+        refund_id: RefundId,
+        amount: Money,
     },
     Ship {
         actor: Actor,
+        carrier: Carrier,
+        tracking_number: TrackingNumber,
     },
     /// The carrier handed the parcel over (admin).
     Deliver {
@@ -191,13 +213,29 @@ pub enum OrderEvent {
         reason: String,
         refund: Option<PaymentId>,
     },
+    /// An admin asked for `amount` of the payment back; the order process has the provider
+    /// refund it.
+    OrderRefundRequested {
+        order_id: OrderId,
+        payment_id: PaymentId,
+        refund_id: RefundId,
+        amount: Money,
+        reason: String,
+        by: CustomerId,
+    },
+    /// Schema v2 added `refund_id` (a v1 event, the one full refund of a cancelled order, is
+    /// read with the payment's id as its refund id).
     OrderRefunded {
         order_id: OrderId,
         payment_id: PaymentId,
+        refund_id: RefundId,
         amount: Money,
     },
+    /// Schema v2 added the carrier and tracking number (empty in events of v1).
     OrderShipped {
         order_id: OrderId,
+        carrier: Carrier,
+        tracking_number: TrackingNumber,
     },
     OrderDelivered {
         order_id: OrderId,
@@ -214,6 +252,7 @@ event_types!(OrderEvent {
     OrderPaymentDeclined,
     OrderExpired,
     OrderCancelled,
+    OrderRefundRequested,
     OrderRefunded,
     OrderShipped,
     OrderDelivered,
@@ -246,6 +285,14 @@ pub enum OrderRejection {
     NotOwner,
     #[error("only an admin may do this")]
     AdminOnly,
+    #[error("a refund must be positive")]
+    NonPositiveRefund,
+    #[error("the order was paid in {order}, not in the refund's currency")]
+    RefundCurrency { order: Currency },
+    #[error("at most {refundable} can still be refunded")]
+    RefundExceedsPayment { refundable: Money },
+    #[error("the refund {0} is already recorded")]
+    RefundRecorded(RefundId),
 }
 
 rejection_codes!(OrderRejection {
@@ -260,6 +307,10 @@ rejection_codes!(OrderRejection {
     DeadlineNotReached => (InvalidState, "deadline-not-reached"),
     NotOwner => (Forbidden, "not-order-owner"),
     AdminOnly => (Forbidden, "admin-only"),
+    NonPositiveRefund => (Unprocessable, "non-positive-amount"),
+    RefundCurrency => (Unprocessable, "currency-mismatch"),
+    RefundExceedsPayment => (Unprocessable, "refund-exceeds-payment"),
+    RefundRecorded => (InvalidState, "refund-recorded"),
 });
 
 /// An order as its events describe it; `None` until placed.
@@ -277,6 +328,11 @@ pub struct OrderDetails {
     pub pay_by: Option<DateTime<Utc>>,
     /// The payment with the provider (while pending) or the one that captured (once paid).
     pub payment: Option<PaymentId>,
+    /// Sum of the refunds admins have requested (whether given back yet or not).
+    pub refunds_requested: Money,
+    /// Sum of the refunds given back, and their ids.
+    pub refunded: Money,
+    pub refund_ids: Vec<RefundId>,
 }
 
 impl OrderDetails {
@@ -303,6 +359,60 @@ impl OrderDetails {
         } else {
             Err(OrderRejection::NotFound)
         }
+    }
+
+    /// What is left to refund once every requested refund is given back: the whole total of a
+    /// paid order without refunds.
+    pub fn refundable(&self) -> Money {
+        self.total
+            .minus(self.refunds_requested)
+            .unwrap_or(Money::zero(self.total.currency))
+    }
+
+    fn check_admin(actor: &Actor) -> Result<(), OrderRejection> {
+        if actor.is_admin {
+            Ok(())
+        } else {
+            Err(OrderRejection::AdminOnly)
+        }
+    }
+
+    fn refund(
+        &self,
+        actor: Actor,
+        refund_id: RefundId,
+        amount: Option<Money>,
+        reason: String,
+    ) -> Result<Vec<OrderEvent>, OrderRejection> {
+        use OrderStatus as S;
+        Self::check_admin(&actor)?;
+        let payment_id = match (self.status, self.payment) {
+            (S::Paid | S::Shipped | S::Delivered, Some(payment_id)) => payment_id,
+            _ => return Err(self.illegal("refund")),
+        };
+        if let Some(asked) = amount {
+            if asked.amount <= 0 {
+                return Err(OrderRejection::NonPositiveRefund);
+            }
+            if asked.currency != self.total.currency {
+                return Err(OrderRejection::RefundCurrency {
+                    order: self.total.currency,
+                });
+            }
+        }
+        let refundable = self.refundable();
+        let amount = amount.unwrap_or(refundable);
+        if refundable.amount == 0 || amount.amount > refundable.amount {
+            return Err(OrderRejection::RefundExceedsPayment { refundable });
+        }
+        Ok(vec![OrderEvent::OrderRefundRequested {
+            order_id: self.order_id,
+            payment_id,
+            refund_id,
+            amount,
+            reason,
+            by: actor.id,
+        }])
     }
 
     fn pending_payment(&self, payment_id: PaymentId) -> Result<(), OrderRejection> {
@@ -391,29 +501,52 @@ impl OrderDetails {
                     refund,
                 }])
             }
-            OrderCommand::RecordRefund { payment_id } => {
-                if self.status != S::Cancelled || self.payment != Some(payment_id) {
-                    return Err(self.illegal("refund"));
+            OrderCommand::Refund {
+                actor,
+                refund_id,
+                amount,
+                reason,
+            } => self.refund(actor, refund_id, amount, reason),
+            OrderCommand::RecordRefund {
+                payment_id,
+                refund_id,
+                amount,
+            } => {
+                if self.refund_ids.contains(&refund_id) {
+                    return Err(OrderRejection::RefundRecorded(refund_id));
                 }
-                Ok(vec![OrderEvent::OrderRefunded {
-                    order_id,
-                    payment_id,
-                    amount: self.total,
-                }])
-            }
-            OrderCommand::Ship { actor } => {
-                if !actor.is_admin {
-                    return Err(OrderRejection::AdminOnly);
+                if self.payment != Some(payment_id) {
+                    return Err(OrderRejection::UnknownPayment(payment_id));
                 }
                 match self.status {
-                    S::Paid => Ok(vec![OrderEvent::OrderShipped { order_id }]),
+                    S::Paid | S::Shipped | S::Delivered | S::Cancelled | S::Refunded => {
+                        Ok(vec![OrderEvent::OrderRefunded {
+                            order_id,
+                            payment_id,
+                            refund_id,
+                            amount,
+                        }])
+                    }
+                    _ => Err(self.illegal("record a refund of")),
+                }
+            }
+            OrderCommand::Ship {
+                actor,
+                carrier,
+                tracking_number,
+            } => {
+                Self::check_admin(&actor)?;
+                match self.status {
+                    S::Paid => Ok(vec![OrderEvent::OrderShipped {
+                        order_id,
+                        carrier,
+                        tracking_number,
+                    }]),
                     _ => Err(self.illegal("ship")),
                 }
             }
             OrderCommand::Deliver { actor } => {
-                if !actor.is_admin {
-                    return Err(OrderRejection::AdminOnly);
-                }
+                Self::check_admin(&actor)?;
                 match self.status {
                     S::Shipped => Ok(vec![OrderEvent::OrderDelivered { order_id }]),
                     _ => Err(self.illegal("deliver")),
@@ -487,6 +620,9 @@ impl Aggregate for Order {
                     status: S::Placed,
                     pay_by: None,
                     payment: None,
+                    refunds_requested: Money::zero(total.currency),
+                    refunded: Money::zero(total.currency),
+                    refund_ids: Vec::new(),
                 })),
                 _ => Order(None),
             };
@@ -510,7 +646,23 @@ impl Aggregate for Order {
             }
             OrderEvent::OrderExpired { .. } => order.status = S::Expired,
             OrderEvent::OrderCancelled { .. } => order.status = S::Cancelled,
-            OrderEvent::OrderRefunded { .. } => order.status = S::Refunded,
+            OrderEvent::OrderRefundRequested { amount, .. } => {
+                order.refunds_requested = order
+                    .refunds_requested
+                    .plus(*amount)
+                    .unwrap_or(order.refunds_requested);
+            }
+            OrderEvent::OrderRefunded {
+                refund_id, amount, ..
+            } => {
+                order.refunded = order.refunded.plus(*amount).unwrap_or(order.refunded);
+                order.refund_ids.push(*refund_id);
+                // Refunded once everything paid came back: a cancelled order's last refund (the
+                // rest), or admin refunds that add up to the total.
+                if order.refunded.amount >= order.total.amount {
+                    order.status = S::Refunded;
+                }
+            }
             OrderEvent::OrderShipped { .. } => order.status = S::Shipped,
             OrderEvent::OrderDelivered { .. } => order.status = S::Delivered,
         }

@@ -4,17 +4,20 @@
 //! that was already made (after a crash between the call and the append) never charges twice.
 //!
 //! ```text
-//! Requested ─▶ Captured ─▶ Refunded
+//! Requested ─▶ Captured ─▶ (partial refunds…) ─▶ Refunded (everything given back)
 //!     │ ▲
 //!     │ └── AttemptFailed (transient, retried)
 //!     ▼
 //!  Declined
 //! ```
+//!
+//! A captured payment is refunded in one or more parts, each with its own refund id (the
+//! provider's idempotency key for it), never more in total than was captured.
 
 use serde::{Deserialize, Serialize};
 
 use crate::order::PaymentToken;
-use crate::values::{Money, OrderId, PaymentId};
+use crate::values::{Money, OrderId, PaymentId, RefundId};
 use crate::{Aggregate, event_types, rejection_codes};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,8 @@ pub enum PaymentCommand {
         reason: String,
     },
     Refund {
+        refund_id: RefundId,
+        amount: Money,
         reason: String,
     },
 }
@@ -74,9 +79,12 @@ pub enum PaymentEvent {
         order_id: OrderId,
         reason: String,
     },
+    /// Schema v2 added `refund_id` (a v1 event, the one full refund of a cancelled order, is
+    /// read with the payment's id as its refund id).
     PaymentRefunded {
         payment_id: PaymentId,
         order_id: OrderId,
+        refund_id: RefundId,
         amount: Money,
         reason: String,
     },
@@ -98,6 +106,10 @@ pub enum PaymentRejection {
     AlreadyExists,
     #[error("a payment amount must be positive")]
     NonPositiveAmount,
+    #[error("at most {refundable} of this payment can still be refunded")]
+    RefundExceedsCapture { refundable: Money },
+    #[error("the refund {0} is already recorded")]
+    RefundRecorded(RefundId),
     #[error("cannot {action} a payment that is {status:?}")]
     IllegalTransition {
         action: &'static str,
@@ -109,6 +121,8 @@ rejection_codes!(PaymentRejection {
     NotFound => (NotFound, "payment-not-found"),
     AlreadyExists => (InvalidState, "payment-exists"),
     NonPositiveAmount => (Unprocessable, "non-positive-amount"),
+    RefundExceedsCapture => (Unprocessable, "refund-exceeds-payment"),
+    RefundRecorded => (InvalidState, "refund-recorded"),
     IllegalTransition => (InvalidState, "illegal-payment-transition"),
 });
 
@@ -124,6 +138,9 @@ pub struct PaymentDetails {
     pub token: PaymentToken,
     pub status: PaymentStatus,
     pub failed_attempts: u32,
+    /// Sum of the refunds given back, and their ids.
+    pub refunded: Money,
+    pub refund_ids: Vec<RefundId>,
 }
 
 impl PaymentDetails {
@@ -163,18 +180,35 @@ impl PaymentDetails {
                     reason,
                 }])
             }
-            PaymentCommand::Refund { reason } => match self.status {
-                PaymentStatus::Captured => Ok(vec![PaymentEvent::PaymentRefunded {
+            PaymentCommand::Refund {
+                refund_id,
+                amount: refund,
+                reason,
+            } => {
+                if self.refund_ids.contains(&refund_id) {
+                    return Err(PaymentRejection::RefundRecorded(refund_id));
+                }
+                if self.status != PaymentStatus::Captured {
+                    return Err(PaymentRejection::IllegalTransition {
+                        action: "refund",
+                        status: self.status,
+                    });
+                }
+                if refund.amount <= 0 {
+                    return Err(PaymentRejection::NonPositiveAmount);
+                }
+                let refundable = amount.minus(self.refunded).unwrap_or(amount);
+                if refund.currency != amount.currency || refund.amount > refundable.amount {
+                    return Err(PaymentRejection::RefundExceedsCapture { refundable });
+                }
+                Ok(vec![PaymentEvent::PaymentRefunded {
                     payment_id,
                     order_id,
-                    amount,
+                    refund_id,
+                    amount: refund,
                     reason,
-                }]),
-                status => Err(PaymentRejection::IllegalTransition {
-                    action: "refund",
-                    status,
-                }),
-            },
+                }])
+            }
         }
     }
 }
@@ -226,6 +260,8 @@ impl Aggregate for Payment {
                     token: token.clone(),
                     status: PaymentStatus::Requested,
                     failed_attempts: 0,
+                    refunded: Money::zero(amount.currency),
+                    refund_ids: Vec::new(),
                 })),
                 _ => Payment(None),
             };
@@ -237,7 +273,15 @@ impl Aggregate for Payment {
             }
             PaymentEvent::PaymentCaptured { .. } => payment.status = PaymentStatus::Captured,
             PaymentEvent::PaymentDeclined { .. } => payment.status = PaymentStatus::Declined,
-            PaymentEvent::PaymentRefunded { .. } => payment.status = PaymentStatus::Refunded,
+            PaymentEvent::PaymentRefunded {
+                refund_id, amount, ..
+            } => {
+                payment.refunded = payment.refunded.plus(*amount).unwrap_or(payment.refunded);
+                payment.refund_ids.push(*refund_id);
+                if payment.refunded.amount >= payment.amount.amount {
+                    payment.status = PaymentStatus::Refunded;
+                }
+            }
         }
         Payment(Some(payment))
     }

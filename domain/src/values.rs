@@ -78,6 +78,19 @@ uuid_id!(
     "payment"
 );
 
+/// Identifies one refund of a payment; it is the provider's idempotency key for that refund, so
+/// a refund is given back once however often it is asked for. Refunds live in the payment's
+/// and the order's streams, not in a stream of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RefundId(pub Uuid);
+
+impl fmt::Display for RefundId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl ProductId {
     /// The id of the product with this SKU. Deriving the id from the SKU makes "one product per
     /// SKU" an optimistic-concurrency fact: creating a second product with the same SKU targets
@@ -293,6 +306,17 @@ impl Money {
         })
     }
 
+    /// `self - other`; `None` on overflow or when the currencies differ.
+    pub fn minus(self, other: Self) -> Option<Self> {
+        if self.currency != other.currency {
+            return None;
+        }
+        Some(Self {
+            amount: self.amount.checked_sub(other.amount)?,
+            currency: self.currency,
+        })
+    }
+
     /// `self + other`; `None` on overflow or when the currencies differ.
     pub fn plus(self, other: Self) -> Option<Self> {
         if self.currency != other.currency {
@@ -387,6 +411,21 @@ text_value!(
     "reason",
     500,
     true
+);
+
+text_value!(
+    /// Who carries a shipped order ("DHL", "La Poste"), 1 to 100 characters.
+    Carrier,
+    "carrier",
+    100,
+    false
+);
+text_value!(
+    /// The carrier's tracking number of a shipped order, 1 to 100 characters.
+    TrackingNumber,
+    "tracking_number",
+    100,
+    false
 );
 
 /// A picture of a product: an absolute `https://` or `http://` URL of at most 2,048 bytes,
@@ -557,6 +596,8 @@ mod tests {
         };
         assert_eq!(huge.times(q), None);
         assert_eq!(huge.plus(eur), None);
+        assert_eq!(eur.minus(eur).map(|m| m.amount), Some(0));
+        assert_eq!(eur.minus(usd), None);
     }
 
     #[test]

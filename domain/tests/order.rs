@@ -7,7 +7,7 @@ use domain::order::{
     Order, OrderCommand as C, OrderDetails, OrderEvent as E, OrderRejection as R, OrderStatus,
     OrderStatus as S, order_total,
 };
-use domain::values::{Actor, PaymentId};
+use domain::values::{Actor, Carrier, PaymentId, RefundId, TrackingNumber};
 use domain::{Aggregate, DomainEvent};
 use support::*;
 
@@ -111,12 +111,7 @@ fn history(status: OrderStatus) -> Vec<E> {
         S::PaymentPending => with(awaiting_payment, &[payment_requested(1)]),
         S::PaymentDeclined => with(awaiting_payment, &[payment_requested(1), declined(1)]),
         S::Paid => with(awaiting_payment, &[payment_requested(1), paid(1)]),
-        S::Shipped => with(
-            history(S::Paid),
-            &[E::OrderShipped {
-                order_id: order_id(1),
-            }],
-        ),
+        S::Shipped => with(history(S::Paid), &[shipped()]),
         S::Delivered => with(
             history(S::Shipped),
             &[E::OrderDelivered {
@@ -141,14 +136,64 @@ fn history(status: OrderStatus) -> Vec<E> {
             history(S::Paid),
             &[cancelled(&alice(), Some(payment_id(1)))],
         ),
-        S::Refunded => with(
-            history(S::Cancelled),
-            &[E::OrderRefunded {
-                order_id: order_id(1),
-                payment_id: payment_id(1),
-                amount: eur(TOTAL),
-            }],
-        ),
+        S::Refunded => with(history(S::Cancelled), &[refunded(1, TOTAL)]),
+    }
+}
+
+fn shipped() -> E {
+    E::OrderShipped {
+        order_id: order_id(1),
+        carrier: Carrier::parse("DHL").unwrap(),
+        tracking_number: TrackingNumber::parse("JD0146 0000 1234").unwrap(),
+    }
+}
+
+fn ship(actor: Actor) -> C {
+    C::Ship {
+        actor,
+        carrier: Carrier::parse("DHL").unwrap(),
+        tracking_number: TrackingNumber::parse("JD0146 0000 1234").unwrap(),
+    }
+}
+
+fn refund_id(n: u128) -> RefundId {
+    RefundId(uuid::Uuid::from_u128(0xf00 + n))
+}
+
+fn refunded(refund: u128, amount: i64) -> E {
+    E::OrderRefunded {
+        order_id: order_id(1),
+        payment_id: payment_id(1),
+        refund_id: refund_id(refund),
+        amount: eur(amount),
+    }
+}
+
+fn record_refund(payment: u128, refund: u128, amount: i64) -> C {
+    C::RecordRefund {
+        payment_id: payment_id(payment),
+        refund_id: refund_id(refund),
+        amount: eur(amount),
+    }
+}
+
+fn refund(actor: Actor, refund: u128, amount: Option<i64>) -> C {
+    C::Refund {
+        actor,
+        refund_id: refund_id(refund),
+        amount: amount.map(eur),
+        reason: "damaged in transit".into(),
+    }
+}
+
+fn refund_requested(refund: u128, amount: i64) -> E {
+    E::OrderRefundRequested {
+        order_id: order_id(1),
+        payment_id: payment_id(1),
+        refund_id: refund_id(refund),
+        amount: eur(amount),
+        reason: "damaged in transit".into(),
+        by: customer_id("root"),
     }
 }
 
@@ -204,6 +249,9 @@ fn place_records_lines_and_total() {
             status: S::Placed,
             pay_by: None,
             payment: None,
+            refunds_requested: eur(0),
+            refunded: eur(0),
+            refund_ids: vec![],
         }
     );
 }
@@ -280,10 +328,9 @@ fn every_other_command_on_a_missing_order_is_not_found() {
         },
         C::Expire { now: at(PAY_BY) },
         cancel(admin()),
-        C::RecordRefund {
-            payment_id: payment_id(1),
-        },
-        C::Ship { actor: admin() },
+        record_refund(1, 1, TOTAL),
+        refund(admin(), 1, None),
+        ship(admin()),
     ];
     for command in commands {
         then_rejected(
@@ -686,17 +733,8 @@ fn cancel_after_the_end_is_illegal() {
 #[test]
 fn refund_of_a_cancelled_paid_order() {
     let events = then(
-        when(
-            &order_in(S::Cancelled),
-            C::RecordRefund {
-                payment_id: payment_id(1),
-            },
-        ),
-        vec![E::OrderRefunded {
-            order_id: order_id(1),
-            payment_id: payment_id(1),
-            amount: eur(TOTAL),
-        }],
+        when(&order_in(S::Cancelled), record_refund(1, 1, TOTAL)),
+        vec![refunded(1, TOTAL)],
     );
     assert_eq!(
         details(&apply(order_in(S::Cancelled), &events)).status,
@@ -705,78 +743,200 @@ fn refund_of_a_cancelled_paid_order() {
 }
 
 #[test]
-fn refund_of_another_payment_is_illegal() {
-    illegal(
-        when(
-            &order_in(S::Cancelled),
-            C::RecordRefund {
-                payment_id: payment_id(2),
-            },
-        ),
-        "refund",
-        S::Cancelled,
+fn recording_a_refund_of_another_payment_is_refused() {
+    then_rejected(
+        when(&order_in(S::Cancelled), record_refund(2, 1, TOTAL)),
+        R::UnknownPayment(payment_id(2)),
+        InvalidState,
+        "unknown-payment",
     );
 }
 
 #[test]
-fn refund_of_an_order_cancelled_unpaid_is_illegal() {
-    let state = given::<Order>(&[
+fn a_refund_is_recorded_once() {
+    then_rejected(
+        when(&order_in(S::Refunded), record_refund(1, 1, TOTAL)),
+        R::RefundRecorded(refund_id(1)),
+        InvalidState,
+        "refund-recorded",
+    );
+}
+
+#[test]
+fn no_refund_is_recorded_for_an_order_that_took_no_money() {
+    let unpaid = given::<Order>(&[
         placed(),
         stock_reserved(),
         awaiting(),
         cancelled(&alice(), None),
     ]);
-    illegal(
-        when(
-            &state,
-            C::RecordRefund {
-                payment_id: payment_id(1),
-            },
-        ),
-        "refund",
-        S::Cancelled,
+    then_rejected(
+        when(&unpaid, record_refund(1, 1, TOTAL)),
+        R::UnknownPayment(payment_id(1)),
+        InvalidState,
+        "unknown-payment",
     );
     // Nor after a declined payment: the declined payment took nothing.
     let mut events = history(S::PaymentDeclined);
     events.push(cancelled(&alice(), None));
-    illegal(
-        when(
-            &given::<Order>(&events),
-            C::RecordRefund {
-                payment_id: payment_id(1),
-            },
-        ),
-        "refund",
-        S::Cancelled,
+    then_rejected(
+        when(&given::<Order>(&events), record_refund(1, 1, TOTAL)),
+        R::UnknownPayment(payment_id(1)),
+        InvalidState,
+        "unknown-payment",
     );
 }
 
 #[test]
-fn refund_from_any_other_state_is_illegal() {
-    for status in ALL_STATUSES.into_iter().filter(|s| *s != S::Cancelled) {
+fn an_admin_refunds_part_of_a_paid_shipped_or_delivered_order() {
+    for status in [S::Paid, S::Shipped, S::Delivered] {
+        let events = then(
+            when(&order_in(status), refund(admin(), 1, Some(200))),
+            vec![refund_requested(1, 200)],
+        );
+        let order = apply(order_in(status), &events);
+        assert_eq!(
+            details(&order).status,
+            status,
+            "requesting changes nothing yet"
+        );
+        assert_eq!(details(&order).refundable(), eur(TOTAL - 200));
+        let order = apply(order, &[refunded(1, 200)]);
+        assert_eq!(
+            details(&order).status,
+            status,
+            "a partial refund keeps the status"
+        );
+        assert_eq!(details(&order).refunded, eur(200));
+    }
+}
+
+#[test]
+fn a_refund_without_an_amount_is_everything_left() {
+    let order = apply(order_in(S::Shipped), &[refund_requested(1, 200)]);
+    then(
+        when(&order, refund(admin(), 2, None)),
+        vec![refund_requested(2, TOTAL - 200)],
+    );
+    let order = apply(order, &[refund_requested(2, TOTAL - 200), refunded(1, 200)]);
+    assert_eq!(details(&order).status, S::Shipped);
+    let order = apply(order, &[refunded(2, TOTAL - 200)]);
+    assert_eq!(
+        details(&order).status,
+        S::Refunded,
+        "everything paid came back"
+    );
+}
+
+#[test]
+fn refunds_never_exceed_what_was_paid() {
+    then_rejected(
+        when(&order_in(S::Paid), refund(admin(), 1, Some(TOTAL + 1))),
+        R::RefundExceedsPayment {
+            refundable: eur(TOTAL),
+        },
+        Unprocessable,
+        "refund-exceeds-payment",
+    );
+    // Requested refunds count before the provider gives them back: two racing requests cannot
+    // together exceed the payment.
+    let order = apply(order_in(S::Paid), &[refund_requested(1, 500)]);
+    then_rejected(
+        when(&order, refund(admin(), 2, Some(101))),
+        R::RefundExceedsPayment {
+            refundable: eur(100),
+        },
+        Unprocessable,
+        "refund-exceeds-payment",
+    );
+    let order = apply(order, &[refund_requested(2, 100)]);
+    then_rejected(
+        when(&order, refund(admin(), 3, None)),
+        R::RefundExceedsPayment { refundable: eur(0) },
+        Unprocessable,
+        "refund-exceeds-payment",
+    );
+}
+
+#[test]
+fn a_refund_is_positive_and_in_the_order_currency() {
+    for amount in [0, -5] {
+        let negative = C::Refund {
+            actor: admin(),
+            refund_id: refund_id(1),
+            amount: Some(domain::values::Money { amount, ..eur(0) }),
+            reason: "x".into(),
+        };
+        then_rejected(
+            when(&order_in(S::Paid), negative),
+            R::NonPositiveRefund,
+            Unprocessable,
+            "non-positive-amount",
+        );
+    }
+    then_rejected(
+        when(
+            &order_in(S::Paid),
+            C::Refund {
+                actor: admin(),
+                refund_id: refund_id(1),
+                amount: Some(usd(100)),
+                reason: "x".into(),
+            },
+        ),
+        R::RefundCurrency {
+            order: eur(0).currency,
+        },
+        Unprocessable,
+        "currency-mismatch",
+    );
+}
+
+#[test]
+fn only_an_admin_refunds() {
+    for actor in [alice(), bob()] {
+        then_rejected(
+            when(&order_in(S::Paid), refund(actor, 1, None)),
+            R::AdminOnly,
+            Forbidden,
+            "admin-only",
+        );
+    }
+}
+
+#[test]
+fn refund_only_after_payment_and_before_the_end() {
+    for status in ALL_STATUSES
+        .into_iter()
+        .filter(|s| ![S::Paid, S::Shipped, S::Delivered].contains(s))
+    {
         illegal(
-            when(
-                &order_in(status),
-                C::RecordRefund {
-                    payment_id: payment_id(1),
-                },
-            ),
+            when(&order_in(status), refund(admin(), 1, None)),
             "refund",
             status,
         );
     }
 }
 
+#[test]
+fn cancelling_after_a_partial_refund_leaves_the_rest_to_refund() {
+    let order = apply(
+        order_in(S::Paid),
+        &[refund_requested(1, 200), refunded(1, 200)],
+    );
+    let events = when(&order, cancel(admin())).expect("cancel a paid order");
+    let order = apply(order, &events);
+    assert_eq!(details(&order).status, S::Cancelled);
+    assert_eq!(details(&order).refundable(), eur(TOTAL - 200));
+    let order = apply(order, &[refunded(2, TOTAL - 200)]);
+    assert_eq!(details(&order).status, S::Refunded);
+}
+
 // ---- ship ------------------------------------------------------------------------------------
 
 #[test]
 fn admin_ships_a_paid_order() {
-    let events = then(
-        when(&order_in(S::Paid), C::Ship { actor: admin() }),
-        vec![E::OrderShipped {
-            order_id: order_id(1),
-        }],
-    );
+    let events = then(when(&order_in(S::Paid), ship(admin())), vec![shipped()]);
     assert_eq!(
         details(&apply(order_in(S::Paid), &events)).status,
         S::Shipped
@@ -787,7 +947,7 @@ fn admin_ships_a_paid_order() {
 fn only_an_admin_ships() {
     for actor in [alice(), bob()] {
         then_rejected(
-            when(&order_in(S::Paid), C::Ship { actor }),
+            when(&order_in(S::Paid), ship(actor)),
             R::AdminOnly,
             Forbidden,
             "admin-only",
@@ -798,11 +958,7 @@ fn only_an_admin_ships() {
 #[test]
 fn ship_only_from_paid() {
     for status in ALL_STATUSES.into_iter().filter(|s| *s != S::Paid) {
-        illegal(
-            when(&order_in(status), C::Ship { actor: admin() }),
-            "ship",
-            status,
-        );
+        illegal(when(&order_in(status), ship(admin())), "ship", status);
     }
 }
 
@@ -879,7 +1035,9 @@ fn happy_path_from_placement_to_refund() {
     assert_eq!(step(cancel(admin())), S::Cancelled);
     assert_eq!(
         step(C::RecordRefund {
-            payment_id: payment_id(2)
+            payment_id: payment_id(2),
+            refund_id: refund_id(1),
+            amount: eur(TOTAL),
         }),
         S::Refunded
     );
@@ -942,9 +1100,8 @@ fn event_types_are_the_variant_names() {
             order_id: order_id(1),
             pay_by: at(0),
         },
-        E::OrderShipped {
-            order_id: order_id(1),
-        },
+        shipped(),
+        refund_requested(1, 1),
     ]);
     let mut names: Vec<&str> = events.iter().map(DomainEvent::event_type).collect();
     for event in &events {
@@ -963,6 +1120,7 @@ fn event_types_are_the_variant_names() {
             "OrderPaymentDeclined",
             "OrderPaymentRequested",
             "OrderPlaced",
+            "OrderRefundRequested",
             "OrderRefunded",
             "OrderRejected",
             "OrderShipped",

@@ -7,7 +7,7 @@ use domain::payment::{
     Payment, PaymentCommand as C, PaymentDetails, PaymentEvent as E, PaymentRejection as R,
     PaymentStatus, PaymentStatus as S,
 };
-use domain::values::Money;
+use domain::values::{Money, RefundId};
 use domain::{Aggregate, DomainEvent};
 use support::*;
 
@@ -54,13 +54,22 @@ fn declined() -> E {
     }
 }
 
-fn refunded() -> E {
+fn refund_id(n: u128) -> RefundId {
+    RefundId(uuid::Uuid::from_u128(0xf00 + n))
+}
+
+fn refunded_of(n: u128, amount: i64) -> E {
     E::PaymentRefunded {
         payment_id: payment_id(1),
         order_id: order_id(1),
-        amount: eur(600),
+        refund_id: refund_id(n),
+        amount: eur(amount),
         reason: "order cancelled".into(),
     }
+}
+
+fn refunded() -> E {
+    refunded_of(1, 600)
 }
 
 fn history(status: PaymentStatus) -> Vec<E> {
@@ -110,10 +119,16 @@ fn decline() -> C {
     }
 }
 
-fn refund() -> C {
+fn refund_of(n: u128, amount: i64) -> C {
     C::Refund {
+        refund_id: refund_id(n),
+        amount: Money { amount, ..eur(0) },
         reason: "order cancelled".into(),
     }
+}
+
+fn refund() -> C {
+    refund_of(1, 600)
 }
 
 // ---- request ---------------------------------------------------------------------------------
@@ -133,6 +148,8 @@ fn request_records_the_payment() {
             token: token("tok_visa"),
             status: S::Requested,
             failed_attempts: 0,
+            refunded: eur(0),
+            refund_ids: vec![],
         }
     );
 }
@@ -261,7 +278,48 @@ fn refund_of_a_captured_payment() {
 #[test]
 fn refund_of_anything_not_captured_is_illegal() {
     for status in [S::Requested, S::Declined, S::Refunded] {
-        illegal(when(&payment_in(status), refund()), "refund", status);
+        illegal(when(&payment_in(status), refund_of(2, 1)), "refund", status);
+    }
+}
+
+#[test]
+fn a_payment_is_refunded_in_parts_up_to_what_was_captured() {
+    let payment = apply(payment_in(S::Captured), &[refunded_of(1, 200)]);
+    assert_eq!(details(&payment).status, S::Captured, "400 are left");
+    assert_eq!(details(&payment).refunded, eur(200));
+    then_rejected(
+        when(&payment, refund_of(2, 401)),
+        R::RefundExceedsCapture {
+            refundable: eur(400),
+        },
+        Unprocessable,
+        "refund-exceeds-payment",
+    );
+    then(when(&payment, refund_of(2, 400)), vec![refunded_of(2, 400)]);
+    let payment = apply(payment, &[refunded_of(2, 400)]);
+    assert_eq!(details(&payment).status, S::Refunded);
+}
+
+#[test]
+fn a_refund_id_is_given_back_once() {
+    let payment = apply(payment_in(S::Captured), &[refunded_of(1, 200)]);
+    then_rejected(
+        when(&payment, refund_of(1, 200)),
+        R::RefundRecorded(refund_id(1)),
+        InvalidState,
+        "refund-recorded",
+    );
+}
+
+#[test]
+fn a_refund_is_positive() {
+    for amount in [0, -1] {
+        then_rejected(
+            when(&payment_in(S::Captured), refund_of(1, amount)),
+            R::NonPositiveAmount,
+            Unprocessable,
+            "non-positive-amount",
+        );
     }
 }
 

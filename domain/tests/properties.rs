@@ -14,7 +14,7 @@ use domain::cart::{Cart, CartCommand, CartLine, CatalogEntry, MAX_LINES};
 use domain::order::{Order, OrderCommand};
 use domain::payment::{Payment, PaymentCommand};
 use domain::product::{NewProduct, Product, ProductCommand, ProductEvent, ProductRejection};
-use domain::values::{Actor, MAX_UNITS, Money, Quantity};
+use domain::values::{Actor, Carrier, MAX_UNITS, Money, Quantity, RefundId, TrackingNumber};
 use domain::{Aggregate, DomainEvent, Rejection};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -491,9 +491,40 @@ fn order_command() -> impl Strategy<Value = OrderCommand> + Clone {
         }),
         1 => time().prop_map(|now| OrderCommand::Expire { now }),
         1 => (actor(), text()).prop_map(|(actor, reason)| OrderCommand::Cancel { actor, reason }),
-        2 => pid.prop_map(|payment_id| OrderCommand::RecordRefund { payment_id }),
-        1 => actor().prop_map(|actor| OrderCommand::Ship { actor }),
+        2 => (pid, refund_id(), refund_amount()).prop_map(|(payment_id, refund_id, amount)| {
+            OrderCommand::RecordRefund { payment_id, refund_id, amount }
+        }),
+        2 => (actor(), refund_id(), prop::option::of(refund_amount()), text()).prop_map(
+            |(actor, refund_id, amount, reason)| OrderCommand::Refund {
+                actor,
+                refund_id,
+                amount,
+                reason,
+            }
+        ),
+        2 => actor().prop_map(|actor| OrderCommand::Ship {
+            actor,
+            carrier: Carrier::parse("DHL").expect("carrier"),
+            tracking_number: TrackingNumber::parse("JD01").expect("tracking number"),
+        }),
+        2 => actor().prop_map(|actor| OrderCommand::Deliver { actor }),
     ]
+}
+
+fn refund_id() -> impl Strategy<Value = RefundId> + Clone {
+    (0u128..3).prop_map(|n| RefundId(uuid::Uuid::from_u128(0xf00 + n)))
+}
+
+/// Mostly euros around an order's size, sometimes dollars or nothing or less.
+fn refund_amount() -> impl Strategy<Value = Money> + Clone {
+    (
+        prop_oneof![1 => -2i64..=0, 9 => 1i64..=1_500],
+        prop_oneof![9 => Just("EUR"), 1 => Just("USD")],
+    )
+        .prop_map(|(amount, currency)| Money {
+            amount,
+            ..Money::price(0, currency).expect("currency")
+        })
 }
 
 fn order_commands() -> impl Strategy<Value = Vec<OrderCommand>> {
@@ -522,7 +553,9 @@ fn payment_command() -> impl Strategy<Value = PaymentCommand> + Clone {
         4 => text().prop_map(|error| PaymentCommand::RecordAttemptFailed { error }),
         1 => text().prop_map(|provider_reference| PaymentCommand::RecordCaptured { provider_reference }),
         1 => text().prop_map(|reason| PaymentCommand::RecordDeclined { reason }),
-        1 => text().prop_map(|reason| PaymentCommand::Refund { reason }),
+        2 => (refund_id(), refund_amount(), text()).prop_map(|(refund_id, amount, reason)| {
+            PaymentCommand::Refund { refund_id, amount, reason }
+        }),
     ]
 }
 
@@ -601,7 +634,7 @@ proptest! {
 #[test]
 fn order_generators_reach_every_event_and_rejection() {
     let mut seen = Seen::default();
-    for commands in sample(&order_commands(), 256) {
+    for commands in sample(&order_commands(), 1024) {
         run_replay::<Order>(commands, &mut seen).expect("property holds");
     }
     assert_eq!(
@@ -616,8 +649,10 @@ fn order_generators_reach_every_event_and_rejection() {
             "OrderPaymentDeclined",
             "OrderExpired",
             "OrderCancelled",
+            "OrderRefundRequested",
             "OrderRefunded",
             "OrderShipped",
+            "OrderDelivered",
         ])
     );
     assert_eq!(
@@ -626,6 +661,7 @@ fn order_generators_reach_every_event_and_rejection() {
             "order-not-found",
             "order-exists",
             "order-without-lines",
+            "zero-total",
             "currency-mismatch",
             "illegal-order-transition",
             "payment-in-progress",
@@ -633,6 +669,9 @@ fn order_generators_reach_every_event_and_rejection() {
             "deadline-not-reached",
             "not-order-owner",
             "admin-only",
+            "non-positive-amount",
+            "refund-exceeds-payment",
+            "refund-recorded",
         ])
     );
 }
@@ -660,8 +699,39 @@ fn payment_generators_reach_every_event_and_rejection() {
             "payment-exists",
             "non-positive-amount",
             "illegal-payment-transition",
+            "refund-exceeds-payment",
+            "refund-recorded",
         ])
     );
+}
+
+#[test]
+fn refunds_never_exceed_what_was_paid() {
+    // Whatever admins ask for, in whatever order: an order never promises, and a payment never
+    // gives back, more than was paid.
+    for commands in sample(&order_commands(), 512) {
+        let mut order = Order::default();
+        for command in commands {
+            if let Ok(events) = order.decide(command) {
+                order = events.iter().fold(order, |o, e| o.evolve(e));
+            }
+            if let Some(o) = &order.0 {
+                assert!(o.refunds_requested.amount <= o.total.amount, "{o:?}");
+                assert!(o.refundable().amount >= 0, "{o:?}");
+            }
+        }
+    }
+    for commands in sample(&payment_commands(), 512) {
+        let mut payment = Payment::default();
+        for command in commands {
+            if let Ok(events) = payment.decide(command) {
+                payment = events.iter().fold(payment, |p, e| p.evolve(e));
+            }
+            if let Some(p) = &payment.0 {
+                assert!(p.refunded.amount <= p.amount.amount.max(0), "{p:?}");
+            }
+        }
+    }
 }
 
 #[test]

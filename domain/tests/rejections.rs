@@ -11,7 +11,7 @@ use domain::checkout::CheckoutRejection;
 use domain::order::{OrderRejection, OrderStatus};
 use domain::payment::{PaymentRejection, PaymentStatus};
 use domain::product::ProductRejection;
-use domain::values::Currency;
+use domain::values::{Currency, Money, RefundId};
 use domain::{Rejection, RejectionKind};
 use support::*;
 
@@ -50,6 +50,12 @@ fn every_rejection() -> Vec<Box<dyn Rejection>> {
         )),
         Box::new(OrderRejection::NotOwner),
         Box::new(OrderRejection::AdminOnly),
+        Box::new(OrderRejection::NonPositiveRefund),
+        Box::new(OrderRejection::RefundCurrency { order: eur }),
+        Box::new(OrderRejection::RefundExceedsPayment {
+            refundable: Money::zero(eur),
+        }),
+        Box::new(OrderRejection::RefundRecorded(RefundId(Default::default()))),
         Box::new(ProductRejection::NotFound),
         Box::new(ProductRejection::AlreadyExists),
         Box::new(ProductRejection::Discontinued),
@@ -66,6 +72,12 @@ fn every_rejection() -> Vec<Box<dyn Rejection>> {
         Box::new(PaymentRejection::NotFound),
         Box::new(PaymentRejection::AlreadyExists),
         Box::new(PaymentRejection::NonPositiveAmount),
+        Box::new(PaymentRejection::RefundExceedsCapture {
+            refundable: Money::zero(usd),
+        }),
+        Box::new(PaymentRejection::RefundRecorded(RefundId(
+            Default::default(),
+        ))),
         Box::new(PaymentRejection::IllegalTransition {
             action: "capture",
             status: PaymentStatus::Captured,

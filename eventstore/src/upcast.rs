@@ -31,6 +31,27 @@ impl fmt::Debug for Upcasters {
     }
 }
 
+/// `data` with each missing field set to its text default.
+fn with_default(mut data: Value, fields: &[(&str, &str)]) -> Value {
+    if let Value::Object(object) = &mut data {
+        for (field, default) in fields {
+            object
+                .entry(*field)
+                .or_insert_with(|| Value::String((*default).to_owned()));
+        }
+    }
+    data
+}
+
+fn refund_id_from_payment_id(mut data: Value) -> Value {
+    if let Value::Object(object) = &mut data
+        && let Some(payment_id) = object.get("payment_id").cloned()
+    {
+        object.entry("refund_id").or_insert(payment_id);
+    }
+    data
+}
+
 impl Upcasters {
     /// Every change of a stored event's shape Tillstream has made, oldest first per type. A
     /// store made with [`crate::EventStore::new`] reads through these and writes each type at
@@ -46,6 +67,14 @@ impl Upcasters {
                 }
                 data
             })
+            // v2: a shipment names its carrier and tracking number; v1 recorded neither.
+            .register("OrderShipped", |data| {
+                with_default(data, &[("carrier", ""), ("tracking_number", "")])
+            })
+            // v2: refunds have ids of their own, and may be partial; the one v1 refund (all of
+            // a cancelled order's payment) is known by its payment's id.
+            .register("OrderRefunded", refund_id_from_payment_id)
+            .register("PaymentRefunded", refund_id_from_payment_id)
     }
 
     /// Registers the lift from `event_type`'s latest version `n` to `n + 1`. Call in order.

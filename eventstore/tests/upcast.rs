@@ -170,3 +170,85 @@ async fn a_product_created_before_pictures_reads_with_none() {
     assert_eq!(product.0.map(|p| p.available), Some(3));
     assert_eq!(Upcasters::tillstream().current_version("ProductCreated"), 2);
 }
+
+/// The real upcasters: a v1 shipment (no carrier) and a v1 refund (no refund id, always the
+/// whole payment of a cancelled order) read in today's shapes.
+#[tokio::test]
+async fn v1_shipments_and_refunds_read_in_their_current_shapes() {
+    use domain::order::OrderEvent;
+    use domain::payment::PaymentEvent;
+    use domain::values::RefundId;
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let (order_id, payment_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let money = json!({ "amount": 500, "currency": "EUR" });
+    let stored = [
+        (
+            format!("order-{order_id}"),
+            1,
+            "OrderShipped",
+            json!({ "order_id": order_id }),
+        ),
+        (
+            format!("order-{order_id}"),
+            2,
+            "OrderRefunded",
+            json!({ "order_id": order_id, "payment_id": payment_id, "amount": money }),
+        ),
+        (
+            format!("payment-{payment_id}"),
+            1,
+            "PaymentRefunded",
+            json!({ "order_id": order_id, "payment_id": payment_id, "amount": money,
+                    "reason": "order cancelled" }),
+        ),
+    ];
+    for (stream_id, version, event_type, data) in &stored {
+        sqlx::query(
+            "INSERT INTO eventstore.events (stream_id, version, event_id, event_type, schema_version, data) \
+             VALUES ($1, $2, $3, $4, 1, $5)",
+        )
+        .bind(stream_id)
+        .bind(*version as i64)
+        .bind(Uuid::new_v4())
+        .bind(event_type)
+        .bind(data)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let order = store
+        .read_stream(&format!("order-{order_id}"), 0)
+        .await
+        .unwrap();
+    match order[0].decode::<OrderEvent>().unwrap() {
+        OrderEvent::OrderShipped {
+            carrier,
+            tracking_number,
+            ..
+        } => assert_eq!((carrier.as_str(), tracking_number.as_str()), ("", "")),
+        other => panic!("{other:?}"),
+    }
+    match order[1].decode::<OrderEvent>().unwrap() {
+        OrderEvent::OrderRefunded {
+            refund_id, amount, ..
+        } => {
+            assert_eq!(refund_id, RefundId(payment_id));
+            assert_eq!(amount.amount, 500);
+        }
+        other => panic!("{other:?}"),
+    }
+    let payment = store
+        .read_stream(&format!("payment-{payment_id}"), 0)
+        .await
+        .unwrap();
+    match payment[0].decode::<PaymentEvent>().unwrap() {
+        PaymentEvent::PaymentRefunded { refund_id, .. } => {
+            assert_eq!(refund_id, RefundId(payment_id))
+        }
+        other => panic!("{other:?}"),
+    }
+    for event_type in ["OrderShipped", "OrderRefunded", "PaymentRefunded"] {
+        assert_eq!(Upcasters::tillstream().current_version(event_type), 2);
+    }
+}

@@ -9,7 +9,9 @@
 //! PaymentRequested       → charge the provider (outside any transaction; the payment id is the
 //!                          provider's idempotency key) → Captured | Declined | retry later
 //! PaymentCaptured/Declined → record it on the order
-//! OrderCancelled/Expired → release the stock; refund a captured payment
+//! OrderCancelled/Expired → release the stock; refund what is left of a captured payment
+//! OrderRefundRequested   → the provider gives the amount back (the refund id is its idempotency
+//!                          key) → PaymentRefunded
 //! PaymentRefunded        → record the refund on the order
 //! ```
 //!
@@ -21,7 +23,7 @@ use domain::order::{Order, OrderCommand, OrderEvent};
 use domain::payment::{Payment, PaymentCommand, PaymentEvent};
 use domain::process::{payment_deadline, reservations};
 use domain::product::{Product, ProductCommand, ProductRejection};
-use domain::values::{OrderId, PaymentId};
+use domain::values::{Money, OrderId, PaymentId, RefundId};
 use domain::{Aggregate, Rejection, RejectionKind};
 use eventstore::{CommandOptions, EventIds, EventStore, ExecuteError, Metadata, RecordedEvent};
 use messaging::{Envelope, Handler, HandlerError};
@@ -183,19 +185,60 @@ impl<P: PaymentProvider> OrderProcess<P> {
             .collect();
         self.release(event, order_id, &products).await?;
         self.forget_deadline(order_id).await?;
-        if let Some(payment_id) = refund {
-            self.provider.refund(payment_id).await.map_err(transient)?;
-            let refund = PaymentCommand::Refund {
-                reason: "order cancelled".into(),
-            };
-            settle::<Payment>(
-                &self.store,
-                &payment_id.stream_id(),
-                refund,
-                &caused_by(event),
-            )
-            .await?;
+        // What admins refunded before the cancel is theirs; the cancel gives back the rest,
+        // under a refund id derived from the cancel itself.
+        let rest = order.refundable();
+        if let Some(payment_id) = refund
+            && rest.amount > 0
+        {
+            let refund_id = RefundId(event.event_id);
+            self.give_back(event, payment_id, refund_id, rest, "order cancelled")
+                .await?;
         }
+        Ok(())
+    }
+
+    /// Has the provider refund `amount` of a payment, then records it on the payment. The
+    /// payment is asked first (its `decide` is pure): a refund it already recorded is done, and
+    /// one it would refuse (more than is left) never reaches the provider.
+    async fn give_back(
+        &self,
+        cause: &RecordedEvent,
+        payment_id: PaymentId,
+        refund_id: RefundId,
+        amount: Money,
+        reason: &str,
+    ) -> Result<(), HandlerError> {
+        let (payment, _) = self
+            .store
+            .load::<Payment>(&payment_id.stream_id())
+            .await
+            .map_err(transient)?;
+        let refund = PaymentCommand::Refund {
+            refund_id,
+            amount,
+            reason: reason.to_owned(),
+        };
+        match payment.decide(refund.clone()) {
+            Ok(_) => {}
+            // Recorded already, or nothing left to give back: settled, as in `settle`.
+            Err(r) if r.kind() == RejectionKind::InvalidState => return Ok(()),
+            Err(rejection) => return Err(HandlerError::permanent(rejection)),
+        }
+        match self.provider.refund(payment_id, refund_id, amount).await {
+            Ok(()) => {}
+            Err(refused @ ProviderError::Refused(_)) => {
+                return Err(HandlerError::permanent(refused));
+            }
+            Err(e) => return Err(transient(e)),
+        }
+        settle::<Payment>(
+            &self.store,
+            &payment_id.stream_id(),
+            refund,
+            &caused_by(cause),
+        )
+        .await?;
         Ok(())
     }
 
@@ -316,6 +359,16 @@ impl<P: PaymentProvider> OrderProcess<P> {
                     self.on_order_closed(&event, order_id, None).await
                 }
                 OrderEvent::OrderPaid { order_id, .. } => self.forget_deadline(order_id).await,
+                OrderEvent::OrderRefundRequested {
+                    payment_id,
+                    refund_id,
+                    amount,
+                    reason,
+                    ..
+                } => {
+                    self.give_back(&event, payment_id, refund_id, amount, &reason)
+                        .await
+                }
                 _ => Ok(()),
             },
             PaymentId::STREAM_TYPE => {
@@ -353,8 +406,17 @@ impl<P: PaymentProvider> OrderProcess<P> {
                     PaymentEvent::PaymentRefunded {
                         payment_id,
                         order_id,
+                        refund_id,
+                        amount,
                         ..
-                    } => on_order(order_id, OrderCommand::RecordRefund { payment_id }).await,
+                    } => {
+                        let record = OrderCommand::RecordRefund {
+                            payment_id,
+                            refund_id,
+                            amount,
+                        };
+                        on_order(order_id, record).await
+                    }
                     PaymentEvent::PaymentAttemptFailed { .. } => Ok(()),
                 }
             }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use domain::values::PaymentId;
+use domain::values::{Money, PaymentId, RefundId};
 use sqlx::PgPool;
 
 /// What the payment provider answered.
@@ -21,6 +21,9 @@ pub enum ProviderError {
     /// Try again later; the charge did not happen.
     #[error("the payment provider failed: {0}")]
     Transient(String),
+    /// The provider will not do it, however often it is asked (a refund above what is left).
+    #[error("the payment provider refused: {0}")]
+    Refused(String),
     #[error("the provider's ledger failed")]
     Database(#[from] sqlx::Error),
 }
@@ -31,13 +34,17 @@ pub trait PaymentProvider: Send + Sync + 'static {
     fn charge(
         &self,
         payment_id: PaymentId,
-        amount: domain::values::Money,
+        amount: Money,
         token: &str,
     ) -> impl Future<Output = Result<ChargeOutcome, ProviderError>> + Send;
 
+    /// Gives `amount` of a captured payment back. The refund id is the idempotency key: a
+    /// repeated call gives nothing back twice.
     fn refund(
         &self,
         payment_id: PaymentId,
+        refund_id: RefundId,
+        amount: Money,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 }
 
@@ -55,7 +62,7 @@ impl PaymentProvider for SimulatedProvider {
     async fn charge(
         &self,
         payment_id: PaymentId,
-        amount: domain::values::Money,
+        amount: Money,
         token: &str,
     ) -> Result<ChargeOutcome, ProviderError> {
         let (outcome, reference, attempts): (String, String, i32) = sqlx::query_as(
@@ -117,14 +124,61 @@ impl PaymentProvider for SimulatedProvider {
         Ok(decided)
     }
 
-    async fn refund(&self, payment_id: PaymentId) -> Result<(), ProviderError> {
-        sqlx::query(
-            "UPDATE provider_sim.charges SET outcome = 'refunded' \
-             WHERE payment_id = $1 AND outcome = 'captured'",
+    /// Like a real provider, refuses to give back more than was captured in total.
+    async fn refund(
+        &self,
+        payment_id: PaymentId,
+        refund_id: RefundId,
+        amount: Money,
+    ) -> Result<(), ProviderError> {
+        let mut tx = self.pool.begin().await?;
+        // The charge row is locked so that two refunds of one payment are counted one at a time.
+        let charge: Option<(i64, String)> = sqlx::query_as(
+            "SELECT amount, currency FROM provider_sim.charges \
+             WHERE payment_id = $1 AND outcome IN ('captured', 'refunded') FOR UPDATE",
         )
         .bind(payment_id.0)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some((captured, currency)) = charge else {
+            return Err(ProviderError::Refused(format!(
+                "no captured charge {payment_id}"
+            )));
+        };
+        let (known, refunded): (bool, i64) = sqlx::query_as(
+            "SELECT coalesce(bool_or(refund_id = $2), false), coalesce(sum(amount), 0)::int8 \
+             FROM provider_sim.refunds WHERE payment_id = $1",
+        )
+        .bind(payment_id.0)
+        .bind(refund_id.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        if known {
+            return Ok(());
+        }
+        if currency != amount.currency.as_str() || refunded + amount.amount > captured {
+            return Err(ProviderError::Refused(format!(
+                "{amount} is more than the {} {currency} left of {payment_id}",
+                captured - refunded
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO provider_sim.refunds (refund_id, payment_id, amount) VALUES ($1, $2, $3)",
+        )
+        .bind(refund_id.0)
+        .bind(payment_id.0)
+        .bind(amount.amount)
+        .execute(&mut *tx)
+        .await?;
+        if refunded + amount.amount == captured {
+            sqlx::query(
+                "UPDATE provider_sim.charges SET outcome = 'refunded' WHERE payment_id = $1",
+            )
+            .bind(payment_id.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -36,3 +36,12 @@ pub struct MoneyView {
     pub amount: i64,
     pub currency: domain::values::Currency,
 }
+
+impl From<domain::values::Money> for MoneyView {
+    fn from(money: domain::values::Money) -> Self {
+        Self {
+            amount: money.amount,
+            currency: money.currency,
+        }
+    }
+}

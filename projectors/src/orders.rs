@@ -1,6 +1,6 @@
-//! The orders view: one row per order with its status, and its lines and status history (one
-//! entry per event) as JSON arrays in the API's shape, stored as text
-//! (`read_orders_v<n>.orders`; migration 0010 says why).
+//! The orders view: one row per order with its status, and its lines, status history (one
+//! entry per event) and fulfilment (shipment, delivery, payments, refunds) as JSON documents in
+//! the API's shape, stored as text (`read_orders_v<n>.orders`; migration 0010 says why).
 
 use std::collections::HashMap;
 
@@ -34,6 +34,74 @@ pub struct OrderRow {
     pub version: i64,
     pub lines: Json<Vec<OrderLineView>>,
     pub history: Json<Vec<HistoryEntry>>,
+    pub fulfilment: Json<Fulfilment>,
+}
+
+/// What became of an order after checkout, as the API shows it. Rows written before this
+/// existed hold `{}`, read as empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fulfilment {
+    pub shipment: Option<ShipmentView>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Every payment attempt, oldest first.
+    pub payments: Vec<PaymentView>,
+    /// Every refund, oldest first.
+    pub refunds: Vec<RefundView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentView {
+    pub carrier: String,
+    pub tracking_number: String,
+    pub shipped_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentView {
+    pub payment_id: Uuid,
+    pub amount: MoneyView,
+    /// `pending`, `captured` or `declined`.
+    pub status: String,
+    pub requested_at: DateTime<Utc>,
+    pub settled_at: Option<DateTime<Utc>>,
+    /// Why it was declined.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundView {
+    pub refund_id: Uuid,
+    pub payment_id: Uuid,
+    pub amount: MoneyView,
+    /// `requested` (the provider has not given it back yet) or `refunded`.
+    pub status: String,
+    /// The admin's reason; none for the refund of a cancelled order.
+    pub reason: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+impl Fulfilment {
+    fn payment(&mut self, payment_id: Uuid) -> Option<&mut PaymentView> {
+        self.payments
+            .iter_mut()
+            .find(|p| p.payment_id == payment_id)
+    }
+
+    fn settle_payment(
+        &mut self,
+        payment_id: Uuid,
+        status: &str,
+        at: DateTime<Utc>,
+        detail: Option<String>,
+    ) {
+        if let Some(payment) = self.payment(payment_id) {
+            payment.status = status.to_owned();
+            payment.settled_at = Some(at);
+            payment.detail = detail;
+        }
+    }
 }
 
 /// One line of an order, as the API shows it.
@@ -110,41 +178,132 @@ pub fn apply(
                 version: 0,
                 lines: Json(lines),
                 history: Json(Vec::new()),
+                fulfilment: Json(Fulfilment::default()),
             }
         }
         (None, _) => return Ok(None),
         (Some(mut row), event) => {
+            let fulfilment = &mut row.fulfilment.0;
+            // `None`: the status stays as it is.
             let status = match event {
-                OrderEvent::OrderPlaced { .. } => OrderStatus::Placed,
-                OrderEvent::OrderStockReserved { .. } => OrderStatus::StockReserved,
+                OrderEvent::OrderPlaced { .. } => Some(OrderStatus::Placed),
+                OrderEvent::OrderStockReserved { .. } => Some(OrderStatus::StockReserved),
                 OrderEvent::OrderAwaitingPayment { pay_by, .. } => {
                     row.pay_by = Some(pay_by);
-                    OrderStatus::AwaitingPayment
+                    Some(OrderStatus::AwaitingPayment)
                 }
                 OrderEvent::OrderRejected { reason, .. } => {
                     detail = Some(reason);
-                    OrderStatus::Rejected
+                    Some(OrderStatus::Rejected)
                 }
-                OrderEvent::OrderPaymentRequested { payment_id, .. } => {
+                OrderEvent::OrderPaymentRequested {
+                    payment_id, amount, ..
+                } => {
                     row.payment_id = Some(payment_id.0);
-                    OrderStatus::PaymentPending
+                    fulfilment.payments.push(PaymentView {
+                        payment_id: payment_id.0,
+                        amount: amount.into(),
+                        status: "pending".into(),
+                        requested_at: at,
+                        settled_at: None,
+                        detail: None,
+                    });
+                    Some(OrderStatus::PaymentPending)
                 }
-                OrderEvent::OrderPaid { .. } => OrderStatus::Paid,
-                OrderEvent::OrderPaymentDeclined { reason, .. } => {
+                OrderEvent::OrderPaid { payment_id, .. } => {
+                    fulfilment.settle_payment(payment_id.0, "captured", at, None);
+                    Some(OrderStatus::Paid)
+                }
+                OrderEvent::OrderPaymentDeclined {
+                    payment_id, reason, ..
+                } => {
+                    fulfilment.settle_payment(payment_id.0, "declined", at, Some(reason.clone()));
                     detail = Some(reason);
                     row.payment_id = None;
-                    OrderStatus::PaymentDeclined
+                    Some(OrderStatus::PaymentDeclined)
                 }
-                OrderEvent::OrderExpired { .. } => OrderStatus::Expired,
+                OrderEvent::OrderExpired { .. } => Some(OrderStatus::Expired),
                 OrderEvent::OrderCancelled { reason, .. } => {
                     detail = Some(reason);
-                    OrderStatus::Cancelled
+                    Some(OrderStatus::Cancelled)
                 }
-                OrderEvent::OrderRefunded { .. } => OrderStatus::Refunded,
-                OrderEvent::OrderShipped { .. } => OrderStatus::Shipped,
-                OrderEvent::OrderDelivered { .. } => OrderStatus::Delivered,
+                OrderEvent::OrderRefundRequested {
+                    payment_id,
+                    refund_id,
+                    amount,
+                    reason,
+                    ..
+                } => {
+                    fulfilment.refunds.push(RefundView {
+                        refund_id: refund_id.0,
+                        payment_id: payment_id.0,
+                        amount: amount.into(),
+                        status: "requested".into(),
+                        reason: Some(reason.clone()),
+                        requested_at: at,
+                        refunded_at: None,
+                    });
+                    detail = Some(reason);
+                    None
+                }
+                OrderEvent::OrderRefunded {
+                    payment_id,
+                    refund_id,
+                    amount,
+                    ..
+                } => {
+                    match fulfilment
+                        .refunds
+                        .iter_mut()
+                        .find(|r| r.refund_id == refund_id.0)
+                    {
+                        Some(refund) => {
+                            refund.status = "refunded".into();
+                            refund.refunded_at = Some(at);
+                        }
+                        // A cancelled order's refund is not requested first.
+                        None => fulfilment.refunds.push(RefundView {
+                            refund_id: refund_id.0,
+                            payment_id: payment_id.0,
+                            amount: amount.into(),
+                            status: "refunded".into(),
+                            reason: None,
+                            requested_at: at,
+                            refunded_at: Some(at),
+                        }),
+                    }
+                    let refunded: i64 = fulfilment
+                        .refunds
+                        .iter()
+                        .filter(|r| r.status == "refunded")
+                        .map(|r| r.amount.amount)
+                        .sum();
+                    if refunded >= row.total_amount {
+                        Some(OrderStatus::Refunded)
+                    } else {
+                        None
+                    }
+                }
+                OrderEvent::OrderShipped {
+                    carrier,
+                    tracking_number,
+                    ..
+                } => {
+                    fulfilment.shipment = Some(ShipmentView {
+                        carrier: carrier.as_str().to_owned(),
+                        tracking_number: tracking_number.as_str().to_owned(),
+                        shipped_at: at,
+                    });
+                    Some(OrderStatus::Shipped)
+                }
+                OrderEvent::OrderDelivered { .. } => {
+                    fulfilment.delivered_at = Some(at);
+                    Some(OrderStatus::Delivered)
+                }
             };
-            row.status = status.as_str().to_owned();
+            if let Some(status) = status {
+                row.status = status.as_str().to_owned();
+            }
             row
         }
     };
@@ -161,10 +320,11 @@ pub fn apply(
 }
 
 const COLUMNS: &str = "order_id, customer_id, cart_id, status, total_amount, currency, pay_by, \
-payment_id, placed_at, updated_at, version, lines, history";
+payment_id, placed_at, updated_at, version, lines, history, fulfilment";
 /// [`COLUMNS`] as read back: the text documents as JSON, for sqlx's `Json`.
 const SELECTED: &str = "order_id, customer_id, cart_id, status, total_amount, currency, pay_by, \
-payment_id, placed_at, updated_at, version, lines::json AS lines, history::json AS history";
+payment_id, placed_at, updated_at, version, lines::json AS lines, history::json AS history, \
+fulfilment::json AS fulfilment";
 
 fn json_column<T: Serialize>(
     rows: &[OrderRow],
@@ -231,11 +391,13 @@ impl PgProjection for Orders {
                              unnest($4::text[]), unnest($5::int8[]), unnest($6::text[]), \
                              unnest($7::timestamptz[]), unnest($8::uuid[]), \
                              unnest($9::timestamptz[]), unnest($10::timestamptz[]), \
-                             unnest($11::int8[]), unnest($12::text[]), unnest($13::text[]) \
+                             unnest($11::int8[]), unnest($12::text[]), unnest($13::text[]), \
+                             unnest($14::text[]) \
              ON CONFLICT (order_id) DO UPDATE SET \
                status = EXCLUDED.status, pay_by = EXCLUDED.pay_by, \
                payment_id = EXCLUDED.payment_id, updated_at = EXCLUDED.updated_at, \
-               version = EXCLUDED.version, history = EXCLUDED.history \
+               version = EXCLUDED.version, history = EXCLUDED.history, \
+               fulfilment = EXCLUDED.fulfilment \
              WHERE orders.version < EXCLUDED.version \
              RETURNING order_id"
         ))
@@ -253,6 +415,7 @@ impl PgProjection for Orders {
         // As text, as stored: no JSON check on the way in (see migration 0010).
         .bind(json_column(rows, |r| &r.lines.0)?)
         .bind(json_column(rows, |r| &r.history.0)?)
+        .bind(json_column(rows, |r| &r.fulfilment.0)?)
         .fetch_all(&mut **tx)
         .await
     }

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use domain::Aggregate;
 use domain::cart::{Cart, CartCommand, CatalogEntry};
-use domain::order::{Order, OrderCommand, PaymentToken};
+use domain::order::{Order, OrderCommand, OrderStatus, PaymentToken};
 use domain::product::{NewProduct, Product, ProductCommand};
 use domain::values::{
-    Actor, CartId, Category, CustomerId, Description, Money, OrderId, PaymentId, ProductId,
-    ProductName, Quantity, Sku,
+    Actor, Carrier, CartId, Category, CustomerId, Description, Money, OrderId, PaymentId,
+    ProductId, ProductName, Quantity, RefundId, Sku, TrackingNumber,
 };
 use eventstore::{CommandOptions, EventStore, LogPosition, RecordedEvent};
 use platform::read_models::{CartKeys, ORDERS, PRODUCTS, schema};
@@ -304,10 +304,40 @@ async fn scenario(f: &Fixture) -> (Vec<ProductId>, Vec<CartId>, Vec<OrderId>) {
             }
         }
         if o == 3 {
+            let admin = Actor::admin(CustomerId::parse("admin").unwrap());
             f.run::<Order>(
                 &order.stream_id(),
                 OrderCommand::Ship {
-                    actor: Actor::admin(CustomerId::parse("admin").unwrap()),
+                    actor: admin.clone(),
+                    carrier: Carrier::parse("DHL").unwrap(),
+                    tracking_number: TrackingNumber::parse("JD0001").unwrap(),
+                },
+            )
+            .await;
+            // A partial refund, requested and given back.
+            let (state, _) = f.store.load::<Order>(&order.stream_id()).await.unwrap();
+            let state = state.0.unwrap();
+            let amount = Money {
+                amount: 1,
+                ..state.total
+            };
+            let refund_id = RefundId(Uuid::now_v7());
+            f.run::<Order>(
+                &order.stream_id(),
+                OrderCommand::Refund {
+                    actor: admin,
+                    refund_id,
+                    amount: Some(amount),
+                    reason: "scratched".into(),
+                },
+            )
+            .await;
+            f.run::<Order>(
+                &order.stream_id(),
+                OrderCommand::RecordRefund {
+                    payment_id: state.payment.unwrap(),
+                    refund_id,
+                    amount,
                 },
             )
             .await;
@@ -384,18 +414,37 @@ async fn views_match_the_domain_after_one_clean_pass() {
     for id in &orders {
         let (state, version) = f.store.load::<Order>(&id.stream_id()).await.unwrap();
         let d = state.0.unwrap();
-        let (status, stored, history): (String, i64, i64) = sqlx::query_as(
-            "SELECT status, version, json_array_length(history::json)::int8 \
-             FROM read_orders_v1.orders WHERE order_id = $1",
-        )
-        .bind(id.0)
-        .fetch_one(&f.db.pool)
-        .await
-        .unwrap();
+        let (status, stored, history, fulfilment): (String, i64, i64, serde_json::Value) =
+            sqlx::query_as(
+                "SELECT status, version, json_array_length(history::json)::int8, \
+                        fulfilment::json \
+                 FROM read_orders_v1.orders WHERE order_id = $1",
+            )
+            .bind(id.0)
+            .fetch_one(&f.db.pool)
+            .await
+            .unwrap();
         assert_eq!(
             (status.as_str(), stored as u64, history as u64),
             (d.status.as_str(), version, version)
         );
+        let refunded: i64 = fulfilment["refunds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["status"] == "refunded")
+            .map(|r| r["amount"]["amount"].as_i64().unwrap())
+            .sum();
+        assert_eq!(refunded, d.refunded.amount, "{fulfilment}");
+        assert_eq!(
+            fulfilment["payments"].as_array().unwrap().len(),
+            usize::from(d.payment.is_some() || d.status == OrderStatus::PaymentDeclined),
+            "{fulfilment}"
+        );
+        if d.status == OrderStatus::Shipped {
+            assert_eq!(fulfilment["shipment"]["carrier"], "DHL", "{fulfilment}");
+            assert_eq!(fulfilment["shipment"]["tracking_number"], "JD0001");
+        }
     }
     for id in &carts {
         let (state, version) = f.store.load::<Cart>(&id.stream_id()).await.unwrap();

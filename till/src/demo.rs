@@ -341,12 +341,12 @@ pub async fn run(base: &str, issuer: DevIssuer) -> anyhow::Result<()> {
             "admin",
             Method::POST,
             &format!("/v1/orders/{alice_order}/ship"),
-            None,
+            Some(json!({ "carrier": "DHL", "tracking_number": "JD0146 0000 1234" })),
             StatusCode::ACCEPTED,
         )
         .await?;
     client.order_becomes(alice, alice_order, "shipped").await?;
-    step("the admin shipped alice's order");
+    step("the admin shipped alice's order with DHL, tracking number JD0146 0000 1234");
     let sneaky = client
         .send(
             "mallory",

@@ -8,7 +8,8 @@ use domain::cart::CartLine;
 use domain::order::{Order, OrderCommand, PaymentToken};
 use domain::product::Product;
 use domain::values::{
-    Actor, CartId, CustomerId, Money, OrderId, PaymentId, ProductId, ProductName, Quantity, Sku,
+    Actor, Carrier, CartId, CustomerId, Money, OrderId, PaymentId, ProductId, ProductName,
+    Quantity, Sku, TrackingNumber,
 };
 use eventstore::CommandOptions;
 use reqwest::{Method, StatusCode};
@@ -25,7 +26,15 @@ fn admin() -> String {
 
 /// Seeds an order owned by `owner` straight into the store (the order process arrives with its
 /// own issue): placed, stock reserved, and optionally paid.
-async fn seed_order(system: &TestSystem, owner: &str, paid: bool) -> String {
+/// How far a seeded order has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Seed {
+    AwaitingPayment,
+    Paid,
+    Shipped,
+}
+
+async fn seed_order(system: &TestSystem, owner: &str, stage: Seed) -> String {
     let order_id = OrderId(Uuid::now_v7());
     let stream = order_id.stream_id();
     let line = CartLine {
@@ -46,7 +55,7 @@ async fn seed_order(system: &TestSystem, owner: &str, paid: bool) -> String {
             pay_by: chrono::Utc::now() + chrono::Duration::minutes(15),
         },
     ];
-    if paid {
+    if stage >= Seed::Paid {
         let payment_id = PaymentId(Uuid::new_v4());
         commands.push(OrderCommand::RequestPayment {
             actor: Actor::customer(CustomerId::parse(owner).unwrap()),
@@ -54,6 +63,13 @@ async fn seed_order(system: &TestSystem, owner: &str, paid: bool) -> String {
             token: PaymentToken::parse("tok_ok").unwrap(),
         });
         commands.push(OrderCommand::RecordPaymentCaptured { payment_id });
+    }
+    if stage >= Seed::Shipped {
+        commands.push(OrderCommand::Ship {
+            actor: Actor::admin(CustomerId::parse("admin").unwrap()),
+            carrier: Carrier::parse("DHL").unwrap(),
+            tracking_number: TrackingNumber::parse("JD0001").unwrap(),
+        });
     }
     for command in commands {
         system
@@ -188,7 +204,7 @@ async fn every_command_route_works_for_its_rightful_caller() {
     );
 
     // Orders.
-    let payable = seed_order(&system, OWNER, false).await;
+    let payable = seed_order(&system, OWNER, Seed::AwaitingPayment).await;
     let paid = system
         .post(
             &format!("/v1/orders/{payable}/pay"),
@@ -198,7 +214,7 @@ async fn every_command_route_works_for_its_rightful_caller() {
         .await;
     assert_eq!(paid.status, StatusCode::ACCEPTED, "{paid:?}");
     assert!(paid.body["payment_id"].is_string());
-    let cancellable = seed_order(&system, OWNER, false).await;
+    let cancellable = seed_order(&system, OWNER, Seed::AwaitingPayment).await;
     let cancelled = system
         .post(
             &format!("/v1/orders/{cancellable}/cancel"),
@@ -207,13 +223,12 @@ async fn every_command_route_works_for_its_rightful_caller() {
         )
         .await;
     assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{cancelled:?}");
-    let shippable = seed_order(&system, OWNER, true).await;
+    let shippable = seed_order(&system, OWNER, Seed::Paid).await;
     let shipped = system
-        .send(
-            Method::POST,
+        .post(
             &format!("/v1/orders/{shippable}/ship"),
-            Some(&admin),
-            None,
+            &admin,
+            json!({ "carrier": "DHL", "tracking_number": "JD0001" }),
         )
         .await;
     assert_eq!(shipped.status, StatusCode::ACCEPTED, "{shipped:?}");
@@ -361,20 +376,32 @@ async fn the_authorization_matrix_holds() {
     );
 
     // Orders: pay is the owner's (an admin is told it is not theirs); cancel is the owner's or
-    // an admin's; ship is an admin's.
-    for (route, paid, body, expected) in [
+    // an admin's; ship, deliver and refund are an admin's.
+    for (route, stage, body, expected) in [
         (
             "pay",
-            false,
+            Seed::AwaitingPayment,
             Some(json!({ "payment_token": "tok_ok" })),
             [401, 202, 404, 403],
         ),
-        ("cancel", false, None, [401, 202, 404, 202]),
-        ("ship", true, None, [401, 403, 403, 202]),
+        ("cancel", Seed::AwaitingPayment, None, [401, 202, 404, 202]),
+        (
+            "ship",
+            Seed::Paid,
+            Some(json!({ "carrier": "DHL", "tracking_number": "JD0001" })),
+            [401, 403, 403, 202],
+        ),
+        ("deliver", Seed::Shipped, None, [401, 403, 403, 202]),
+        (
+            "refund",
+            Seed::Shipped,
+            Some(json!({ "reason": "goodwill", "amount": { "amount": 100, "currency": "EUR" } })),
+            [401, 403, 403, 202],
+        ),
     ] {
         let mut got = [0; 4];
         for (i, (_, t)) in callers.iter().enumerate() {
-            let order = seed_order(&system, OWNER, paid).await;
+            let order = seed_order(&system, OWNER, stage).await;
             got[i] = system
                 .send(
                     Method::POST,
@@ -394,7 +421,7 @@ async fn the_authorization_matrix_holds() {
         wrong.is_empty(),
         "routes answering the wrong callers (route, expected, got): {wrong:#?}"
     );
-    assert!(outcomes.len() >= 11);
+    assert!(outcomes.len() >= 13);
 }
 
 #[tokio::test]
@@ -809,7 +836,7 @@ async fn a_discontinued_product_stops_checkout_with_the_same_answer_as_adding_it
 async fn text_that_postgres_cannot_store_is_refused_and_changes_nothing() {
     let system = TestSystem::start().await;
     let (admin, alice) = (admin(), token(OWNER, &[]));
-    let order = seed_order(&system, OWNER, false).await;
+    let order = seed_order(&system, OWNER, Seed::AwaitingPayment).await;
     let stream = format!("order-{order}");
     let before = system.store.stream_version(&stream).await.unwrap();
     let cancel = system

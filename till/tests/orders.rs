@@ -85,6 +85,27 @@ async fn checkout(system: &TestSystem, user: &str, product: &str, quantity: u32)
         .await
 }
 
+async fn ship(system: &TestSystem, order: &str) -> Reply {
+    system
+        .post(
+            &format!("/v1/orders/{order}/ship"),
+            &token(ADMIN, &["admin"]),
+            json!({ "carrier": "DHL", "tracking_number": "JD0146 0000 1234" }),
+        )
+        .await
+}
+
+async fn refund(system: &TestSystem, user: &str, order: &str, body: Value) -> Reply {
+    let roles: &[&str] = if user == ADMIN { &["admin"] } else { &[] };
+    system
+        .post(
+            &format!("/v1/orders/{order}/refund"),
+            &token(user, roles),
+            body,
+        )
+        .await
+}
+
 async fn pay(system: &TestSystem, user: &str, order: &str, payment_token: &str) -> Reply {
     system
         .post(
@@ -128,16 +149,33 @@ async fn happy_path_to_paid_and_shipped() {
         StatusCode::ACCEPTED
     );
     wait_for_status(&system, "alice", &order, "paid").await;
-    let shipped = system
-        .send(
-            Method::POST,
+    // Shipping needs the carrier and its tracking number.
+    let untracked = system
+        .post(
             &format!("/v1/orders/{order}/ship"),
-            Some(&token(ADMIN, &["admin"])),
-            None,
+            &token(ADMIN, &["admin"]),
+            json!({ "carrier": "DHL", "tracking_number": " " }),
         )
         .await;
+    assert_eq!(
+        (untracked.status, untracked.problem_code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed"),
+        "{untracked:?}"
+    );
+    let shipped = ship(&system, &order).await;
     assert_eq!(shipped.status, StatusCode::ACCEPTED, "{shipped:?}");
     let view = wait_for_status(&system, "alice", &order, "shipped").await;
+    assert_eq!(view["shipment"]["carrier"], "DHL", "{view}");
+    assert_eq!(view["shipment"]["tracking_number"], "JD0146 0000 1234");
+    assert!(view["shipment"]["shipped_at"].is_string(), "{view}");
+    let payments = view["payments"].as_array().unwrap();
+    assert_eq!(payments.len(), 1, "{view}");
+    assert_eq!(payments[0]["status"], "captured");
+    assert_eq!(
+        payments[0]["amount"],
+        json!({ "amount": 3000, "currency": "EUR" })
+    );
+    assert_eq!(view["refunds"], json!([]));
 
     let history: Vec<&str> = view["history"]
         .as_array()
@@ -206,6 +244,7 @@ async fn happy_path_to_paid_and_shipped() {
     assert_eq!(delivered.status, StatusCode::ACCEPTED, "{delivered:?}");
     let view = wait_for_status(&system, "alice", &order, "delivered").await;
     assert_eq!(view["history"].as_array().unwrap().len(), 7);
+    assert!(view["delivered_at"].is_string(), "{view}");
     let again = deliver(ADMIN, &["admin"]).await;
     assert_eq!(
         (again.status, again.problem_code()),
@@ -360,19 +399,197 @@ async fn cancelling_a_paid_order_refunds_it_and_releases_the_stock() {
         .await
         .unwrap();
     assert_eq!(outcome, "refunded");
-    // Shipping a refunded order is an illegal transition.
-    let ship = system
-        .send(
-            Method::POST,
-            &format!("/v1/orders/{order}/ship"),
-            Some(&token(ADMIN, &["admin"])),
-            None,
-        )
-        .await;
+    let view = order_view(&system, "gina", &order).await.body;
+    let refunds = view["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 1, "{view}");
     assert_eq!(
-        (ship.status, ship.problem_code()),
+        (
+            refunds[0]["status"].as_str(),
+            refunds[0]["amount"]["amount"].as_i64()
+        ),
+        (Some("refunded"), Some(5000))
+    );
+    // Shipping a refunded order is an illegal transition.
+    let shipped = ship(&system, &order).await;
+    assert_eq!(
+        (shipped.status, shipped.problem_code()),
         (StatusCode::CONFLICT, "illegal-order-transition")
     );
+}
+
+#[tokio::test]
+async fn an_admin_refunds_a_shipped_order_in_parts_never_more_than_was_paid() {
+    let system = TestSystem::start_full().await;
+    let product = system.product("FLOW-6", 1000, 5).await;
+    let order = checkout(&system, "hana", &product, 3).await.body["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_status(&system, "hana", &order, "awaiting_payment").await;
+
+    // Nothing to refund before payment.
+    let early = refund(&system, ADMIN, &order, json!({ "reason": "goodwill" })).await;
+    assert_eq!(
+        (early.status, early.problem_code()),
+        (StatusCode::CONFLICT, "illegal-order-transition"),
+        "{early:?}"
+    );
+    pay(&system, "hana", &order, "tok_ok").await;
+    wait_for_status(&system, "hana", &order, "paid").await;
+    assert_eq!(ship(&system, &order).await.status, StatusCode::ACCEPTED);
+    wait_for_status(&system, "hana", &order, "shipped").await;
+
+    // The owner may not refund themselves; bad bodies change nothing.
+    let by_owner = refund(&system, "hana", &order, json!({ "reason": "mine" })).await;
+    assert_eq!(by_owner.status, StatusCode::FORBIDDEN, "{by_owner:?}");
+    for (body, code) in [
+        (json!({}), "validation-failed"),
+        (json!({ "reason": "" }), "validation-failed"),
+        (
+            json!({ "reason": "x", "amount": { "amount": -1, "currency": "EUR" } }),
+            "validation-failed",
+        ),
+        (
+            json!({ "reason": "x", "amount": { "amount": 100, "currency": "USD" } }),
+            "currency-mismatch",
+        ),
+        (
+            json!({ "reason": "x", "amount": { "amount": 3001, "currency": "EUR" } }),
+            "refund-exceeds-payment",
+        ),
+    ] {
+        let refused = refund(&system, ADMIN, &order, body.clone()).await;
+        assert_eq!(refused.problem_code(), code, "{body}: {refused:?}");
+        assert!(refused.status.is_client_error(), "{refused:?}");
+    }
+
+    // A partial refund, retried with the same idempotency key: given back once.
+    let partial = json!({ "reason": "one mug arrived broken", "amount": { "amount": 1000, "currency": "EUR" } });
+    let send_partial = || {
+        system
+            .request(
+                Method::POST,
+                &format!("/v1/orders/{order}/refund"),
+                Some(&token(ADMIN, &["admin"])),
+            )
+            .header("idempotency-key", "refund-broken-mug")
+            .json(&partial)
+            .send()
+    };
+    let first = Reply::from(send_partial().await.unwrap()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{first:?}");
+    let again = Reply::from(send_partial().await.unwrap()).await;
+    assert_eq!(again.body["refund_id"], first.body["refund_id"]);
+    let refund_id = first.body["refund_id"].as_str().unwrap().to_owned();
+
+    let view = wait_for(&system, "hana", &order, |view| {
+        view["refunds"][0]["status"] == "refunded"
+    })
+    .await;
+    assert_eq!(
+        view["status"], "shipped",
+        "a partial refund keeps the status"
+    );
+    let refunds = view["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 1, "{view}");
+    assert_eq!(refunds[0]["refund_id"], refund_id.as_str());
+    assert_eq!(refunds[0]["reason"], "one mug arrived broken");
+    assert_eq!(
+        refunds[0]["amount"],
+        json!({ "amount": 1000, "currency": "EUR" })
+    );
+
+    // More than what is left is refused; the rest (no amount) is accepted.
+    let too_much = refund(
+        &system,
+        ADMIN,
+        &order,
+        json!({ "reason": "x", "amount": { "amount": 2001, "currency": "EUR" } }),
+    )
+    .await;
+    assert_eq!(
+        (too_much.status, too_much.problem_code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "refund-exceeds-payment"),
+        "{too_much:?}"
+    );
+    let rest = refund(&system, ADMIN, &order, json!({ "reason": "keep the rest" })).await;
+    assert_eq!(rest.status, StatusCode::ACCEPTED, "{rest:?}");
+    let view = wait_for_status(&system, "hana", &order, "refunded").await;
+    assert_eq!(view["refunds"][1]["amount"]["amount"], 2000, "{view}");
+    let nothing_left = refund(&system, ADMIN, &order, json!({ "reason": "again" })).await;
+    assert_eq!(nothing_left.status.as_u16() / 100, 4, "{nothing_left:?}");
+
+    // The provider gave back exactly what was paid, in two refunds.
+    let (count, total): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(sum(amount), 0)::int8 FROM provider_sim.refunds")
+            .fetch_one(&system.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((count, total), (2, 3000));
+}
+
+#[tokio::test]
+async fn cancelling_after_a_partial_refund_gives_back_only_the_rest() {
+    let system = TestSystem::start_full().await;
+    let product = system.product("FLOW-7", 2500, 2).await;
+    let order = checkout(&system, "ines", &product, 1).await.body["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_status(&system, "ines", &order, "awaiting_payment").await;
+    pay(&system, "ines", &order, "tok_ok").await;
+    wait_for_status(&system, "ines", &order, "paid").await;
+    let partial = refund(
+        &system,
+        ADMIN,
+        &order,
+        json!({ "reason": "late", "amount": { "amount": 500, "currency": "EUR" } }),
+    )
+    .await;
+    assert_eq!(partial.status, StatusCode::ACCEPTED, "{partial:?}");
+    let cancelled = system
+        .post(
+            &format!("/v1/orders/{order}/cancel"),
+            &token("ines", &[]),
+            json!({ "reason": "too late anyway" }),
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{cancelled:?}");
+    let view = wait_for_status(&system, "ines", &order, "refunded").await;
+    let amounts: Vec<i64> = view["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["amount"]["amount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(amounts, [500, 2000], "{view}");
+    let total: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(amount), 0)::int8 FROM provider_sim.refunds")
+            .fetch_one(&system.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(total, 2500);
+}
+
+/// Polls the order view until `done` holds (or fails after 20 s).
+async fn wait_for(
+    system: &TestSystem,
+    user: &str,
+    order: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let view = order_view(system, user, order).await;
+        if done(&view.body) {
+            return view.body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "order {order} never got there: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -4,40 +4,18 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use domain::product::{NewProduct, Product, ProductCommand};
-use domain::values::{
-    Category, Description, ImageUrl, MAX_UNITS, Money, ProductId, ProductName, Sku,
-};
+use domain::values::{Category, Description, ImageUrl, MAX_UNITS, ProductId, ProductName, Sku};
 use platform::identity::Admin;
 use platform::problem::Problem;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::body::CommandBody;
+use crate::body::{CommandBody, MoneyBody};
 use crate::context::CommandContext;
 use crate::driver::{Reply, run};
 use crate::error::invalid;
 use crate::routes::path_id;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriceBody {
-    pub amount: i64,
-    pub currency: String,
-}
-
-impl PriceBody {
-    fn parse(&self) -> Result<Money, Problem> {
-        Money::price(self.amount, &self.currency).map_err(|e| {
-            let field = if e.field == "currency" {
-                "price.currency"
-            } else {
-                e.field
-            };
-            Problem::invalid_field(field, e.reason)
-        })
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +25,7 @@ pub struct CreateProduct {
     #[serde(default)]
     pub description: String,
     pub category: String,
-    pub price: PriceBody,
+    pub price: MoneyBody,
     pub stock: i64,
     #[serde(default)]
     pub image_urls: Vec<String>,
@@ -68,7 +46,7 @@ impl CreateProduct {
             name: ProductName::parse(&self.name).map_err(invalid)?,
             description: Description::parse(&self.description).map_err(invalid)?,
             category: Category::parse(&self.category).map_err(invalid)?,
-            price: self.price.parse()?,
+            price: self.price.parse("price")?,
             stock,
             image_urls: ImageUrl::parse_all(&self.image_urls).map_err(invalid)?,
         })
@@ -175,7 +153,7 @@ pub async fn change_details(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePrice {
-    pub price: PriceBody,
+    pub price: MoneyBody,
 }
 
 pub async fn change_price(
@@ -185,7 +163,7 @@ pub async fn change_price(
     ctx: CommandContext,
     body: CommandBody<ChangePrice>,
 ) -> Response {
-    let (product_id, price) = match (path_id(&id, "product"), body.value.price.parse()) {
+    let (product_id, price) = match (path_id(&id, "product"), body.value.price.parse("price")) {
         (Ok(id), Ok(price)) => (ProductId(id), price),
         (Err(p), _) | (_, Err(p)) => return p.into_response(),
     };

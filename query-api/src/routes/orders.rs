@@ -111,16 +111,27 @@ pub async fn list(
     ))
 }
 
-/// An order with its lines and status history, both stored in the API's shape by the projector.
+/// An order with its lines, status history and fulfilment, all stored in the API's shape by the
+/// projector.
 #[derive(Debug, sqlx::FromRow)]
 struct OrderDetailRow {
     #[sqlx(flatten)]
     row: OrderRow,
     lines: Value,
     history: Value,
+    fulfilment: Value,
 }
 
-/// `GET /v1/orders/{id}` — with lines and status history.
+/// The fulfilment document's parts, and what an order without one shows (rows written before
+/// fulfilment was projected hold `{}`).
+const FULFILMENT: [(&str, Value); 4] = [
+    ("shipment", Value::Null),
+    ("delivered_at", Value::Null),
+    ("payments", Value::Array(Vec::new())),
+    ("refunds", Value::Array(Vec::new())),
+];
+
+/// `GET /v1/orders/{id}` — with lines, status history, shipment, delivery, payments and refunds.
 pub async fn one(
     State(state): State<AppState>,
     principal: Principal,
@@ -133,8 +144,10 @@ pub async fn one(
         row,
         lines,
         history,
+        mut fulfilment,
     } = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, lines::json AS lines, history::json AS history \
+        "SELECT {COLUMNS}, lines::json AS lines, history::json AS history, \
+                fulfilment::json AS fulfilment \
          FROM \"{schema}\".orders WHERE order_id = $1"
     ))
     .bind(id)
@@ -148,6 +161,9 @@ pub async fn one(
     let mut body = row.json();
     body["lines"] = lines;
     body["history"] = history;
+    for (part, absent) in FULFILMENT {
+        body[part] = fulfilment.get_mut(part).map_or(absent, Value::take);
+    }
     Ok(with_etag(
         &headers,
         format!("\"{}\"", row.version),
