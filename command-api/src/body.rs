@@ -191,10 +191,13 @@ mod tests {
 }
 
 /// An amount of money in a body: `{amount, currency}`, minor units and an ISO 4217 code.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Money)]
 pub struct MoneyBody {
+    /// Minor units (cents for EUR).
     pub amount: i64,
+    /// ISO 4217, e.g. `EUR`.
     pub currency: String,
 }
 

@@ -9,9 +9,13 @@
 //! - [`body`], [`context`]: extractors for the JSON body and the command's context.
 //! - [`driver`]: executing a command and shaping its response; [`idempotency`]: stored
 //!   responses for repeated keys; [`error`]: failures as problem+json.
+//! - [`docs`]: what the OpenAPI document says beyond each handler's `#[utoipa::path]`;
+//!   [`openapi`] is the write side's part of the document, made from the same route list that
+//!   [`router`] serves.
 
 pub mod body;
 pub mod context;
+pub mod docs;
 pub mod driver;
 pub mod error;
 pub mod idempotency;
@@ -25,11 +29,12 @@ use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::{patch, post, put};
 use eventstore::EventStore;
 use platform::http::{Readiness, operational_routes, track_metrics};
 use platform::identity::JwtVerifier;
 use platform::problem::Problem;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::body::MAX_BODY_BYTES;
 use crate::routes::{carts, orders, products};
@@ -50,27 +55,35 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
     }
 }
 
+/// Every command route, each with its OpenAPI description: the one list both [`router`] and
+/// [`openapi`] are made from.
+fn commands() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(products::create))
+        .routes(routes!(products::change_details))
+        .routes(routes!(products::change_price))
+        .routes(routes!(products::adjust_stock))
+        .routes(routes!(products::discontinue))
+        .routes(routes!(carts::create))
+        .routes(routes!(carts::add_item))
+        .routes(routes!(carts::change_quantity, carts::remove_item))
+        .routes(routes!(carts::checkout))
+        .routes(routes!(orders::pay))
+        .routes(routes!(orders::cancel))
+        .routes(routes!(orders::ship))
+        .routes(routes!(orders::deliver))
+        .routes(routes!(orders::refund))
+}
+
+/// The write side's part of the OpenAPI document (the gateway serves the whole).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    commands().into_openapi()
+}
+
 /// Every route of the write side, plus `/livez`, `/readyz` and `/metrics`.
 pub fn router(state: AppState) -> Router {
     let readiness = Readiness::default().postgres(state.store.pool().clone());
-    let commands = Router::new()
-        .route("/v1/products", post(products::create))
-        .route("/v1/products/{id}", patch(products::change_details))
-        .route("/v1/products/{id}/price", post(products::change_price))
-        .route("/v1/products/{id}/stock", post(products::adjust_stock))
-        .route("/v1/products/{id}/discontinue", post(products::discontinue))
-        .route("/v1/carts", post(carts::create))
-        .route("/v1/carts/{id}/items", post(carts::add_item))
-        .route(
-            "/v1/carts/{id}/items/{product_id}",
-            put(carts::change_quantity).delete(carts::remove_item),
-        )
-        .route("/v1/carts/{id}/checkout", post(carts::checkout))
-        .route("/v1/orders/{id}/pay", post(orders::pay))
-        .route("/v1/orders/{id}/cancel", post(orders::cancel))
-        .route("/v1/orders/{id}/ship", post(orders::ship))
-        .route("/v1/orders/{id}/deliver", post(orders::deliver))
-        .route("/v1/orders/{id}/refund", post(orders::refund))
+    let commands = Router::from(commands())
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     Router::new()

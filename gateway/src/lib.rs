@@ -11,6 +11,8 @@
 //! addresses, so a general HTTP client's URL parsing, redirects and decompression were only
 //! cost on every request.
 
+pub mod docs;
+
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -127,7 +129,8 @@ fn upstream_base(variable: &'static str, url: &str) -> Result<(), InvalidUpstrea
     }
 }
 
-/// The gateway's routes: `/v1/*` forwarded, plus its own `/livez`, `/readyz`, `/metrics`.
+/// The gateway's routes: `/v1/*` forwarded, the API's document and docs UI ([`docs`]), plus
+/// its own `/livez`, `/readyz`, `/metrics`.
 /// Refuses upstream URLs it cannot forward to.
 pub fn router(
     settings: GatewaySettings,
@@ -163,6 +166,7 @@ pub fn router(
         .layer(axum::middleware::map_request(drop_unusable_request_id));
     let router = Router::new()
         .merge(api)
+        .merge(docs::routes())
         .merge(operational_routes(readiness))
         .fallback(|| async { Problem::not_found("route-not-found", "no such route") })
         .layer(axum::middleware::from_fn(platform::http::problems_only))

@@ -10,23 +10,33 @@ use serde::Serialize;
 /// Where problem types are documented; the last path segment is the stable code.
 pub const TYPE_BASE: &str = "https://tillstream.dev/problems/";
 
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
 /// A field that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub reason: String,
 }
 
 /// A problem+json response.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `https://tillstream.dev/problems/<code>`; the code is stable.
     #[serde(rename = "type")]
+    #[schema(
+        format = "uri",
+        example = "https://tillstream.dev/problems/cart-not-found"
+    )]
     pub type_uri: String,
     pub title: String,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Each field that failed validation.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     pub headers: Vec<(HeaderName, HeaderValue)>,

@@ -4,8 +4,12 @@
 //! - [`routes`]: one module per resource (products, carts, orders, admin).
 //! - [`consistency`]: read-your-writes with `X-Consistency-Token`.
 //! - [`pagination`]: keyset cursors.
+//! - [`docs`]: what the OpenAPI document says beyond each handler's `#[utoipa::path]`;
+//!   [`openapi`] is the read side's part of the document, made from the same route list that
+//!   [`router`] serves.
 
 pub mod consistency;
+pub mod docs;
 pub mod pagination;
 pub mod params;
 pub mod routes;
@@ -19,7 +23,6 @@ use axum::extract::FromRef;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use eventstore::EventStore;
 use platform::http::{Readiness, operational_routes, track_metrics};
 use platform::identity::JwtVerifier;
@@ -27,6 +30,8 @@ use platform::problem::Problem;
 use platform::read_models::CartKeys;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Where the query API listens unless `TILL_QUERY_API_ADDR` says otherwise.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
@@ -63,6 +68,28 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
     }
 }
 
+/// Every read route, each with its OpenAPI description: the one list both [`router`] and
+/// [`openapi`] are made from.
+fn reads() -> OpenApiRouter<AppState> {
+    use routes::{admin, carts, me, orders, products};
+    OpenApiRouter::new()
+        .routes(routes!(products::list))
+        .routes(routes!(products::one))
+        .routes(routes!(products::categories))
+        .routes(routes!(me::me))
+        .routes(routes!(carts::list))
+        .routes(routes!(carts::one))
+        .routes(routes!(orders::list))
+        .routes(routes!(orders::one))
+        .routes(routes!(orders::events))
+        .routes(routes!(admin::projections))
+}
+
+/// The read side's part of the OpenAPI document (the gateway serves the whole).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    reads().into_openapi()
+}
+
 /// Every read route, plus `/livez`, `/readyz` and `/metrics`.
 pub fn router(state: AppState) -> Router {
     let redis = state.redis.clone();
@@ -78,18 +105,7 @@ pub fn router(state: AppState) -> Router {
                     .map_err(|e| e.to_string())
             }
         });
-    let reads = Router::new()
-        .route("/v1/products", get(routes::products::list))
-        .route("/v1/products/{id}", get(routes::products::one))
-        .route("/v1/categories", get(routes::products::categories))
-        .route("/v1/me", get(routes::me::me))
-        .route("/v1/carts", get(routes::carts::list))
-        .route("/v1/carts/{id}", get(routes::carts::one))
-        .route("/v1/orders", get(routes::orders::list))
-        .route("/v1/orders/{id}", get(routes::orders::one))
-        .route("/v1/orders/{id}/events", get(routes::orders::events))
-        .route("/v1/admin/projections", get(routes::admin::projections))
-        .with_state(state);
+    let reads = Router::from(reads()).with_state(state);
     Router::new()
         .merge(reads)
         .merge(operational_routes(readiness))

@@ -12,15 +12,28 @@ use domain::values::{CartId, OrderId, ProductId, Quantity};
 use platform::problem::Problem;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::body::CommandBody;
 use crate::context::CommandContext;
+use crate::docs::{CommandHeaders, CommandOutcome};
 use crate::driver::{Plan, Reads, Reply, Write, execute, run};
 use crate::error::{invalid, rejection_problem};
 use crate::routes::path_id;
 
+#[utoipa::path(
+    post,
+    path = "/v1/carts",
+    tag = "carts",
+    summary = "Open a cart for the caller",
+    params(CommandHeaders),
+    responses(
+        (status = 201, description = "opened; Location names the cart", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(State(state): State<AppState>, ctx: CommandContext) -> Response {
     let cart_id = CartId(Uuid::now_v7());
     run::<Cart>(
@@ -42,7 +55,7 @@ pub async fn create(State(state): State<AppState>, ctx: CommandContext) -> Respo
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddItem {
     pub product_id: Uuid,
@@ -62,6 +75,21 @@ async fn catalog_entry(
     Ok((entry, Write::check(stream_id, version)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/carts/{id}/items",
+    tag = "carts",
+    summary = "Add a product to the cart (priced from the catalog)",
+    request_body = AddItem,
+    params(("id" = String, Path, description = "the cart's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 200, description = "added", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the cart is checked out", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "unknown or discontinued product, not enough stock, or a limit reached", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// Adds an item at the catalog's current price. The product's version is part of the append's
 /// expectations, so a price that changed meanwhile (seen by another instance) sends the command
 /// back to decide on fresh states.
@@ -113,12 +141,27 @@ async fn add_item_plan(
         .remember(cart_stream, cart, after))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeQuantity {
     pub quantity: i64,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/carts/{id}/items/{product_id}",
+    tag = "carts",
+    summary = "Set the quantity of a product in the cart",
+    request_body = ChangeQuantity,
+    params(("id" = String, Path, description = "the cart's id (a UUID)"), ("product_id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 200, description = "changed", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the cart is checked out", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid quantity or not enough stock", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn change_quantity(
     State(state): State<AppState>,
     Path((id, product)): Path<(String, String)>,
@@ -150,6 +193,19 @@ pub async fn change_quantity(
     .await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/carts/{id}/items/{product_id}",
+    tag = "carts",
+    summary = "Remove a product from the cart",
+    params(("id" = String, Path, description = "the cart's id (a UUID)"), ("product_id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 200, description = "removed", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the cart is checked out", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn remove_item(
     State(state): State<AppState>,
     Path((id, product)): Path<(String, String)>,
@@ -173,6 +229,20 @@ pub async fn remove_item(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/carts/{id}/checkout",
+    tag = "carts",
+    summary = "Check the cart out: places an order at catalog prices",
+    params(("id" = String, Path, description = "the cart's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 202, description = "the order is placed; Location names it", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already checked out", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "empty, discontinued products, or mixed currencies", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// Checks the cart out and places its order in one transaction, at the catalog's prices of
 /// now (the rule is [`domain::checkout`]): the order exists the moment the client is told its id.
 pub async fn checkout(

@@ -10,21 +10,39 @@ use platform::identity::Admin;
 use platform::problem::Problem;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::body::{CommandBody, MoneyBody, OptionalBody};
 use crate::context::CommandContext;
+use crate::docs::{CommandHeaders, CommandOutcome};
 use crate::driver::{Reply, run};
 use crate::error::invalid;
 use crate::routes::path_id;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pay {
     pub payment_token: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/pay",
+    tag = "orders",
+    summary = "Pay for the order with a payment token (owner)",
+    request_body = Pay,
+    params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 202, description = "the payment is with the provider", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "an admin paying for someone else", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "not awaiting payment, or a payment is in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn pay(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -62,13 +80,27 @@ pub async fn pay(
     .await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cancel {
     #[serde(default)]
     pub reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/cancel",
+    tag = "orders",
+    summary = "Cancel the order (owner or admin); a paid order is refunded",
+    request_body = Option<Cancel>,
+    params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 202, description = "cancelled", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "shipped, finished, or a payment is in progress", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -110,16 +142,32 @@ pub async fn cancel(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ship {
     pub carrier: String,
     pub tracking_number: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/ship",
+    tag = "orders",
+    summary = "Ship a paid order (admin)",
+    request_body = Ship,
+    params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 202, description = "shipped", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "not possible in the order's status", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "carrier or tracking number invalid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn ship(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    _admin: Admin,
     Path(id): Path<String>,
     ctx: CommandContext,
     body: CommandBody<Ship>,
@@ -140,9 +188,23 @@ pub async fn ship(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/deliver",
+    tag = "orders",
+    summary = "Mark a shipped order delivered (admin)",
+    params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 202, description = "delivered", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "not possible in the order's status", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn deliver(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    _admin: Admin,
     Path(id): Path<String>,
     ctx: CommandContext,
 ) -> Response {
@@ -153,7 +215,7 @@ pub async fn deliver(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Refund {
     /// Everything not yet refunded when absent.
@@ -162,11 +224,27 @@ pub struct Refund {
     pub reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/refund",
+    tag = "orders",
+    summary = "Refund a paid order, in full or in part (admin)",
+    request_body = Refund,
+    params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 202, description = "the refund is with the provider; the order view lists it", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "not possible in the order's status", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "not positive, another currency, or more than is left to refund", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `POST /v1/orders/{id}/refund` (admin): 202 `{order_id, refund_id}`; the provider gives the
 /// money back shortly after, and the order view lists the refund from requested to refunded.
 pub async fn refund(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    _admin: Admin,
     Path(id): Path<String>,
     ctx: CommandContext,
     body: CommandBody<Refund>,

@@ -9,15 +9,17 @@ use platform::identity::Admin;
 use platform::problem::Problem;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::body::{CommandBody, MoneyBody};
 use crate::context::CommandContext;
+use crate::docs::{CommandHeaders, CommandOutcome};
 use crate::driver::{Reply, run};
 use crate::error::invalid;
 use crate::routes::path_id;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
     pub sku: String,
@@ -53,9 +55,24 @@ impl CreateProduct {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/products",
+    tag = "catalog",
+    summary = "Create a product (admin)",
+    request_body = CreateProduct,
+    params(CommandHeaders),
+    responses(
+        (status = 201, description = "created; Location names the product", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "a product with this SKU exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a field is invalid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    _admin: Admin,
     ctx: CommandContext,
     body: CommandBody<CreateProduct>,
 ) -> Response {
@@ -82,7 +99,7 @@ pub async fn create(
 
 /// `PATCH /v1/products/{id}`: each field present replaces what the catalog says; absent ones
 /// stay.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeDetails {
     pub name: Option<String>,
@@ -128,9 +145,25 @@ impl ChangeDetails {
     }
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/products/{id}",
+    tag = "catalog",
+    summary = "Change a product's name, description, category or pictures (admin)",
+    request_body = ChangeDetails,
+    params(("id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 200, description = "changed", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a field is invalid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn change_details(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    _admin: Admin,
     Path(id): Path<String>,
     ctx: CommandContext,
     body: CommandBody<ChangeDetails>,
@@ -150,15 +183,30 @@ pub async fn change_details(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePrice {
     pub price: MoneyBody,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/products/{id}/price",
+    tag = "catalog",
+    summary = "Change a product's price (admin)",
+    request_body = ChangePrice,
+    params(("id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 200, description = "changed", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "the price is invalid or in another currency", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn change_price(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    _admin: Admin,
     Path(id): Path<String>,
     ctx: CommandContext,
     body: CommandBody<ChangePrice>,
@@ -178,16 +226,31 @@ pub async fn change_price(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustStock {
     /// Units to add (positive) or remove (negative).
     pub delta: i64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/products/{id}/stock",
+    tag = "catalog",
+    summary = "Add or remove units of stock (admin)",
+    request_body = AdjustStock,
+    params(("id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 200, description = "adjusted; `available` says what is free to sell", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "the adjustment is zero or out of range", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn adjust_stock(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    _admin: Admin,
     Path(id): Path<String>,
     ctx: CommandContext,
     body: CommandBody<AdjustStock>,
@@ -212,9 +275,23 @@ pub async fn adjust_stock(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/products/{id}/discontinue",
+    tag = "catalog",
+    summary = "Stop selling a product (admin)",
+    params(("id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
+    responses(
+        (status = 200, description = "discontinued", body = CommandOutcome),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already discontinued", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn discontinue(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    _admin: Admin,
     Path(id): Path<String>,
     ctx: CommandContext,
 ) -> Response {

@@ -10,11 +10,23 @@ use platform::problem::Problem;
 use platform::read_models::{PROJECTIONS, Projection, Storage};
 use serde_json::{Value, json};
 
+use crate::docs::ProjectionList;
 use crate::{AppState, db_problem, redis_problem};
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/projections",
+    tag = "operations",
+    summary = "Every projection: serving version, checkpoint and lag (admin)",
+    responses(
+        (status = 200, description = "the projections", body = ProjectionList),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn projections(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    _admin: Admin,
 ) -> Result<Response, Problem> {
     let mut items = Vec::new();
     for projection in &PROJECTIONS {

@@ -9,6 +9,7 @@ use platform::problem::Problem;
 use platform::read_models::{CARTS, serving_version};
 
 use crate::consistency::Readers;
+use crate::docs::{CartList, CartView, ReadHeaders, StatusFilter};
 use crate::params::Params;
 use crate::routes::path_id;
 use crate::{AppState, Audience, consistency, db_problem, list_etag, redis_problem, with_etag};
@@ -48,6 +49,19 @@ async fn serving_version_after_token(
     Ok(version)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/carts/{id}",
+    tag = "carts",
+    summary = "A cart (its owner only)",
+    params(("id" = String, Path, description = "the cart's id (a UUID)"), ReadHeaders),
+    responses(
+        (status = 200, description = "the cart", body = CartView),
+        (status = 304, description = "not modified since the ETag sent in If-None-Match"),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `GET /v1/carts/{id}`
 pub async fn one(
     State(state): State<AppState>,
@@ -85,6 +99,20 @@ pub async fn one(
 /// Most carts one listing shows (the newest).
 const MAX_LISTED: usize = 100;
 
+#[utoipa::path(
+    get,
+    path = "/v1/carts",
+    tag = "carts",
+    summary = "The caller's own carts, newest first",
+    params(StatusFilter, ReadHeaders),
+    responses(
+        (status = 200, description = "the carts", body = CartList),
+        (status = 304, description = "not modified since the ETag sent in If-None-Match"),
+        (status = 400, description = "a malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "an unknown status", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `GET /v1/carts?status=open|checked_out` — the caller's own carts, newest first.
 pub async fn list(
     State(state): State<AppState>,

@@ -12,6 +12,7 @@ use platform::read_models::ORDERS;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::docs::{OrderEvents, OrderPage, OrderView, Page, ReadHeaders, StatusFilter};
 use crate::params::Params;
 use crate::routes::path_id;
 use crate::{AppState, Audience, consistency, db_problem, list_etag, pagination, with_etag};
@@ -72,6 +73,20 @@ async fn serving_schema(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orders",
+    tag = "orders",
+    summary = "The caller's orders (an admin: everyone's), newest first",
+    params(StatusFilter, Page, ReadHeaders),
+    responses(
+        (status = 200, description = "one page of orders", body = OrderPage),
+        (status = 304, description = "not modified since the ETag sent in If-None-Match"),
+        (status = 400, description = "a malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a parameter out of range", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `GET /v1/orders?limit=&cursor=&status=` — newest first.
 pub async fn list(
     State(state): State<AppState>,
@@ -131,6 +146,19 @@ const FULFILMENT: [(&str, Value); 4] = [
     ("refunds", Value::Array(Vec::new())),
 ];
 
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "orders",
+    summary = "An order with its lines, history, shipment, payments and refunds",
+    params(("id" = String, Path, description = "the order's id (a UUID)"), ReadHeaders),
+    responses(
+        (status = 200, description = "the order", body = OrderView),
+        (status = 304, description = "not modified since the ETag sent in If-None-Match"),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `GET /v1/orders/{id}` — with lines, status history, shipment, delivery, payments and refunds.
 pub async fn one(
     State(state): State<AppState>,
@@ -175,6 +203,18 @@ pub async fn one(
 /// Fields of stored events never shown to a client.
 const SECRET_FIELDS: [&str; 1] = ["token"];
 
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}/events",
+    tag = "orders",
+    summary = "The order's own events, oldest first",
+    params(("id" = String, Path, description = "the order's id (a UUID)")),
+    responses(
+        (status = 200, description = "the events", body = OrderEvents),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `GET /v1/orders/{id}/events` — the order's own stream, read through the event store (so
 /// every event is upcast to its current shape).
 pub async fn events(

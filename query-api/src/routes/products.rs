@@ -11,6 +11,7 @@ use platform::read_models::PRODUCTS;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::docs::{CategoryList, Page, ProductPage, ProductSearch, ProductView, ReadHeaders};
 use crate::params::Params;
 use crate::routes::path_id;
 use crate::{AppState, Audience, consistency, db_problem, list_etag, pagination, with_etag};
@@ -66,10 +67,24 @@ async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String,
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/products",
+    tag = "catalog",
+    summary = "Browse and search the catalog",
+    params(ProductSearch, Page, ReadHeaders),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "one page of products, by id", body = ProductPage),
+        (status = 304, description = "not modified since the ETag sent in If-None-Match"),
+        (status = 400, description = "a malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a parameter out of range", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `GET /v1/products?q=&category=&limit=&cursor=`
 pub async fn list(
     State(state): State<AppState>,
-    MaybePrincipal(_): MaybePrincipal,
+    _caller: MaybePrincipal,
     params: Params,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
@@ -114,10 +129,23 @@ pub async fn list(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/products/{id}",
+    tag = "catalog",
+    summary = "A product",
+    params(("id" = String, Path, description = "the product's id (a UUID)"), ReadHeaders),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "the product", body = ProductView),
+        (status = 304, description = "not modified since the ETag sent in If-None-Match"),
+        (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `GET /v1/products/{id}`
 pub async fn one(
     State(state): State<AppState>,
-    MaybePrincipal(_): MaybePrincipal,
+    _caller: MaybePrincipal,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
@@ -139,10 +167,22 @@ pub async fn one(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/categories",
+    tag = "catalog",
+    summary = "Every category with products on sale, and how many",
+    params(ReadHeaders),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "the categories", body = CategoryList),
+        (status = 304, description = "not modified since the ETag sent in If-None-Match"),
+    )
+)]
 /// `GET /v1/categories` — every category with products on sale, and how many.
 pub async fn categories(
     State(state): State<AppState>,
-    MaybePrincipal(_): MaybePrincipal,
+    _caller: MaybePrincipal,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let schema = serving_schema(&state, &headers).await?;

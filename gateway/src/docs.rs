@@ -1,0 +1,116 @@
+//! The OpenAPI 3.1 document of the whole public API, and the docs UI.
+//!
+//! Each service describes its own routes from the route list it serves
+//! ([`command_api::openapi`], [`query_api::openapi`]); this module joins them and adds what the
+//! gateway itself does to every request: the bearer token it checks, and the problem+json it
+//! (or any service) answers for errors. Served at `GET /v1/openapi.json` (and
+//! `/openapi.json`), browsable at `/docs` (Swagger UI, its assets compiled in).
+
+use axum::Router;
+use platform::problem::{PROBLEM_JSON, Problem};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
+    ResponseBuilder,
+};
+use utoipa::{PartialSchema, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+/// Where the document is served.
+pub const DOCUMENT_PATH: &str = "/v1/openapi.json";
+
+/// The whole API's document.
+pub fn document() -> OpenApi {
+    let mut document = OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Tillstream")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "An event-sourced commerce backend. Commands answer with the stream's new \
+                     version (`ETag`) and an `X-Consistency-Token` a following read can send to \
+                     see its own write. Every error is `application/problem+json` with a stable \
+                     `type`.",
+                ))
+                .build(),
+        )
+        .components(Some(
+            ComponentsBuilder::new()
+                .schema(Problem::name(), Problem::schema())
+                .security_scheme(
+                    "bearer",
+                    SecurityScheme::Http(
+                        Http::builder()
+                            .scheme(HttpAuthScheme::Bearer)
+                            .bearer_format("JWT")
+                            .build(),
+                    ),
+                )
+                .build(),
+        ))
+        .security(Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]))
+        .build();
+    document.merge(command_api::openapi());
+    document.merge(query_api::openapi());
+    for path in document.paths.paths.values_mut() {
+        for operation in operations(path) {
+            any_other_error_is_a_problem(operation);
+        }
+    }
+    document
+}
+
+fn operations(path: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut path.get,
+        &mut path.put,
+        &mut path.post,
+        &mut path.delete,
+        &mut path.patch,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// Whatever else can go wrong on the way (a token the gateway refuses, a rate limit, a body
+/// too large, an outage) is answered as a problem: the `default` response says so.
+fn any_other_error_is_a_problem(operation: &mut Operation) {
+    let problem = ResponseBuilder::new()
+        .description(
+            "any other error (401 no valid token, 413 body too large, 429 rate limited with \
+             Retry-After, 503 unavailable, ...), as problem+json",
+        )
+        .content(
+            PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(Ref::from_schema_name(Problem::name()))))
+                .build(),
+        )
+        .build();
+    operation
+        .responses
+        .responses
+        .entry("default".to_owned())
+        .or_insert(RefOr::T(problem));
+}
+
+/// `GET /v1/openapi.json`, `GET /openapi.json` and the docs UI at `/docs`.
+pub fn routes() -> Router {
+    let document = document();
+    let json = serde_json::to_string(&document).unwrap_or_default();
+    Router::new()
+        .merge(SwaggerUi::new("/docs").url(DOCUMENT_PATH, document))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    json,
+                )
+            }),
+        )
+}

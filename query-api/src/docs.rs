@@ -1,0 +1,258 @@
+//! What the OpenAPI document says about the read side beyond each handler's own
+//! `#[utoipa::path]`: the query parameters and headers reads take, and the shape of every view.
+//! The handlers build their JSON from the read models directly; these types describe it (the
+//! contract fuzzing in CI checks every answer against them). The document is made from the
+//! same route list that serves, so a route cannot exist undocumented.
+
+#![allow(dead_code)] // the types exist for the document; nothing constructs them
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// Headers every read understands.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct ReadHeaders {
+    /// The `X-Consistency-Token` of an earlier command: the read waits (briefly) until the view
+    /// shows that write. A token for a stream the caller may not read, or that does not exist,
+    /// is ignored.
+    #[param(rename = "X-Consistency-Token")]
+    pub consistency_token: Option<String>,
+    /// An `ETag` from an earlier answer: 304 when the view has not changed.
+    #[param(rename = "If-None-Match")]
+    pub if_none_match: Option<String>,
+}
+
+/// Keyset pagination.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Page {
+    /// 1 to 100 items (default 20).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Catalog search.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProductSearch {
+    /// Full-text search in name, description and SKU (web search syntax), at most 200 characters.
+    pub q: Option<String>,
+    /// A category slug.
+    pub category: Option<String>,
+}
+
+/// A status to filter by.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatusFilter {
+    /// Only items in this status (`open` or `checked_out` for carts; an order status for orders).
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Money {
+    /// Minor units (cents for EUR).
+    pub amount: i64,
+    /// ISO 4217, e.g. `EUR`.
+    pub currency: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductView {
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub category: String,
+    pub image_urls: Vec<String>,
+    pub price: Money,
+    /// Units free to sell.
+    pub available: i64,
+    pub discontinued: bool,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductPage {
+    pub items: Vec<ProductView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CategoryCount {
+    pub category: String,
+    /// Products on sale in it.
+    pub products: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CategoryList {
+    pub items: Vec<CategoryCount>,
+}
+
+/// Who the token says the caller is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub user_id: String,
+    pub roles: Vec<String>,
+}
+
+/// A line of a cart or an order, priced from the catalog.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Line {
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub unit_price: Money,
+    pub quantity: u32,
+    pub line_total: Money,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CartView {
+    pub cart_id: Uuid,
+    pub customer_id: String,
+    /// `open` or `checked_out`.
+    pub status: String,
+    /// The order placed at checkout.
+    pub order_id: Option<Uuid>,
+    pub items: Vec<Line>,
+    pub item_count: u32,
+    /// `null` while the cart is empty.
+    pub total: Option<Money>,
+    pub version: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CartList {
+    pub items: Vec<CartView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderSummary {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub cart_id: Uuid,
+    /// `placed`, `stock_reserved`, `awaiting_payment`, `payment_pending`, `payment_declined`,
+    /// `paid`, `shipped`, `delivered`, `rejected`, `expired`, `cancelled` or `refunded`.
+    pub status: String,
+    pub total: Money,
+    /// When an unpaid order expires.
+    pub pay_by: Option<DateTime<Utc>>,
+    /// The payment with the provider, or the one that captured.
+    pub payment_id: Option<Uuid>,
+    pub placed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<OrderSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// One event of the order, as a step of its history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryEntry {
+    pub version: i64,
+    pub status: String,
+    pub event: String,
+    /// A reason, where the event has one.
+    pub detail: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Shipment {
+    pub carrier: String,
+    pub tracking_number: String,
+    pub shipped_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Payment {
+    pub payment_id: Uuid,
+    pub amount: Money,
+    /// `pending`, `captured` or `declined`.
+    pub status: String,
+    pub requested_at: DateTime<Utc>,
+    pub settled_at: Option<DateTime<Utc>>,
+    /// Why it was declined.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Refund {
+    pub refund_id: Uuid,
+    pub payment_id: Uuid,
+    pub amount: Money,
+    /// `requested` or `refunded`.
+    pub status: String,
+    /// The admin's reason; `null` for a cancelled order's refund.
+    pub reason: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+/// An order with its lines, history, shipment, delivery, payments and refunds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderView {
+    #[serde(flatten)]
+    pub summary: OrderSummary,
+    pub lines: Vec<Line>,
+    pub history: Vec<HistoryEntry>,
+    pub shipment: Option<Shipment>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub payments: Vec<Payment>,
+    pub refunds: Vec<Refund>,
+}
+
+/// One stored event of an order's stream, upcast to its current shape, without secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoredEvent {
+    pub version: u64,
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderEvents {
+    pub order_id: Uuid,
+    pub items: Vec<StoredEvent>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Checkpoint {
+    pub transaction_id: i64,
+    pub position: i64,
+}
+
+/// A projection: which version serves, how far it is, how far behind.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub serving_version: i32,
+    /// The version a rebuild is filling, if one runs.
+    pub rebuilding_version: Option<i32>,
+    pub checkpoint: Checkpoint,
+    pub events_applied: i64,
+    pub head_position: i64,
+    pub lag_events: i64,
+    pub lag_seconds: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionList {
+    pub items: Vec<ProjectionStatus>,
+}
