@@ -143,22 +143,79 @@ impl Problem {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "Service unavailable").with_detail(detail)
     }
 
-    /// 500 with an opaque body. Logs `cause` once, here, with its whole chain.
+    /// A failure on our side, logged once here with its whole chain. When the chain says a
+    /// dependency is unreachable or restarting ([`is_outage`]) it is a 503 the client may retry
+    /// after `Retry-After`; anything else is a 500 with an opaque body.
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
-        let mut chain = cause.to_string();
-        let mut source = cause.source();
-        while let Some(next) = source {
-            chain.push_str(": ");
-            chain.push_str(&next.to_string());
-            source = next.source();
+        if is_outage(cause) {
+            return Self::unavailable(cause);
         }
-        tracing::error!(error = %chain, "internal error");
+        tracing::error!(error = %chain(cause), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "Internal server error",
         )
         .with_detail("something went wrong on our side; it has been logged")
+    }
+
+    /// 503 with `Retry-After`: a dependency (Postgres, Redis) is unavailable or restarting.
+    /// Nothing was changed that a retry would repeat: commands append in one transaction, and a
+    /// retry with the same `Idempotency-Key` completes once.
+    pub fn unavailable(cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::warn!(error = %chain(cause), "dependency unavailable");
+        metrics::counter!("http_dependency_unavailable_total").increment(1);
+        Self::service_unavailable(
+            "dependency-unavailable",
+            "a service this request needs is unavailable or restarting; retry shortly",
+        )
+        .with_header(header::RETRY_AFTER, OUTAGE_RETRY_AFTER_SECS)
+    }
+}
+
+/// What an outage answer tells clients to wait before retrying, in seconds.
+pub const OUTAGE_RETRY_AFTER_SECS: &str = "2";
+
+/// An error and its sources, as one line.
+fn chain(cause: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = cause.to_string();
+    let mut source = cause.source();
+    while let Some(next) = source {
+        chain.push_str(": ");
+        chain.push_str(&next.to_string());
+        source = next.source();
+    }
+    chain
+}
+
+/// Whether an error (or one of its sources) says a dependency could not be reached or is going
+/// away (connection refused or reset, pool exhausted waiting for one, a server shutting down or
+/// starting up), rather than that something is wrong with the request or the data.
+pub fn is_outage(cause: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(cause), |e| e.source()).any(|e| {
+        if let Some(e) = e.downcast_ref::<sqlx::Error>() {
+            return is_database_outage(e);
+        }
+        // Every I/O a service does on a request's behalf is talking to a dependency.
+        e.is::<std::io::Error>()
+    })
+}
+
+fn is_database_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        // A connection that broke mid-message.
+        | sqlx::Error::Protocol(_) => true,
+        // SQLSTATE 08: connection exception; 57P01-57P03: admin or crash shutdown, cannot
+        // connect now (starting up); 53300: too many connections.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "53300"),
+        _ => false,
     }
 }
 
@@ -175,5 +232,40 @@ impl IntoResponse for Problem {
             headers.insert(name, value);
         }
         (status, headers, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error wrapping another, as the event store's and the services' errors do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("appending failed")]
+    struct Wrapped(#[source] sqlx::Error);
+
+    #[test]
+    fn outages_are_503_with_retry_after_and_everything_else_500() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        for outage in [
+            Problem::internal(&sqlx::Error::PoolTimedOut),
+            Problem::internal(&Wrapped(sqlx::Error::Io(refused))),
+            Problem::internal(&Wrapped(sqlx::Error::PoolClosed)),
+        ] {
+            assert_eq!(outage.status, 503);
+            assert_eq!(outage.code(), "dependency-unavailable");
+            assert!(
+                outage
+                    .headers
+                    .iter()
+                    .any(|(name, value)| name == header::RETRY_AFTER && value == "2")
+            );
+        }
+        for bug in [
+            Problem::internal(&sqlx::Error::RowNotFound),
+            Problem::internal(&Wrapped(sqlx::Error::ColumnNotFound("x".into()))),
+        ] {
+            assert_eq!((bug.status, bug.code()), (500, "internal"));
+        }
     }
 }

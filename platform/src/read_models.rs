@@ -96,6 +96,11 @@ impl CartKeys {
         format!("{}:carts:v{version}:progress", self.prefix)
     }
 
+    /// The marker of one version's data: gone when Redis lost it (see `read.redis_epochs`).
+    pub fn epoch(&self, version: i32) -> String {
+        format!("{}:carts:v{version}:epoch", self.prefix)
+    }
+
     /// Every cart hash (and the progress) of one version.
     pub fn pattern(&self, version: i32) -> String {
         format!("{}:carts:v{version}:*", self.prefix)

@@ -174,6 +174,48 @@ pub async fn read(
     Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
 }
 
+/// A cart's view folded from its whole stream, or `None` when the stream does not exist.
+pub async fn fold_from_store(
+    store: &EventStore,
+    cart_id: Uuid,
+) -> Result<Option<CartView>, ProjectionError> {
+    let stream = domain::values::CartId(cart_id).stream_id();
+    let events = store.read_stream(&stream, 0).await?;
+    events.iter().try_fold(None, apply)
+}
+
+/// Writes one view back to `version` with the same compare-and-set as the projector (a newer
+/// stored view wins), and lists it under its owner. Used by read repair.
+pub async fn write_back(
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    version: i32,
+    view: &CartView,
+) -> Result<(), ProjectionError> {
+    let json = serde_json::to_string(view).map_err(|e| ProjectionError::Undecodable {
+        event_id: Uuid::nil(),
+        reason: e.to_string(),
+    })?;
+    let mut write = redis::pipe();
+    write.load_script(&SET_IF_NEWER).ignore();
+    write
+        .invoke_script(
+            SET_IF_NEWER
+                .key(keys.cart(version, view.cart_id))
+                .arg(view.version)
+                .arg(json)
+                .arg(&view.customer_id),
+        )
+        .ignore();
+    write
+        .cmd("SADD")
+        .arg(keys.owner_carts(version, &view.customer_id))
+        .arg(view.cart_id.to_string())
+        .ignore();
+    let _: () = write.query_async(redis).await?;
+    Ok(())
+}
+
 /// Applies cart events to one version's keys: reads the affected views in one pipeline, folds
 /// what is new per stream (filling gaps from the store), and writes them back with
 /// compare-and-set in one pipeline.

@@ -13,13 +13,15 @@
 //! compare-and-set on the stored version.
 //!
 //! [`tables`] knows where each projection's current version lives (`read.projections`);
-//! [`rebuild`] builds a new version from the event store and switches to it without downtime.
+//! [`rebuild`] builds a new version from the event store and switches to it without downtime;
+//! [`heal`] notices when Redis lost the carts view and rebuilds it without an operator.
 //!
 //! Projections only write views. The side-effecting handlers (the order process, payment
 //! deadlines) are in the `processes` crate: they are never replayed.
 
 pub mod carts;
 pub mod error;
+pub mod heal;
 pub mod live;
 pub mod ordering;
 pub mod orders;

@@ -25,6 +25,7 @@
 //! Interrupted anywhere, the old version keeps serving; the next run drops the unfinished
 //! version and starts clean.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use eventstore::{EventStore, LogPosition, RecordedEvent, StoreError};
@@ -113,12 +114,13 @@ pub async fn rebuild(
     );
     // On an interruption or an error no new batch starts, but those in flight finish: a
     // transaction dropped half-way would keep its row locks until its connection is next used.
-    let halted = std::cell::Cell::new(false);
+    // Atomic rather than a `Cell`, so the rebuild can run as a spawned task (the healer's).
+    let halted = std::sync::atomic::AtomicBool::new(false);
     let mut applied = std::pin::pin!(
         futures::stream::unfold(batches, |mut batches| async move {
             batches.recv().await.map(|batch| (batch, batches))
         })
-        .take_while(|_| std::future::ready(!halted.get()))
+        .take_while(|_| std::future::ready(!halted.load(Relaxed)))
         .map(|batch| apply_batch(store, &target, version, batch))
         .buffer_unordered(APPLIERS)
     );
@@ -129,18 +131,20 @@ pub async fn rebuild(
             Ok(events) => {
                 done += events;
                 progress(done);
-                halted.set(halted.get() || stop());
+                if stop() {
+                    halted.store(true, Relaxed);
+                }
             }
             Err(e) => {
                 failure.get_or_insert(e);
-                halted.set(true);
+                halted.store(true, Relaxed);
             }
         }
     }
     if let Some(e) = failure {
         return Err(e);
     }
-    if halted.get() {
+    if halted.load(Relaxed) {
         return Ok(None); // stopped
     }
     build_indexes(pool, &deferred_indexes).await?;
@@ -153,7 +157,10 @@ pub async fn rebuild(
     tokio::time::sleep(Duration::from_millis(500)).await;
     match (projection.storage, old) {
         (_, None) => {}
-        (Storage::Redis, Some(old)) => drop_redis(redis, keys, old).await?,
+        (Storage::Redis, Some(old)) => {
+            drop_redis(redis, keys, old).await?;
+            crate::heal::forget(pool, old).await?;
+        }
         (_, Some(old)) => drop_postgres(pool, name, old).await?,
     }
     Ok(Some(Rebuilt {
@@ -247,6 +254,7 @@ async fn prepare(
     let mut deferred_indexes = Vec::new();
     if projection.storage == Storage::Redis {
         drop_redis(redis, keys, version).await?;
+        crate::heal::mark(pool, redis, keys, version).await?;
     } else {
         drop_postgres(pool, name, version).await?;
         let target = schema(name, version);

@@ -182,11 +182,23 @@ pub fn list_etag(body: &serde_json::Value) -> String {
     )
 }
 
-/// A database failure as an opaque 500 (logged once).
+/// A database failure: 503 during an outage, else an opaque 500 (logged once).
 pub fn db_problem(e: sqlx::Error) -> Problem {
     Problem::internal(&e)
 }
 
+/// A Redis failure: 503 when Redis cannot be reached or is restarting (loading its data set
+/// counts), a 500 otherwise.
 pub fn redis_problem(e: redis::RedisError) -> Problem {
-    Problem::internal(&e)
+    let outage = e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.kind() == redis::ErrorKind::BusyLoadingError
+        || e.kind() == redis::ErrorKind::TryAgain;
+    if outage {
+        Problem::unavailable(&e)
+    } else {
+        Problem::internal(&e)
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`bus`]: [`TestBus`], a topology (exchange, queues) of the test's own, deleted after it.
 //! - [`redis`]: a key prefix of the test's own, its keys deleted after it.
 //! - [`eventually`]: bounded waits with messages that say what was awaited.
+//! - [`proxy`]: [`TcpProxy`], to take a dependency away from one test's system (an outage).
 //! - [`system`]: the whole system in process ([`TestSystem`]) on free ports with its own
 //!   database, bus and key prefix ([`system::settings_for_tests`]), driven through the gateway
 //!   with real RS256 tokens ([`token`]).
@@ -17,10 +18,12 @@ mod cleanup;
 pub mod bus;
 pub mod database;
 pub mod eventually;
+pub mod proxy;
 pub mod redis;
 pub mod system;
 
 pub use bus::TestBus;
 pub use database::{TestDatabase, stall_report, wait_for_log_horizon};
 pub use eventually::{PATIENCE, eventually, eventually_explained, within, within_explained};
+pub use proxy::TcpProxy;
 pub use system::{Reply, TestSystem, issuer, token};

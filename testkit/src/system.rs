@@ -133,6 +133,7 @@ pub fn settings_for_tests(database_url: &str, id: &str) -> SystemConfig {
         processes_ops_addr: any,
         payment_window: Duration::from_secs(60),
         deadline_interval: Duration::from_millis(100),
+        redis_check_interval: Duration::from_millis(200),
         provider_slow: Duration::from_millis(300),
         gateway,
         link_gateway: true,

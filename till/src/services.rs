@@ -375,6 +375,17 @@ pub async fn start(
                     name: "projectors (ops)",
                     addr,
                 });
+                let healer = projectors::heal::Healer {
+                    store: store.clone(),
+                    redis: redis.clone(),
+                    keys: config.cart_keys.clone(),
+                    interval: config.redis_check_interval,
+                };
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    healer.run(stop).await;
+                    Ok(())
+                });
                 spawn_lag_monitor(tasks, pool, redis, config.cart_keys.clone(), shutdown);
             }
             Service::Processes => {

@@ -40,6 +40,9 @@ pub struct SystemConfig {
     pub payment_window: Duration,
     /// How often due payment deadlines are looked for.
     pub deadline_interval: Duration,
+    /// How often the projectors check that Redis still holds the carts view
+    /// (`TILL_REDIS_CHECK_INTERVAL_MS`).
+    pub redis_check_interval: Duration,
     /// How long the simulated provider takes for `tok_slow`.
     pub provider_slow: Duration,
     /// The gateway's settings; with `link_gateway`, its upstream URLs are set to where the
@@ -86,6 +89,8 @@ impl SystemConfig {
             processes_ops_addr: env.addr("TILL_PROCESSES_ADDR", local(8085))?,
             payment_window: env.seconds("TILL_PAYMENT_WINDOW_SECS", Duration::from_secs(900))?,
             deadline_interval: Duration::from_millis(500),
+            redis_check_interval: env
+                .millis("TILL_REDIS_CHECK_INTERVAL_MS", Duration::from_secs(5))?,
             provider_slow: Duration::from_millis(1500),
             gateway: gateway::GatewaySettings::from_env(env)?,
             link_gateway: false,
@@ -137,6 +142,10 @@ impl SystemConfig {
             (
                 "TILL_PAYMENT_WINDOW_SECS",
                 self.payment_window.as_secs().to_string(),
+            ),
+            (
+                "TILL_REDIS_CHECK_INTERVAL_MS",
+                self.redis_check_interval.as_millis().to_string(),
             ),
             ("TILL_JWT_ISSUER", self.identity.issuer.clone()),
             ("TILL_JWT_AUDIENCE", self.identity.audience.clone()),

@@ -82,18 +82,53 @@ pub async fn one(
         .await
         .map_err(redis_problem)?;
     let not_found = || Problem::not_found("cart-not-found", "cart not found");
-    if owner.as_deref() != Some(principal.user_id.as_str()) {
+    let (owner, view, stored) = match (owner, view) {
+        (Some(owner), Some(view)) => (owner, view, stored.unwrap_or(0)),
+        // No view: Redis lost it, or the projector has not written it yet.
+        _ => match read_repair(&state, version, id).await? {
+            Some(repaired) => repaired,
+            None => return Err(not_found()),
+        },
+    };
+    if owner != principal.user_id {
         return Err(not_found());
     }
-    let view: serde_json::Value = view
-        .and_then(|v| serde_json::from_str(&v).ok())
-        .ok_or_else(not_found)?;
+    let view: serde_json::Value = serde_json::from_str(&view).map_err(|_| not_found())?;
     Ok(with_etag(
         &headers,
-        format!("\"{}\"", stored.unwrap_or(0)),
+        format!("\"{stored}\""),
         view,
         Audience::OneUser,
     ))
+}
+
+fn projection_problem(e: projectors::ProjectionError) -> Problem {
+    match e {
+        projectors::ProjectionError::Redis(e) => redis_problem(e),
+        other => Problem::internal(&other),
+    }
+}
+
+/// A cart with no view, folded from its stream and written back (compare-and-set, so a newer
+/// view the projector writes meanwhile wins): `(owner, view JSON, version)`, or `None` when no
+/// such cart exists. This is how owners keep seeing their carts while the projectors rebuild a
+/// view Redis lost (`projectors::heal`).
+async fn read_repair(
+    state: &AppState,
+    version: i32,
+    cart_id: uuid::Uuid,
+) -> Result<Option<(String, String, u64)>, Problem> {
+    let view = projectors::carts::fold_from_store(&state.store, cart_id)
+        .await
+        .map_err(projection_problem)?;
+    let Some(view) = view else { return Ok(None) };
+    let mut redis = state.redis.clone();
+    projectors::carts::write_back(&mut redis, &state.cart_keys, version, &view)
+        .await
+        .map_err(projection_problem)?;
+    metrics::counter!("cart_read_repairs_total").increment(1);
+    let json = serde_json::to_string(&view).map_err(|e| Problem::internal(&e))?;
+    Ok(Some((view.customer_id, json, view.version)))
 }
 
 /// Most carts one listing shows (the newest).

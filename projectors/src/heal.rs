@@ -1,0 +1,227 @@
+//! Redis read models heal themselves after Redis loses its data (a restart without
+//! persistence, a flush).
+//!
+//! Each version of the carts projection carries a marker, an epoch: a random id written to
+//! Redis (`<prefix>:carts:v<n>:epoch`) and to Postgres (`read.redis_epochs`) when the version
+//! is created ([`mark`]). Redis loses the marker with everything else, Postgres keeps it. The
+//! [`Healer`] compares the two every few seconds; when the serving version's marker is gone it
+//! logs, counts (`read_model_data_loss_total`) and rebuilds the projection from the event store
+//! into a new version while the old one serves, with no operator. Meanwhile the live projector
+//! rewrites each cart it touches from its whole stream, and the query API answers a missing
+//! cart by folding its stream (read repair), so owners keep seeing their carts throughout.
+
+use std::time::Duration;
+
+use eventstore::EventStore;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::ProjectionError;
+use crate::tables::CARTS;
+use platform::read_models::CartKeys;
+
+/// Gives `version` of the carts projection a fresh marker, in Postgres and in Redis.
+pub async fn mark(
+    pool: &PgPool,
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    version: i32,
+) -> Result<(), ProjectionError> {
+    let epoch = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO read.redis_epochs (projection, version, epoch) VALUES ($1, $2, $3) \
+         ON CONFLICT (projection, version) DO UPDATE SET epoch = EXCLUDED.epoch",
+    )
+    .bind(CARTS)
+    .bind(version)
+    .bind(epoch)
+    .execute(pool)
+    .await?;
+    let _: () = redis::cmd("SET")
+        .arg(keys.epoch(version))
+        .arg(epoch.to_string())
+        .query_async(redis)
+        .await?;
+    Ok(())
+}
+
+/// Forgets the marker of a dropped version.
+pub async fn forget(pool: &PgPool, version: i32) -> Result<(), ProjectionError> {
+    sqlx::query("DELETE FROM read.redis_epochs WHERE projection = $1 AND version = $2")
+        .bind(CARTS)
+        .bind(version)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// What the markers say about a version's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Redis holds the marker Postgres expects.
+    Intact,
+    /// The marker is missing or another: the data is gone.
+    Lost,
+    /// Postgres expects no marker: the version predates markers.
+    Unmarked,
+}
+
+/// Compares `version`'s marker in Redis with the one Postgres expects.
+pub async fn health(
+    pool: &PgPool,
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    version: i32,
+) -> Result<Health, ProjectionError> {
+    let expected: Option<Uuid> = sqlx::query_scalar(
+        "SELECT epoch FROM read.redis_epochs WHERE projection = $1 AND version = $2",
+    )
+    .bind(CARTS)
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    let Some(expected) = expected else {
+        return Ok(Health::Unmarked);
+    };
+    let found: Option<String> = redis::cmd("GET")
+        .arg(keys.epoch(version))
+        .query_async(redis)
+        .await?;
+    Ok(if found == Some(expected.to_string()) {
+        Health::Intact
+    } else {
+        Health::Lost
+    })
+}
+
+/// Watches the carts projection's serving version and rebuilds it when Redis lost it.
+#[derive(Clone)]
+pub struct Healer {
+    pub store: EventStore,
+    pub redis: ConnectionManager,
+    pub keys: CartKeys,
+    /// How often the markers are compared.
+    pub interval: Duration,
+}
+
+impl std::fmt::Debug for Healer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Healer")
+            .field("keys", &self.keys)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Events per batch of a healing rebuild.
+const REBUILD_BATCH: i64 = 2_000;
+
+impl Healer {
+    /// Runs until `shutdown`; a failed check (Redis or Postgres away) is retried next tick.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if let Err(e) = self.check_once(&shutdown).await {
+                tracing::warn!(error = %e, "could not check the carts view for data loss");
+            }
+        }
+    }
+
+    /// One comparison of the serving version's marker, and the repair if it is lost.
+    pub async fn check_once(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ProjectionError> {
+        let pool = self.store.pool().clone();
+        let serving = platform::read_models::serving_version(&pool, CARTS).await?;
+        match health(&pool, &mut self.redis, &self.keys, serving).await? {
+            Health::Intact => Ok(()),
+            Health::Unmarked => self.establish(&pool, serving, shutdown).await,
+            Health::Lost => {
+                tracing::warn!(
+                    projection = CARTS,
+                    version = serving,
+                    "Redis lost the carts view (its marker is gone): rebuilding it from the event store"
+                );
+                metrics::counter!("read_model_data_loss_total", "projection" => CARTS).increment(1);
+                self.rebuild(&pool, shutdown).await
+            }
+        }
+    }
+
+    /// A version from before markers: marked as it is, unless Redis has clearly lost it
+    /// already (no progress recorded while the log holds cart events), which is rebuilt.
+    async fn establish(
+        &mut self,
+        pool: &PgPool,
+        serving: i32,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ProjectionError> {
+        let progress: bool = redis::cmd("EXISTS")
+            .arg(self.keys.progress(serving))
+            .query_async(&mut self.redis)
+            .await?;
+        let carts_exist: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM eventstore.events WHERE event_type = 'CartCreated')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if progress || !carts_exist {
+            mark(pool, &mut self.redis, &self.keys, serving).await
+        } else {
+            metrics::counter!("read_model_data_loss_total", "projection" => CARTS).increment(1);
+            tracing::warn!(
+                projection = CARTS,
+                "the carts view has no data: rebuilding it"
+            );
+            self.rebuild(pool, shutdown).await
+        }
+    }
+
+    /// Rebuilds the carts projection, unless another replica already is (an advisory lock,
+    /// released when the rebuild ends or its connection dies).
+    async fn rebuild(
+        &mut self,
+        pool: &PgPool,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ProjectionError> {
+        let mut lock = pool.acquire().await?;
+        let won: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('tillstream:heal:carts'))")
+                .fetch_one(&mut *lock)
+                .await?;
+        if !won {
+            return Ok(());
+        }
+        let rebuilt = crate::rebuild::rebuild(
+            &self.store,
+            &mut self.redis,
+            &self.keys,
+            CARTS,
+            REBUILD_BATCH,
+            |_| {},
+            || shutdown.is_cancelled(),
+        )
+        .await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('tillstream:heal:carts'))")
+            .execute(&mut *lock)
+            .await;
+        if let Some(done) = rebuilt? {
+            metrics::counter!("read_model_heals_total", "projection" => CARTS).increment(1);
+            tracing::info!(
+                projection = CARTS,
+                version = done.version,
+                events = done.events,
+                "the carts view is whole again"
+            );
+        }
+        Ok(())
+    }
+}
