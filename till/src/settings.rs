@@ -73,7 +73,7 @@ impl SystemConfig {
             redis_url: env.text("REDIS_URL", DEFAULT_REDIS_URL),
             identity,
             dev_issuer_addr,
-            topology: Topology::default(),
+            topology: Topology::new(env.text("TILL_BUS_PREFIX", Topology::DEFAULT_PREFIX)),
             cart_keys: CartKeys {
                 prefix: env.text("TILL_REDIS_PREFIX", DEFAULT_REDIS_PREFIX),
             },
@@ -115,6 +115,7 @@ impl SystemConfig {
             ("AMQP_URL", redact(&self.amqp_url)),
             ("REDIS_URL", redact(&self.redis_url)),
             ("TILL_REDIS_PREFIX", self.cart_keys.prefix.clone()),
+            ("TILL_BUS_PREFIX", self.topology.prefix().to_owned()),
             ("TILL_GATEWAY_ADDR", addr(&self.gateway.listen)),
             ("TILL_COMMAND_API_ADDR", addr(&self.command_api_addr)),
             ("TILL_QUERY_API_ADDR", addr(&self.query_api_addr)),
