@@ -22,7 +22,8 @@ use platform::read_models::CartsApplied;
 /// Stream type this projection reads.
 pub const STREAM_TYPE: &str = domain::values::CartId::STREAM_TYPE;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CartLine)]
 pub struct CartItemView {
     pub product_id: Uuid,
     pub sku: String,
@@ -32,7 +33,7 @@ pub struct CartItemView {
     pub line_total: MoneyView,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CartView {
     pub cart_id: Uuid,
     pub customer_id: String,

@@ -33,9 +33,15 @@ pub mod tables;
 pub use error::ProjectionError;
 
 /// An amount of money as the views show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[schema(as = Money)]
 pub struct MoneyView {
+    /// Minor units (cents for EUR).
     pub amount: i64,
+    /// ISO 4217, e.g. `EUR`.
+    #[schema(value_type = String)]
     pub currency: domain::values::Currency,
 }
 

@@ -50,14 +50,16 @@ pub struct Fulfilment {
     pub refunds: Vec<RefundView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Shipment)]
 pub struct ShipmentView {
     pub carrier: String,
     pub tracking_number: String,
     pub shipped_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Payment)]
 pub struct PaymentView {
     pub payment_id: Uuid,
     pub amount: MoneyView,
@@ -69,7 +71,8 @@ pub struct PaymentView {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Refund)]
 pub struct RefundView {
     pub refund_id: Uuid,
     pub payment_id: Uuid,
@@ -105,7 +108,8 @@ impl Fulfilment {
 }
 
 /// One line of an order, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = OrderLine)]
 pub struct OrderLineView {
     pub product_id: Uuid,
     pub sku: String,
@@ -116,7 +120,7 @@ pub struct OrderLineView {
 }
 
 /// One event in an order's status history, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub version: i64,
     pub status: String,

@@ -1,8 +1,9 @@
 //! What the OpenAPI document says about the read side beyond each handler's own
-//! `#[utoipa::path]`: the query parameters and headers reads take, and the shape of every view.
-//! The handlers build their JSON from the read models directly; these types describe it (the
-//! contract fuzzing in CI checks every answer against them). The document is made from the
-//! same route list that serves, so a route cannot exist undocumented.
+//! `#[utoipa::path]`: the query parameters and headers reads take, and the shape of the views
+//! the handlers assemble from columns (a product, an order, the lists). Views the projectors
+//! store whole (carts, order lines, history, payments, refunds) are described by their own
+//! types in `projectors`. The contract fuzzing in CI checks every answer against the document,
+//! which is made from the same route list that serves, so a route cannot exist undocumented.
 
 #![allow(dead_code)] // the types exist for the document; nothing constructs them
 
@@ -10,6 +11,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+pub use projectors::MoneyView as Money;
+pub use projectors::carts::CartView;
+use projectors::orders::{HistoryEntry, OrderLineView, PaymentView, RefundView, ShipmentView};
 
 /// Headers every read understands.
 #[derive(Debug, IntoParams)]
@@ -54,14 +59,6 @@ pub struct StatusFilter {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Money {
-    /// Minor units (cents for EUR).
-    pub amount: i64,
-    /// ISO 4217, e.g. `EUR`.
-    pub currency: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct ProductView {
     pub product_id: Uuid,
     pub sku: String,
@@ -103,33 +100,6 @@ pub struct Me {
     pub roles: Vec<String>,
 }
 
-/// A line of a cart or an order, priced from the catalog.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Line {
-    pub product_id: Uuid,
-    pub sku: String,
-    pub name: String,
-    pub unit_price: Money,
-    pub quantity: u32,
-    pub line_total: Money,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CartView {
-    pub cart_id: Uuid,
-    pub customer_id: String,
-    /// `open` or `checked_out`.
-    pub status: String,
-    /// The order placed at checkout.
-    pub order_id: Option<Uuid>,
-    pub items: Vec<Line>,
-    pub item_count: u32,
-    /// `null` while the cart is empty.
-    pub total: Option<Money>,
-    pub version: u64,
-    pub updated_at: DateTime<Utc>,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CartList {
     pub items: Vec<CartView>,
@@ -159,60 +129,17 @@ pub struct OrderPage {
     pub next_cursor: Option<String>,
 }
 
-/// One event of the order, as a step of its history.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HistoryEntry {
-    pub version: i64,
-    pub status: String,
-    pub event: String,
-    /// A reason, where the event has one.
-    pub detail: Option<String>,
-    pub at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Shipment {
-    pub carrier: String,
-    pub tracking_number: String,
-    pub shipped_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Payment {
-    pub payment_id: Uuid,
-    pub amount: Money,
-    /// `pending`, `captured` or `declined`.
-    pub status: String,
-    pub requested_at: DateTime<Utc>,
-    pub settled_at: Option<DateTime<Utc>>,
-    /// Why it was declined.
-    pub detail: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Refund {
-    pub refund_id: Uuid,
-    pub payment_id: Uuid,
-    pub amount: Money,
-    /// `requested` or `refunded`.
-    pub status: String,
-    /// The admin's reason; `null` for a cancelled order's refund.
-    pub reason: Option<String>,
-    pub requested_at: DateTime<Utc>,
-    pub refunded_at: Option<DateTime<Utc>>,
-}
-
 /// An order with its lines, history, shipment, delivery, payments and refunds.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderView {
     #[serde(flatten)]
     pub summary: OrderSummary,
-    pub lines: Vec<Line>,
+    pub lines: Vec<OrderLineView>,
     pub history: Vec<HistoryEntry>,
-    pub shipment: Option<Shipment>,
+    pub shipment: Option<ShipmentView>,
     pub delivered_at: Option<DateTime<Utc>>,
-    pub payments: Vec<Payment>,
-    pub refunds: Vec<Refund>,
+    pub payments: Vec<PaymentView>,
+    pub refunds: Vec<RefundView>,
 }
 
 /// One stored event of an order's stream, upcast to its current shape, without secrets.
