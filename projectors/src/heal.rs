@@ -123,27 +123,37 @@ impl Healer {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut suspect = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            if let Err(e) = self.check_once(&shutdown).await {
+            if let Err(e) = self.check_once(&mut suspect, &shutdown).await {
                 tracing::warn!(error = %e, "could not check the carts view for data loss");
             }
         }
     }
 
-    /// One comparison of the serving version's marker, and the repair if it is lost.
-    pub async fn check_once(
+    /// One comparison of the serving version's marker, and the repair if it is lost. A version
+    /// is rebuilt only when found lost twice in a row (`suspect` remembers the first time): a
+    /// replica that catches another one half-way through marking a version must not rebuild it.
+    async fn check_once(
         &mut self,
+        suspect: &mut Option<i32>,
         shutdown: &CancellationToken,
     ) -> Result<(), ProjectionError> {
         let pool = self.store.pool().clone();
         let serving = platform::read_models::serving_version(&pool, CARTS).await?;
-        match health(&pool, &mut self.redis, &self.keys, serving).await? {
+        let health = health(&pool, &mut self.redis, &self.keys, serving).await?;
+        let seen_lost_before = suspect.take() == Some(serving);
+        match health {
             Health::Intact => Ok(()),
-            Health::Unmarked => self.establish(&pool, serving, shutdown).await,
+            Health::Unmarked => self.establish(&pool, serving).await,
+            Health::Lost if !seen_lost_before => {
+                *suspect = Some(serving);
+                Ok(())
+            }
             Health::Lost => {
                 tracing::warn!(
                     projection = CARTS,
@@ -156,33 +166,30 @@ impl Healer {
         }
     }
 
-    /// A version from before markers: marked as it is, unless Redis has clearly lost it
-    /// already (no progress recorded while the log holds cart events), which is rebuilt.
-    async fn establish(
-        &mut self,
-        pool: &PgPool,
-        serving: i32,
-        shutdown: &CancellationToken,
-    ) -> Result<(), ProjectionError> {
-        let progress: bool = redis::cmd("EXISTS")
-            .arg(self.keys.progress(serving))
-            .query_async(&mut self.redis)
-            .await?;
-        let carts_exist: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM eventstore.events WHERE event_type = 'CartCreated')",
+    /// A version without a marker (the first version of a new installation, or one from
+    /// before markers) is marked as it is. Whether Redis lost it before can no longer be told
+    /// (no progress yet may only mean the projectors have not run), and read repair serves its
+    /// carts either way.
+    /// Every replica that finds it unmarked writes the same marker: the first one recorded.
+    async fn establish(&mut self, pool: &PgPool, serving: i32) -> Result<(), ProjectionError> {
+        let epoch: Uuid = sqlx::query_scalar(
+            "WITH new AS (INSERT INTO read.redis_epochs (projection, version, epoch) \
+                          VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING epoch) \
+             SELECT epoch FROM new \
+             UNION ALL SELECT epoch FROM read.redis_epochs WHERE projection = $1 AND version = $2 \
+             LIMIT 1",
         )
+        .bind(CARTS)
+        .bind(serving)
+        .bind(Uuid::new_v4())
         .fetch_one(pool)
         .await?;
-        if progress || !carts_exist {
-            mark(pool, &mut self.redis, &self.keys, serving).await
-        } else {
-            metrics::counter!("read_model_data_loss_total", "projection" => CARTS).increment(1);
-            tracing::warn!(
-                projection = CARTS,
-                "the carts view has no data: rebuilding it"
-            );
-            self.rebuild(pool, shutdown).await
-        }
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.epoch(serving))
+            .arg(epoch.to_string())
+            .query_async(&mut self.redis)
+            .await?;
+        Ok(())
     }
 
     /// Rebuilds the carts projection, unless another replica already is (an advisory lock,

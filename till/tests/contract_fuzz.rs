@@ -18,6 +18,20 @@ const EXAMPLES_PER_OPERATION: &str = "100";
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
 response_headers_conformance,response_schema_conformance";
 
+/// Appends to this run's report, `target/tmp/reports/contract_fuzz.txt`.
+fn report(text: &str) {
+    use std::io::Write;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut file) = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("contract_fuzz.txt"))
+    {
+        let _ = file.write_all(text.as_bytes());
+    }
+}
+
 fn schemathesis() -> String {
     std::env::var("SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".to_owned())
 }
@@ -25,7 +39,7 @@ fn schemathesis() -> String {
 async fn fuzz_as(system: &TestSystem, who: &str, roles: &[&str]) {
     let started = Instant::now();
     let document = format!("{}/v1/openapi.json", system.gateway);
-    let report = std::env::temp_dir().join(format!("schemathesis-{who}-{}", std::process::id()));
+    let reports = std::env::temp_dir().join(format!("schemathesis-{who}-{}", std::process::id()));
     let output = Command::new(schemathesis())
         .args(["run", &document])
         .args(["--checks", CHECKS])
@@ -37,7 +51,7 @@ async fn fuzz_as(system: &TestSystem, who: &str, roles: &[&str]) {
         .args(["--request-timeout", "10"])
         .args(["--no-color", "--warnings", "off"])
         .args(["--report", "junit", "--report-dir"])
-        .arg(&report)
+        .arg(&reports)
         .args([
             "-H",
             &format!("Authorization: Bearer {}", token(who, roles)),
@@ -52,20 +66,15 @@ async fn fuzz_as(system: &TestSystem, who: &str, roles: &[&str]) {
         });
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    // The summary is the run's record: quoted in CI's log.
-    println!(
-        "schemathesis as {who} ({:.0} s):\n{}",
+    // The summary is the run's record: kept for CI's log (`.ci/run` prints the reports).
+    let tail: Vec<&str> = stdout.lines().rev().take(25).collect();
+    let summary = format!(
+        "schemathesis as {who} ({:.0} s):\n{}\n",
         started.elapsed().as_secs_f64(),
-        stdout
-            .lines()
-            .rev()
-            .take(25)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
+    println!("{summary}");
+    report(&summary);
     assert!(
         output.status.success(),
         "schemathesis found answers that break the contract as {who}:\n{stdout}\n{stderr}"
@@ -74,6 +83,9 @@ async fn fuzz_as(system: &TestSystem, who: &str, roles: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_answers_within_its_contract_whatever_it_is_sent() {
+    let _ = std::fs::remove_file(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports/contract_fuzz.txt"),
+    );
     let system = TestSystem::start_full_with(|config| {
         // The fuzzer is one client sending thousands of requests: it is not what the rate
         // limits are for.

@@ -42,6 +42,22 @@ const SERVICES: [&str; 6] = [
     "gateway",
 ];
 
+/// Prints a line of the drill's record and keeps it for CI's log
+/// (`target/tmp/reports/fault_drill.txt`, which `.ci/run` prints).
+fn say(line: String) {
+    use std::io::Write;
+    println!("{line}");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut file) = File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("fault_drill.txt"))
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address").port()
@@ -323,6 +339,9 @@ async fn snapshot(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() {
     let started = Instant::now();
+    let _ = std::fs::remove_file(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports/fault_drill.txt"),
+    );
     let db = TestDatabase::new().await;
     let prefix = testkit::redis::test_prefix();
     let topology = messaging::Topology::new(prefix.clone());
@@ -398,11 +417,11 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
         processes.wait_ready(service).await;
     }
     let gateway = url("gateway");
-    println!(
+    say(format!(
         "drill: {} services up in {:.1} s",
         SERVICES.len(),
         started.elapsed().as_secs_f64()
-    );
+    ));
 
     // The catalog.
     let http = reqwest::Client::new();
@@ -463,7 +482,7 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
         shopper.await.unwrap();
     }
     let record = Arc::try_unwrap(record).unwrap().into_inner().unwrap();
-    println!(
+    say(format!(
         "drill: faults: {}\ndrill: answers by status {:?}, {} retries, {} commands accepted, \
          {} carts, {} payments",
         faults.join(", "),
@@ -472,7 +491,7 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
         record.accepted.len(),
         record.carts.len(),
         record.paid.len()
-    );
+    ));
 
     // No 500.
     assert!(
@@ -632,12 +651,12 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
             .unwrap();
         assert_eq!(dead, 0, "{consumer} has dead letters");
     }
-    println!(
+    say(format!(
         "drill: every property held ({} views compared, {:.0} s in all; logs in {})",
         live.len(),
         started.elapsed().as_secs_f64(),
         logs.display()
-    );
+    ));
     drop(processes);
     drop(bus);
 }
