@@ -4,7 +4,7 @@
 //! ([`command_api::openapi`], [`query_api::openapi`]); this module joins them and adds what the
 //! gateway itself does to every request: the bearer token it checks, and the problem+json it
 //! (or any service) answers for errors. Served at `GET /v1/openapi.json` (and
-//! `/openapi.json`), browsable at `/docs` (Swagger UI, its assets compiled in).
+//! `/openapi.json`), browsable at `/v1/docs/` (and `/docs`; Swagger UI, its assets compiled in).
 
 use axum::Router;
 use platform::problem::{PROBLEM_JSON, Problem};
@@ -98,12 +98,16 @@ fn any_other_error_is_a_problem(operation: &mut Operation) {
         .or_insert(RefOr::T(problem));
 }
 
-/// `GET /v1/openapi.json`, `GET /openapi.json` and the docs UI at `/docs`.
+/// Where the docs UI is served (`/docs` redirects there).
+pub const DOCS_PATH: &str = "/v1/docs";
+
+/// `GET /v1/openapi.json` (and `/openapi.json`), and the docs UI at `/v1/docs/` (and `/docs`).
 pub fn routes() -> Router {
     let document = document();
     let json = serde_json::to_string(&document).unwrap_or_default();
+    let to_docs = || async { axum::response::Redirect::permanent(&format!("{DOCS_PATH}/")) };
     Router::new()
-        .merge(SwaggerUi::new("/docs").url(DOCUMENT_PATH, document))
+        .merge(SwaggerUi::new(DOCS_PATH).url(DOCUMENT_PATH, document))
         .route(
             "/openapi.json",
             axum::routing::get(move || async move {
@@ -113,4 +117,6 @@ pub fn routes() -> Router {
                 )
             }),
         )
+        .route("/docs", axum::routing::get(to_docs))
+        .route("/docs/", axum::routing::get(to_docs))
 }

@@ -44,7 +44,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How the gateway is set up; [`GatewaySettings::from_env`] documents the variables.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
+    /// The public port.
     pub listen: SocketAddr,
+    /// `/livez`, `/readyz` and `/metrics`: never on the public port.
+    pub ops_listen: SocketAddr,
     pub command_api: String,
     pub query_api: String,
     /// Requests per second (sustained) and burst, per signed-in user.
@@ -57,7 +60,8 @@ pub struct GatewaySettings {
 }
 
 impl GatewaySettings {
-    /// `TILL_GATEWAY_ADDR` (default 127.0.0.1:8080), `TILL_COMMAND_API_URL`
+    /// `TILL_GATEWAY_ADDR` (default 127.0.0.1:8080), `TILL_GATEWAY_OPS_ADDR` (127.0.0.1:8086),
+    /// `TILL_COMMAND_API_URL`
     /// (http://127.0.0.1:8081), `TILL_QUERY_API_URL` (http://127.0.0.1:8082),
     /// `TILL_RATE_PER_USER` / `TILL_RATE_PER_IP` as `rate/burst` (200/400 and 5000/10000),
     /// `TILL_UPSTREAM_TIMEOUT_MS` (10000), `TILL_CORS_ORIGINS` (comma-separated).
@@ -66,6 +70,10 @@ impl GatewaySettings {
             listen: env.addr(
                 "TILL_GATEWAY_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 8080)),
+            )?,
+            ops_listen: env.addr(
+                "TILL_GATEWAY_OPS_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8086)),
             )?,
             command_api: env.text("TILL_COMMAND_API_URL", "http://127.0.0.1:8081"),
             query_api: env.text("TILL_QUERY_API_URL", "http://127.0.0.1:8082"),
@@ -129,13 +137,21 @@ fn upstream_base(variable: &'static str, url: &str) -> Result<(), InvalidUpstrea
     }
 }
 
-/// The gateway's routes: `/v1/*` forwarded, the API's document and docs UI ([`docs`]), plus
-/// its own `/livez`, `/readyz`, `/metrics`.
-/// Refuses upstream URLs it cannot forward to.
+/// What the gateway serves, on its two ports.
+#[derive(Debug)]
+pub struct Routers {
+    /// `/v1/*` forwarded, and the API's document and docs UI ([`docs`]).
+    pub public: Router,
+    /// `/livez`, `/readyz` (the upstreams answer), `/metrics`: for the platform, not the
+    /// internet (sales volume is in the metrics).
+    pub operations: Router,
+}
+
+/// The gateway's routes. Refuses upstream URLs it cannot forward to.
 pub fn router(
     settings: GatewaySettings,
     verifier: Arc<JwtVerifier>,
-) -> Result<Router, InvalidUpstream> {
+) -> Result<Routers, InvalidUpstream> {
     upstream_base("TILL_COMMAND_API_URL", &settings.command_api)?;
     upstream_base("TILL_QUERY_API_URL", &settings.query_api)?;
     let mut connector = HttpConnector::new();
@@ -164,16 +180,18 @@ pub fn router(
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(axum::middleware::map_request(drop_unusable_request_id));
-    let router = Router::new()
+    let public = Router::new()
         .merge(api)
         .merge(docs::routes())
-        .merge(operational_routes(readiness))
         .fallback(|| async { Problem::not_found("route-not-found", "no such route") })
         .layer(axum::middleware::from_fn(platform::http::problems_only))
         .layer(from_fn_with_state("gateway", track_metrics));
-    Ok(match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
+    Ok(Routers {
+        public: match cors {
+            Some(cors) => public.layer(cors),
+            None => public,
+        },
+        operations: operational_routes(readiness),
     })
 }
 

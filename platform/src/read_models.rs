@@ -101,7 +101,8 @@ impl CartKeys {
         format!("{}:carts:v{version}:epoch", self.prefix)
     }
 
-    /// Every cart hash (and the progress) of one version.
+    /// Every key of one version in the carts namespace: the cart hashes, the progress and
+    /// the marker.
     pub fn pattern(&self, version: i32) -> String {
         format!("{}:carts:v{version}:*", self.prefix)
     }

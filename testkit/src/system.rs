@@ -67,6 +67,8 @@ pub struct TestSystem {
     pub db: TestDatabase,
     pub store: EventStore,
     pub gateway: String,
+    /// The gateway's operations port (`/livez`, `/readyz`, `/metrics`).
+    pub gateway_ops: String,
     pub command_api: String,
     pub http: reqwest::Client,
     pub topology: messaging::Topology,
@@ -106,6 +108,7 @@ pub fn settings_for_tests(database_url: &str, id: &str) -> SystemConfig {
     drop(closed);
     let gateway = gateway::GatewaySettings {
         listen: any,
+        ops_listen: any,
         command_api: nowhere.clone(),
         query_api: nowhere,
         per_user: (10_000, 10_000),
@@ -211,6 +214,11 @@ impl TestSystem {
         Self {
             store: EventStore::new(db.pool.clone()),
             gateway: addr(Service::Gateway),
+            gateway_ops: started
+                .iter()
+                .find(|s| s.name == "gateway (ops)")
+                .map(|s| format!("http://{}", s.addr))
+                .unwrap_or_default(),
             command_api: addr(Service::CommandApi),
             http: reqwest::Client::new(),
             topology: config.topology.clone(),

@@ -431,12 +431,20 @@ pub async fn start(
                 });
             }
             Service::Gateway => {
-                let router = gateway::router(gateway_settings.clone(), Arc::clone(&verifier))?;
+                let routers = gateway::router(gateway_settings.clone(), Arc::clone(&verifier))?;
                 let (listener, addr) = bind("the gateway", gateway_settings.listen).await?;
-                spawn_http(tasks, listener, router, shutdown);
+                spawn_http(tasks, listener, routers.public, shutdown);
                 started.push(Started {
                     service,
                     name: "gateway",
+                    addr,
+                });
+                let (listener, addr) =
+                    bind("the gateway's operations port", gateway_settings.ops_listen).await?;
+                spawn_http(tasks, listener, routers.operations, shutdown);
+                started.push(Started {
+                    service,
+                    name: "gateway (ops)",
                     addr,
                 });
             }

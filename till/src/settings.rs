@@ -117,6 +117,7 @@ impl SystemConfig {
             ("TILL_REDIS_PREFIX", self.cart_keys.prefix.clone()),
             ("TILL_BUS_PREFIX", self.topology.prefix().to_owned()),
             ("TILL_GATEWAY_ADDR", addr(&self.gateway.listen)),
+            ("TILL_GATEWAY_OPS_ADDR", addr(&self.gateway.ops_listen)),
             ("TILL_COMMAND_API_ADDR", addr(&self.command_api_addr)),
             ("TILL_QUERY_API_ADDR", addr(&self.query_api_addr)),
             ("TILL_RELAY_ADDR", addr(&self.relay_ops_addr)),

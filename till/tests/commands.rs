@@ -1263,7 +1263,7 @@ async fn request_ids_health_and_metrics() {
     );
     assert_eq!(events[0].metadata.actor.as_deref(), Some(OWNER));
 
-    for base in [&system.gateway, &system.command_api] {
+    for base in [&system.gateway_ops, &system.command_api] {
         for path in ["/livez", "/readyz"] {
             let r = system
                 .http
@@ -1274,9 +1274,18 @@ async fn request_ids_health_and_metrics() {
             assert_eq!(r.status(), StatusCode::OK, "{base}{path}");
         }
     }
+    // The public port serves none of the operations routes: the metrics hold sales volume.
+    for path in ["/livez", "/readyz", "/metrics"] {
+        let public = system.send(Method::GET, path, None, None).await;
+        assert_eq!(
+            (public.status, public.problem_code()),
+            (StatusCode::NOT_FOUND, "route-not-found"),
+            "{path} on the public port"
+        );
+    }
     let metrics = system
         .http
-        .get(format!("{}/metrics", system.gateway))
+        .get(format!("{}/metrics", system.gateway_ops))
         .send()
         .await
         .unwrap()
@@ -1285,6 +1294,42 @@ async fn request_ids_health_and_metrics() {
         .unwrap();
     assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(metrics.contains("events_appended_total"), "{metrics}");
+    // Made-up methods and paths add no series of their own.
+    let series = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("http_requests_total{"))
+            .count()
+    };
+    for n in 0..200 {
+        let method = Method::from_bytes(format!("MADEUP{n}").as_bytes()).unwrap();
+        system
+            .send(method, &format!("/v1/made-up-{n}"), None, None)
+            .await;
+    }
+    let scrape = || async {
+        system
+            .http
+            .get(format!("{}/metrics", system.gateway_ops))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = series(&scrape().await);
+    for n in 200..400 {
+        let method = Method::from_bytes(format!("MADEUP{n}").as_bytes()).unwrap();
+        system
+            .send(method, &format!("/v1/made-up-{n}"), None, None)
+            .await;
+    }
+    assert_eq!(
+        series(&scrape().await),
+        before,
+        "new series per made-up method or path"
+    );
     let unknown = system.send(Method::GET, "/nowhere", None, None).await;
     assert_eq!(
         (unknown.status, unknown.problem_code()),

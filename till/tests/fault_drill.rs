@@ -359,6 +359,7 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
     let identity = testkit::system::identity();
     let ports: HashMap<&str, u16> = [
         "gateway",
+        "gateway-ops",
         "command-api",
         "query-api",
         "relay",
@@ -390,6 +391,7 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
             ("TILL_JWT_AUDIENCE", identity.audience.clone()),
             ("TILL_JWKS_URL", identity.jwks_url.clone()),
             ("TILL_GATEWAY_ADDR", addr("gateway")),
+            ("TILL_GATEWAY_OPS_ADDR", addr("gateway-ops")),
             ("TILL_COMMAND_API_ADDR", addr("command-api")),
             ("TILL_QUERY_API_ADDR", addr("query-api")),
             ("TILL_RELAY_ADDR", addr("relay")),
@@ -406,7 +408,11 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect(),
-        ready: SERVICES.iter().map(|s| (*s, url(s))).collect(),
+        // Each service's readiness on its operations port (the gateway's is its own).
+        ready: SERVICES
+            .iter()
+            .map(|s| (*s, url(if *s == "gateway" { "gateway-ops" } else { s })))
+            .collect(),
         children: HashMap::new(),
         logs: logs.clone(),
     };

@@ -145,10 +145,11 @@ async fn what_is_described_is_served_and_nothing_else() {
 async fn the_docs_ui_is_served_with_its_own_assets() {
     let system = TestSystem::start().await;
     let page = system
-        .request(Method::GET, "/docs/", None)
+        .request(Method::GET, "/docs", None)
         .send()
         .await
         .unwrap();
+    assert_eq!(page.url().path(), "/v1/docs/", "/docs leads to the docs UI");
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     assert!(html.contains("swagger-ui"), "{html}");
@@ -162,14 +163,14 @@ async fn the_docs_ui_is_served_with_its_own_assets() {
         "swagger-initializer.js",
     ] {
         let served = system
-            .request(Method::GET, &format!("/docs/{asset}"), None)
+            .request(Method::GET, &format!("/v1/docs/{asset}"), None)
             .send()
             .await
             .unwrap();
         assert_eq!(served.status(), StatusCode::OK, "{asset}");
     }
     let initializer = system
-        .request(Method::GET, "/docs/swagger-initializer.js", None)
+        .request(Method::GET, "/v1/docs/swagger-initializer.js", None)
         .send()
         .await
         .unwrap()

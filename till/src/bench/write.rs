@@ -122,10 +122,12 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(jwks_listener, jwks_router).await });
 
     let (command_addr, gateway_addr, query_addr) = (free_port()?, free_port()?, free_port()?);
+    let gateway_ops_addr = free_port()?;
     let env = vec![
         ("DATABASE_URL", scratch.url.clone()),
         ("TILL_COMMAND_API_ADDR", command_addr.to_string()),
         ("TILL_GATEWAY_ADDR", gateway_addr.to_string()),
+        ("TILL_GATEWAY_OPS_ADDR", gateway_ops_addr.to_string()),
         ("TILL_COMMAND_API_URL", format!("http://{command_addr}")),
         ("TILL_QUERY_API_URL", format!("http://{query_addr}")),
         ("TILL_JWT_ISSUER", issuer_url.clone()),
@@ -150,7 +152,7 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
     .await?;
     wait_ready(
         &http,
-        &format!("http://{gateway_addr}/readyz"),
+        &format!("http://{gateway_ops_addr}/readyz"),
         &mut gateway,
     )
     .await?;
