@@ -37,7 +37,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::body::MAX_BODY_BYTES;
-use crate::routes::{carts, orders, products};
+use crate::routes::{carts, orders, products, webhooks};
 
 /// Where the command API listens unless `TILL_COMMAND_API_ADDR` says otherwise.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
@@ -47,6 +47,9 @@ pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALH
 pub struct AppState {
     pub store: EventStore,
     pub verifier: Arc<JwtVerifier>,
+    /// Stripe's webhook signing secrets; none when Stripe is not the provider (its webhook
+    /// route then answers 404).
+    pub stripe_webhook_secrets: Arc<Vec<String>>,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -73,6 +76,7 @@ fn commands() -> OpenApiRouter<AppState> {
         .routes(routes!(orders::ship))
         .routes(routes!(orders::deliver))
         .routes(routes!(orders::refund))
+        .routes(routes!(webhooks::payment_webhook))
 }
 
 /// The write side's part of the OpenAPI document (the gateway serves the whole).

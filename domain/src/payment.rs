@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! Requested ─▶ Captured ─▶ (partial refunds…) ─▶ Refunded (everything given back)
-//!     │ ▲
-//!     │ └── AttemptFailed (transient, retried)
+//!     │ ▲ ▲
+//!     │ │ └── Pending (the provider decides later: processing, or the customer must act)
+//!     │ └──── AttemptFailed (transient, retried)
 //!     ▼
 //!  Declined
 //! ```
@@ -41,6 +42,11 @@ pub enum PaymentCommand {
     RecordAttemptFailed {
         error: String,
     },
+    /// The provider has not decided yet; a webhook or the reconciliation will tell.
+    RecordPending {
+        provider_reference: String,
+        action_required: bool,
+    },
     RecordCaptured {
         provider_reference: String,
     },
@@ -68,6 +74,14 @@ pub enum PaymentEvent {
         attempt: u32,
         error: String,
     },
+    /// The provider holds the payment undecided (`action_required`: the customer must act,
+    /// e.g. 3-D Secure; otherwise it is processing).
+    PaymentPending {
+        payment_id: PaymentId,
+        order_id: OrderId,
+        provider_reference: String,
+        action_required: bool,
+    },
     PaymentCaptured {
         payment_id: PaymentId,
         order_id: OrderId,
@@ -93,6 +107,7 @@ pub enum PaymentEvent {
 event_types!(PaymentEvent {
     PaymentRequested,
     PaymentAttemptFailed,
+    PaymentPending,
     PaymentCaptured,
     PaymentDeclined,
     PaymentRefunded,
@@ -110,6 +125,8 @@ pub enum PaymentRejection {
     RefundExceedsCapture { refundable: Money },
     #[error("the refund {0} is already recorded")]
     RefundRecorded(RefundId),
+    #[error("the payment is already recorded as pending so")]
+    PendingRecorded,
     #[error("cannot {action} a payment that is {status:?}")]
     IllegalTransition {
         action: &'static str,
@@ -123,6 +140,7 @@ rejection_codes!(PaymentRejection {
     NonPositiveAmount => (Unprocessable, "non-positive-amount"),
     RefundExceedsCapture => (Unprocessable, "refund-exceeds-payment"),
     RefundRecorded => (InvalidState, "refund-recorded"),
+    PendingRecorded => (InvalidState, "payment-pending-recorded"),
     IllegalTransition => (InvalidState, "illegal-payment-transition"),
 });
 
@@ -138,6 +156,10 @@ pub struct PaymentDetails {
     pub token: PaymentToken,
     pub status: PaymentStatus,
     pub failed_attempts: u32,
+    /// The provider's id of the payment (a Stripe PaymentIntent), once it answered.
+    pub provider_reference: Option<String>,
+    /// The provider waits for the customer (pending only).
+    pub action_required: bool,
     /// Sum of the refunds given back, and their ids.
     pub refunded: Money,
     pub refund_ids: Vec<RefundId>,
@@ -161,6 +183,23 @@ impl PaymentDetails {
                     payment_id,
                     attempt: self.failed_attempts + 1,
                     error,
+                }])
+            }
+            PaymentCommand::RecordPending {
+                provider_reference,
+                action_required,
+            } => {
+                self.requested("record a pending outcome of")?;
+                if self.provider_reference.as_deref() == Some(provider_reference.as_str())
+                    && self.action_required == action_required
+                {
+                    return Err(PaymentRejection::PendingRecorded);
+                }
+                Ok(vec![PaymentEvent::PaymentPending {
+                    payment_id,
+                    order_id,
+                    provider_reference,
+                    action_required,
                 }])
             }
             PaymentCommand::RecordCaptured { provider_reference } => {
@@ -260,6 +299,8 @@ impl Aggregate for Payment {
                     token: token.clone(),
                     status: PaymentStatus::Requested,
                     failed_attempts: 0,
+                    provider_reference: None,
+                    action_required: false,
                     refunded: Money::zero(amount.currency),
                     refund_ids: Vec::new(),
                 })),
@@ -271,7 +312,21 @@ impl Aggregate for Payment {
             PaymentEvent::PaymentAttemptFailed { attempt, .. } => {
                 payment.failed_attempts = *attempt;
             }
-            PaymentEvent::PaymentCaptured { .. } => payment.status = PaymentStatus::Captured,
+            PaymentEvent::PaymentPending {
+                provider_reference,
+                action_required,
+                ..
+            } => {
+                payment.provider_reference = Some(provider_reference.clone());
+                payment.action_required = *action_required;
+            }
+            PaymentEvent::PaymentCaptured {
+                provider_reference, ..
+            } => {
+                payment.status = PaymentStatus::Captured;
+                payment.provider_reference = Some(provider_reference.clone());
+                payment.action_required = false;
+            }
             PaymentEvent::PaymentDeclined { .. } => payment.status = PaymentStatus::Declined,
             PaymentEvent::PaymentRefunded {
                 refund_id, amount, ..

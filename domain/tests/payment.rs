@@ -148,6 +148,8 @@ fn request_records_the_payment() {
             token: token("tok_visa"),
             status: S::Requested,
             failed_attempts: 0,
+            provider_reference: None,
+            action_required: false,
             refunded: eur(0),
             refund_ids: vec![],
         }
@@ -261,6 +263,56 @@ fn decline_of_a_requested_payment() {
 fn decline_after_an_outcome_is_illegal() {
     for status in [S::Captured, S::Declined, S::Refunded] {
         illegal(when(&payment_in(status), decline()), "decline", status);
+    }
+}
+
+// ---- pending at the provider -----------------------------------------------------------------
+
+fn pending(action_required: bool) -> C {
+    C::RecordPending {
+        provider_reference: "pi_123".into(),
+        action_required,
+    }
+}
+
+#[test]
+fn a_payment_the_provider_has_not_decided_waits_then_is_captured() {
+    let events = then(
+        when(&payment_in(S::Requested), pending(true)),
+        vec![E::PaymentPending {
+            payment_id: payment_id(1),
+            order_id: order_id(1),
+            provider_reference: "pi_123".into(),
+            action_required: true,
+        }],
+    );
+    let payment = apply(payment_in(S::Requested), &events);
+    assert_eq!(details(&payment).status, S::Requested);
+    assert!(details(&payment).action_required);
+    // The same news twice is recorded once; the customer acting changes it.
+    then_rejected(
+        when(&payment, pending(true)),
+        R::PendingRecorded,
+        InvalidState,
+        "payment-pending-recorded",
+    );
+    assert!(when(&payment, pending(false)).is_ok());
+    let payment = apply(payment, &[captured()]);
+    assert_eq!(
+        details(&payment).provider_reference.as_deref(),
+        Some("ch_123")
+    );
+    assert!(!details(&payment).action_required);
+}
+
+#[test]
+fn only_a_requested_payment_can_be_pending() {
+    for status in [S::Captured, S::Declined, S::Refunded] {
+        illegal(
+            when(&payment_in(status), pending(false)),
+            "record a pending outcome of",
+            status,
+        );
     }
 }
 

@@ -552,6 +552,12 @@ fn payment_command() -> impl Strategy<Value = PaymentCommand> + Clone {
         1 => payment_request(),
         4 => text().prop_map(|error| PaymentCommand::RecordAttemptFailed { error }),
         1 => text().prop_map(|provider_reference| PaymentCommand::RecordCaptured { provider_reference }),
+        2 => (prop_oneof![Just("pi_1"), Just("pi_2")], any::<bool>()).prop_map(
+            |(reference, action_required)| PaymentCommand::RecordPending {
+                provider_reference: reference.to_owned(),
+                action_required,
+            }
+        ),
         1 => text().prop_map(|reason| PaymentCommand::RecordDeclined { reason }),
         2 => (refund_id(), refund_amount(), text()).prop_map(|(refund_id, amount, reason)| {
             PaymentCommand::Refund { refund_id, amount, reason }
@@ -687,6 +693,7 @@ fn payment_generators_reach_every_event_and_rejection() {
         BTreeSet::from([
             "PaymentRequested",
             "PaymentAttemptFailed",
+            "PaymentPending",
             "PaymentCaptured",
             "PaymentDeclined",
             "PaymentRefunded",
@@ -701,6 +708,7 @@ fn payment_generators_reach_every_event_and_rejection() {
             "illegal-payment-transition",
             "refund-exceeds-payment",
             "refund-recorded",
+            "payment-pending-recorded",
         ])
     );
 }

@@ -128,6 +128,21 @@ impl Env {
         )
     }
 
+    /// A secret: `NAME`, or the contents of the file `NAME_FILE` names (how Kubernetes and
+    /// compose mount secrets), trimmed; `None` when neither is set.
+    pub fn secret(&self, name: &str) -> Result<Option<String>, SettingError> {
+        if let Some(value) = self.get(name) {
+            return Ok(Some(value.trim().to_owned()));
+        }
+        let file_variable = format!("{name}_FILE");
+        let Some(path) = self.get(&file_variable) else {
+            return Ok(None);
+        };
+        std::fs::read_to_string(path)
+            .map(|contents| Some(contents.trim().to_owned()))
+            .map_err(|e| SettingError::new(&file_variable, path, format!("a readable file ({e})")))
+    }
+
     /// A comma-separated list; empty when unset.
     pub fn list(&self, name: &str) -> Vec<String> {
         self.get(name)

@@ -9,7 +9,11 @@
 //!
 //! - [`order_process`]: checkout → stock → payment → refund, a bus consumer.
 //! - [`deadlines`]: the payment deadline worker that expires unpaid orders.
-//! - [`provider`]: the payment provider port and the simulated provider.
+//! - [`provider`]: the payment provider port, the simulated provider, and [`provider::AnyProvider`]
+//!   (the one the settings chose).
+//! - [`stripe`]: Stripe behind the port, and its webhooks' signatures.
+//! - [`webhooks`]: verified provider webhooks turned into commands on our payments.
+//! - [`reconcile`]: asks the provider about payments left undecided (a lost webhook).
 //!
 //! The pure rules they apply (derived ids, deadlines, the reservation plan) are in
 //! `domain::process`.
@@ -17,6 +21,9 @@
 pub mod deadlines;
 pub mod order_process;
 pub mod provider;
+pub mod reconcile;
+pub mod stripe;
+pub mod webhooks;
 
 pub use order_process::{ORDER_PROCESS, OrderProcess};
-pub use provider::{ChargeOutcome, PaymentProvider, ProviderError, SimulatedProvider};
+pub use provider::{AnyProvider, ChargeOutcome, PaymentProvider, ProviderError, SimulatedProvider};

@@ -225,7 +225,16 @@ impl<P: PaymentProvider> OrderProcess<P> {
             Err(r) if r.kind() == RejectionKind::InvalidState => return Ok(()),
             Err(rejection) => return Err(HandlerError::permanent(rejection)),
         }
-        match self.provider.refund(payment_id, refund_id, amount).await {
+        let reference = payment
+            .0
+            .as_ref()
+            .and_then(|p| p.provider_reference.clone())
+            .unwrap_or_default();
+        match self
+            .provider
+            .refund(payment_id, &reference, refund_id, amount)
+            .await
+        {
             Ok(()) => {}
             Err(refused @ ProviderError::Refused(_)) => {
                 return Err(HandlerError::permanent(refused));
@@ -239,6 +248,16 @@ impl<P: PaymentProvider> OrderProcess<P> {
             &caused_by(cause),
         )
         .await?;
+        Ok(())
+    }
+
+    /// A decided payment needs no reconciliation.
+    async fn forget_pending(&self, payment_id: PaymentId) -> Result<(), HandlerError> {
+        sqlx::query("DELETE FROM process.pending_payments WHERE payment_id = $1")
+            .bind(payment_id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(transient)?;
         Ok(())
     }
 
@@ -297,6 +316,13 @@ impl<P: PaymentProvider> OrderProcess<P> {
                 provider_reference: reference,
             },
             ChargeOutcome::Declined { reason } => PaymentCommand::RecordDeclined { reason },
+            ChargeOutcome::Pending {
+                reference,
+                action_required,
+            } => PaymentCommand::RecordPending {
+                provider_reference: reference,
+                action_required,
+            },
         };
         settle::<Payment>(
             &self.store,
@@ -390,6 +416,7 @@ impl<P: PaymentProvider> OrderProcess<P> {
                         order_id,
                         ..
                     } => {
+                        self.forget_pending(payment_id).await?;
                         on_order(order_id, OrderCommand::RecordPaymentCaptured { payment_id }).await
                     }
                     PaymentEvent::PaymentDeclined {
@@ -397,6 +424,7 @@ impl<P: PaymentProvider> OrderProcess<P> {
                         order_id,
                         reason,
                     } => {
+                        self.forget_pending(payment_id).await?;
                         on_order(
                             order_id,
                             OrderCommand::RecordPaymentDeclined { payment_id, reason },
@@ -416,6 +444,24 @@ impl<P: PaymentProvider> OrderProcess<P> {
                             amount,
                         };
                         on_order(order_id, record).await
+                    }
+                    PaymentEvent::PaymentPending {
+                        payment_id,
+                        provider_reference,
+                        ..
+                    } => {
+                        // Until a webhook (or the reconciliation) brings the outcome.
+                        sqlx::query(
+                            "INSERT INTO process.pending_payments (payment_id, provider_reference) \
+                             VALUES ($1, $2) ON CONFLICT (payment_id) \
+                             DO UPDATE SET provider_reference = EXCLUDED.provider_reference",
+                        )
+                        .bind(payment_id.0)
+                        .bind(provider_reference)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(transient)?;
+                        Ok(())
                     }
                     PaymentEvent::PaymentAttemptFailed { .. } => Ok(()),
                 }

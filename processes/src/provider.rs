@@ -12,8 +12,18 @@ use sqlx::PgPool;
 /// What the payment provider answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeOutcome {
-    Captured { reference: String },
-    Declined { reason: String },
+    Captured {
+        reference: String,
+    },
+    Declined {
+        reason: String,
+    },
+    /// Not decided yet (processing, or the customer must act): a webhook or the
+    /// reconciliation brings the outcome.
+    Pending {
+        reference: String,
+        action_required: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +48,12 @@ pub trait PaymentProvider: Send + Sync + 'static {
         token: &str,
     ) -> impl Future<Output = Result<ChargeOutcome, ProviderError>> + Send;
 
-    /// Gives `amount` of a captured payment back. The refund id is the idempotency key: a
-    /// repeated call gives nothing back twice.
+    /// Gives `amount` of a captured payment back (`reference`: the provider's id of it). The
+    /// refund id is the idempotency key: a repeated call gives nothing back twice.
     fn refund(
         &self,
         payment_id: PaymentId,
+        reference: &str,
         refund_id: RefundId,
         amount: Money,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
@@ -111,6 +122,7 @@ impl PaymentProvider for SimulatedProvider {
         let (outcome, reference) = match &decided {
             ChargeOutcome::Captured { reference } => ("captured", reference.as_str()),
             ChargeOutcome::Declined { reason } => ("declined", reason.as_str()),
+            ChargeOutcome::Pending { .. } => return Ok(decided),
         };
         sqlx::query(
             "UPDATE provider_sim.charges SET outcome = $2, reference = $3 \
@@ -128,6 +140,7 @@ impl PaymentProvider for SimulatedProvider {
     async fn refund(
         &self,
         payment_id: PaymentId,
+        _reference: &str,
         refund_id: RefundId,
         amount: Money,
     ) -> Result<(), ProviderError> {
@@ -180,5 +193,39 @@ impl PaymentProvider for SimulatedProvider {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// The provider the settings chose (`TILL_PAYMENT_PROVIDER`).
+#[derive(Debug, Clone)]
+pub enum AnyProvider {
+    Simulated(SimulatedProvider),
+    Stripe(crate::stripe::StripeProvider),
+}
+
+impl PaymentProvider for AnyProvider {
+    async fn charge(
+        &self,
+        payment_id: PaymentId,
+        amount: Money,
+        token: &str,
+    ) -> Result<ChargeOutcome, ProviderError> {
+        match self {
+            Self::Simulated(p) => p.charge(payment_id, amount, token).await,
+            Self::Stripe(p) => p.charge(payment_id, amount, token).await,
+        }
+    }
+
+    async fn refund(
+        &self,
+        payment_id: PaymentId,
+        reference: &str,
+        refund_id: RefundId,
+        amount: Money,
+    ) -> Result<(), ProviderError> {
+        match self {
+            Self::Simulated(p) => p.refund(payment_id, reference, refund_id, amount).await,
+            Self::Stripe(p) => p.refund(payment_id, reference, refund_id, amount).await,
+        }
     }
 }

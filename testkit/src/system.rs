@@ -138,6 +138,8 @@ pub fn settings_for_tests(database_url: &str, id: &str) -> SystemConfig {
         deadline_interval: Duration::from_millis(100),
         redis_check_interval: Duration::from_millis(200),
         provider_slow: Duration::from_millis(300),
+        payments: till::settings::Payments::Simulated,
+        reconcile_after: Duration::from_secs(1),
         gateway,
         link_gateway: true,
     }

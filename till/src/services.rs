@@ -19,14 +19,15 @@ use platform::identity::JwtVerifier;
 use platform::read_models::CartKeys;
 use platform::read_models::PROJECTIONS;
 use platform::settings::redact;
-use processes::{ORDER_PROCESS, OrderProcess, SimulatedProvider};
+use processes::stripe::StripeProvider;
+use processes::{AnyProvider, ORDER_PROCESS, OrderProcess, SimulatedProvider};
 use projectors::live::LiveProjector;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::SystemConfig;
+use crate::settings::{Payments, SystemConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Service {
@@ -245,6 +246,7 @@ pub async fn start(
                         .context("needs the database")?
                         .with_aggregate_cache(COMMAND_CACHE_CAPACITY),
                     verifier: Arc::clone(&verifier),
+                    stripe_webhook_secrets: Arc::new(config.payments.stripe_webhook_secrets()),
                 };
                 let (listener, addr) = bind("the command API", config.command_api_addr).await?;
                 spawn_http(tasks, listener, command_api::router(state), shutdown);
@@ -394,9 +396,14 @@ pub async fn start(
                 let process = OrderProcess {
                     store: store.clone(),
                     pool: pool.clone(),
-                    provider: SimulatedProvider {
-                        pool,
-                        slow: config.provider_slow,
+                    provider: match &config.payments {
+                        Payments::Simulated => AnyProvider::Simulated(SimulatedProvider {
+                            pool,
+                            slow: config.provider_slow,
+                        }),
+                        Payments::Stripe(stripe) => {
+                            AnyProvider::Stripe(StripeProvider::new(stripe.clone()))
+                        }
                     },
                     payment_window: chrono::Duration::from_std(config.payment_window)?,
                 };
@@ -424,6 +431,17 @@ pub async fn start(
                     name: "processes (ops)",
                     addr,
                 });
+                if let Payments::Stripe(stripe) = &config.payments {
+                    // Lost webhooks: ask Stripe about payments left undecided.
+                    let (store, provider) = (store.clone(), StripeProvider::new(stripe.clone()));
+                    let after = config.reconcile_after;
+                    let interval = (after / 4).max(Duration::from_millis(250));
+                    let stop = shutdown.clone();
+                    tasks.spawn(async move {
+                        processes::reconcile::run(store, provider, after, interval, stop).await;
+                        Ok(())
+                    });
+                }
                 let (interval, shutdown) = (config.deadline_interval, shutdown.clone());
                 tasks.spawn(async move {
                     processes::deadlines::run(store, interval, shutdown).await;

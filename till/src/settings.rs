@@ -45,6 +45,11 @@ pub struct SystemConfig {
     pub redis_check_interval: Duration,
     /// How long the simulated provider takes for `tok_slow`.
     pub provider_slow: Duration,
+    /// Who takes the money: the simulator, or Stripe (`TILL_PAYMENT_PROVIDER`).
+    pub payments: Payments,
+    /// How long a payment the provider has not decided may wait for its webhook before it is
+    /// looked up (`TILL_PAYMENT_RECONCILE_AFTER_SECS`).
+    pub reconcile_after: Duration,
     /// The gateway's settings; with `link_gateway`, its upstream URLs are set to where the
     /// command and query APIs of this start actually listen.
     pub gateway: gateway::GatewaySettings,
@@ -92,6 +97,11 @@ impl SystemConfig {
             redis_check_interval: env
                 .millis("TILL_REDIS_CHECK_INTERVAL_MS", Duration::from_secs(5))?,
             provider_slow: Duration::from_millis(1500),
+            payments: Payments::from_env(env)?,
+            reconcile_after: env.seconds(
+                "TILL_PAYMENT_RECONCILE_AFTER_SECS",
+                Duration::from_secs(300),
+            )?,
             gateway: gateway::GatewaySettings::from_env(env)?,
             link_gateway: false,
         })
@@ -148,6 +158,17 @@ impl SystemConfig {
             (
                 "TILL_REDIS_CHECK_INTERVAL_MS",
                 self.redis_check_interval.as_millis().to_string(),
+            ),
+            (
+                "TILL_PAYMENT_PROVIDER",
+                match &self.payments {
+                    Payments::Simulated => "simulated".to_owned(),
+                    Payments::Stripe(stripe) => format!("stripe ({})", stripe.api_base),
+                },
+            ),
+            (
+                "TILL_PAYMENT_RECONCILE_AFTER_SECS",
+                self.reconcile_after.as_secs().to_string(),
             ),
             ("TILL_JWT_ISSUER", self.identity.issuer.clone()),
             ("TILL_JWT_AUDIENCE", self.identity.audience.clone()),
@@ -230,6 +251,8 @@ mod tests {
             ("TILL_ENTRA_TENANT_ID", "contoso"),
             ("TILL_ENTRA_CLIENT_ID", "api"),
             ("TILL_JWT_ISSUER", "https://issuer.example/"),
+            ("TILL_PAYMENT_PROVIDER", "paypal"),
+            ("TILL_PAYMENT_RECONCILE_AFTER_SECS", "0"),
         ] {
             let error = settings(&[(variable, value)]).expect_err(variable);
             assert_eq!(error.variable, variable, "{error}");
@@ -239,6 +262,37 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn stripe_needs_its_key_and_webhook_secret_from_the_environment_or_files() {
+        let error = settings(&[("TILL_PAYMENT_PROVIDER", "stripe")]).expect_err("no key");
+        assert_eq!(error.variable, "TILL_STRIPE_API_KEY");
+        let dir = std::env::temp_dir().join(format!("till-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_file = dir.join("stripe-key");
+        std::fs::write(&key_file, "sk_test_from_file\n").unwrap();
+        let config = settings(&[
+            ("TILL_PAYMENT_PROVIDER", "stripe"),
+            ("TILL_STRIPE_API_KEY_FILE", key_file.to_str().unwrap()),
+            ("TILL_STRIPE_WEBHOOK_SECRET", "whsec_new, whsec_old"),
+        ])
+        .unwrap();
+        let Payments::Stripe(stripe) = &config.payments else {
+            panic!("not stripe: {:?}", config.payments);
+        };
+        assert_eq!(stripe.api_key, "sk_test_from_file");
+        assert_eq!(stripe.webhook_secrets, ["whsec_new", "whsec_old"]);
+        assert_eq!(stripe.api_base, "https://api.stripe.com");
+        let shown = format!("{:?}", config.effective());
+        assert!(!shown.contains("sk_test_from_file"), "{shown}");
+        let missing = settings(&[
+            ("TILL_PAYMENT_PROVIDER", "stripe"),
+            ("TILL_STRIPE_API_KEY_FILE", "/nonexistent/key"),
+        ])
+        .expect_err("unreadable file");
+        assert_eq!(missing.variable, "TILL_STRIPE_API_KEY_FILE");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -288,5 +342,59 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("TILL_PAYMENT_WINDOW_SECS=900"), "{text}");
+    }
+}
+
+/// Who takes the money.
+#[derive(Debug, Clone)]
+pub enum Payments {
+    /// The simulated provider (test tokens `tok_ok`, `tok_declined`, ...).
+    Simulated,
+    Stripe(processes::stripe::StripeSettings),
+}
+
+impl Payments {
+    /// `TILL_PAYMENT_PROVIDER` = `simulated` (default) or `stripe`; for Stripe,
+    /// `TILL_STRIPE_API_KEY` and `TILL_STRIPE_WEBHOOK_SECRET` (comma-separated while rotating;
+    /// each also as `…_FILE`), and `TILL_STRIPE_API_BASE` (default Stripe's own).
+    pub fn from_env(env: &Env) -> Result<Self, SettingError> {
+        match env.text("TILL_PAYMENT_PROVIDER", "simulated").as_str() {
+            "simulated" => Ok(Self::Simulated),
+            "stripe" => {
+                let required = |name: &str| {
+                    env.secret(name)?.ok_or_else(|| {
+                        SettingError::new(
+                            name,
+                            "",
+                            "set (or its _FILE) when the provider is stripe",
+                        )
+                    })
+                };
+                let api_key = required("TILL_STRIPE_API_KEY")?;
+                let webhook_secrets = required("TILL_STRIPE_WEBHOOK_SECRET")?
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                Ok(Self::Stripe(processes::stripe::StripeSettings {
+                    api_base: env.text("TILL_STRIPE_API_BASE", processes::stripe::STRIPE_API),
+                    api_key,
+                    webhook_secrets,
+                }))
+            }
+            other => Err(SettingError::new(
+                "TILL_PAYMENT_PROVIDER",
+                other,
+                "simulated or stripe",
+            )),
+        }
+    }
+
+    /// The webhook secrets the command API checks signatures with (none: no webhooks).
+    pub fn stripe_webhook_secrets(&self) -> Vec<String> {
+        match self {
+            Self::Simulated => Vec::new(),
+            Self::Stripe(stripe) => stripe.webhook_secrets.clone(),
+        }
     }
 }

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use testkit::{Reply, TestSystem, token};
 
 /// The public API of design page §7 (those routes built so far), as `METHOD /path`.
-const CONTRACT: [&str; 25] = [
+const CONTRACT: [&str; 26] = [
     "POST /v1/products",
     "GET /v1/products",
     "GET /v1/products/{id}",
@@ -34,6 +34,7 @@ const CONTRACT: [&str; 25] = [
     "POST /v1/orders/{id}/deliver",
     "POST /v1/orders/{id}/refund",
     "GET /v1/admin/projections",
+    "POST /v1/webhooks/payments/{provider}",
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];

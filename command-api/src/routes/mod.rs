@@ -4,6 +4,7 @@
 pub mod carts;
 pub mod orders;
 pub mod products;
+pub mod webhooks;
 
 use platform::problem::Problem;
 use uuid::Uuid;
