@@ -124,11 +124,15 @@ pub enum OrderCommand {
         payment_id: PaymentId,
         token: PaymentToken,
     },
+    /// The provider (`stripe`, `simulated`) captured the payment under its own id.
     RecordPaymentCaptured {
         payment_id: PaymentId,
+        provider: String,
+        provider_reference: String,
     },
     RecordPaymentDeclined {
         payment_id: PaymentId,
+        provider: String,
         reason: String,
     },
     /// The payment deadline passed; `now` is the clock reading of whoever fires it.
@@ -192,14 +196,20 @@ pub enum OrderEvent {
         amount: Money,
         token: PaymentToken,
     },
+    /// Schema v2 added the provider and its id of the payment (v1 events were all the
+    /// simulated provider's, their ids not kept).
     OrderPaid {
         order_id: OrderId,
         payment_id: PaymentId,
         amount: Money,
+        provider: String,
+        provider_reference: Option<String>,
     },
+    /// Schema v2 added the provider (v1: the simulated one).
     OrderPaymentDeclined {
         order_id: OrderId,
         payment_id: PaymentId,
+        provider: String,
         reason: String,
     },
     OrderExpired {
@@ -461,19 +471,30 @@ impl OrderDetails {
                     _ => Err(self.illegal("pay")),
                 }
             }
-            OrderCommand::RecordPaymentCaptured { payment_id } => {
+            OrderCommand::RecordPaymentCaptured {
+                payment_id,
+                provider,
+                provider_reference,
+            } => {
                 self.pending_payment(payment_id)?;
                 Ok(vec![OrderEvent::OrderPaid {
                     order_id,
                     payment_id,
                     amount: self.total,
+                    provider,
+                    provider_reference: Some(provider_reference),
                 }])
             }
-            OrderCommand::RecordPaymentDeclined { payment_id, reason } => {
+            OrderCommand::RecordPaymentDeclined {
+                payment_id,
+                provider,
+                reason,
+            } => {
                 self.pending_payment(payment_id)?;
                 Ok(vec![OrderEvent::OrderPaymentDeclined {
                     order_id,
                     payment_id,
+                    provider,
                     reason,
                 }])
             }

@@ -80,6 +80,8 @@ fn paid(p: u128) -> E {
         order_id: order_id(1),
         payment_id: payment_id(p),
         amount: eur(TOTAL),
+        provider: "simulated".into(),
+        provider_reference: Some(format!("sim_{p}")),
     }
 }
 
@@ -87,7 +89,24 @@ fn declined(p: u128) -> E {
     E::OrderPaymentDeclined {
         order_id: order_id(1),
         payment_id: payment_id(p),
+        provider: "simulated".into(),
         reason: "card declined".into(),
+    }
+}
+
+fn capture(p: u128) -> C {
+    C::RecordPaymentCaptured {
+        payment_id: payment_id(p),
+        provider: "simulated".into(),
+        provider_reference: format!("sim_{p}"),
+    }
+}
+
+fn decline(p: u128, reason: &str) -> C {
+    C::RecordPaymentDeclined {
+        payment_id: payment_id(p),
+        provider: "simulated".into(),
+        reason: reason.into(),
     }
 }
 
@@ -319,13 +338,8 @@ fn every_other_command_on_a_missing_order_is_not_found() {
             reason: "no stock".into(),
         },
         request_payment(alice(), 1),
-        C::RecordPaymentCaptured {
-            payment_id: payment_id(1),
-        },
-        C::RecordPaymentDeclined {
-            payment_id: payment_id(1),
-            reason: "declined".into(),
-        },
+        capture(1),
+        decline(1, "declined"),
         C::Expire { now: at(PAY_BY) },
         cancel(admin()),
         record_refund(1, 1, TOTAL),
@@ -506,12 +520,7 @@ fn payment_from_any_other_state_is_illegal() {
 #[test]
 fn captured_payment_pays_the_order() {
     let events = then(
-        when(
-            &order_in(S::PaymentPending),
-            C::RecordPaymentCaptured {
-                payment_id: payment_id(1),
-            },
-        ),
+        when(&order_in(S::PaymentPending), capture(1)),
         vec![paid(1)],
     );
     let order = apply(order_in(S::PaymentPending), &events);
@@ -522,13 +531,7 @@ fn captured_payment_pays_the_order() {
 #[test]
 fn declined_payment_frees_the_order_for_another_try() {
     let events = then(
-        when(
-            &order_in(S::PaymentPending),
-            C::RecordPaymentDeclined {
-                payment_id: payment_id(1),
-                reason: "card declined".into(),
-            },
-        ),
+        when(&order_in(S::PaymentPending), decline(1, "card declined")),
         vec![declined(1)],
     );
     let order = apply(order_in(S::PaymentPending), &events);
@@ -539,24 +542,13 @@ fn declined_payment_frees_the_order_for_another_try() {
 #[test]
 fn outcome_of_another_payment_is_unknown() {
     then_rejected(
-        when(
-            &order_in(S::PaymentPending),
-            C::RecordPaymentCaptured {
-                payment_id: payment_id(2),
-            },
-        ),
+        when(&order_in(S::PaymentPending), capture(2)),
         R::UnknownPayment(payment_id(2)),
         InvalidState,
         "unknown-payment",
     );
     then_rejected(
-        when(
-            &order_in(S::PaymentPending),
-            C::RecordPaymentDeclined {
-                payment_id: payment_id(2),
-                reason: "declined".into(),
-            },
-        ),
+        when(&order_in(S::PaymentPending), decline(2, "declined")),
         R::UnknownPayment(payment_id(2)),
         InvalidState,
         "unknown-payment",
@@ -568,23 +560,12 @@ fn outcome_when_no_payment_is_pending_is_illegal() {
     for status in ALL_STATUSES.into_iter().filter(|s| *s != S::PaymentPending) {
         // Even for the payment that captured: a repeated capture is not recorded twice.
         illegal(
-            when(
-                &order_in(status),
-                C::RecordPaymentCaptured {
-                    payment_id: payment_id(1),
-                },
-            ),
+            when(&order_in(status), capture(1)),
             "record a payment result for",
             status,
         );
         illegal(
-            when(
-                &order_in(status),
-                C::RecordPaymentDeclined {
-                    payment_id: payment_id(1),
-                    reason: "declined".into(),
-                },
-            ),
+            when(&order_in(status), decline(1, "declined")),
             "record a payment result for",
             status,
         );
@@ -1018,20 +999,9 @@ fn happy_path_from_placement_to_refund() {
         S::AwaitingPayment
     );
     assert_eq!(step(request_payment(alice(), 1)), S::PaymentPending);
-    assert_eq!(
-        step(C::RecordPaymentDeclined {
-            payment_id: payment_id(1),
-            reason: "declined".into()
-        }),
-        S::PaymentDeclined
-    );
+    assert_eq!(step(decline(1, "declined")), S::PaymentDeclined);
     assert_eq!(step(request_payment(alice(), 2)), S::PaymentPending);
-    assert_eq!(
-        step(C::RecordPaymentCaptured {
-            payment_id: payment_id(2)
-        }),
-        S::Paid
-    );
+    assert_eq!(step(capture(2)), S::Paid);
     assert_eq!(step(cancel(admin())), S::Cancelled);
     assert_eq!(
         step(C::RecordRefund {

@@ -75,6 +75,14 @@ impl Upcasters {
             // a cancelled order's payment) is known by its payment's id.
             .register("OrderRefunded", refund_id_from_payment_id)
             .register("PaymentRefunded", refund_id_from_payment_id)
+            // v2: payments name their provider (and its id of the payment, once paid); before
+            // Stripe every payment was the simulated provider's, its id not kept.
+            .register("OrderPaid", |data| {
+                with_default(data, &[("provider", "simulated")])
+            })
+            .register("OrderPaymentDeclined", |data| {
+                with_default(data, &[("provider", "simulated")])
+            })
     }
 
     /// Registers the lift from `event_type`'s latest version `n` to `n + 1`. Call in order.

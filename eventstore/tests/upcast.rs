@@ -196,6 +196,12 @@ async fn v1_shipments_and_refunds_read_in_their_current_shapes() {
             json!({ "order_id": order_id, "payment_id": payment_id, "amount": money }),
         ),
         (
+            format!("order-{order_id}"),
+            3,
+            "OrderPaid",
+            json!({ "order_id": order_id, "payment_id": payment_id, "amount": money }),
+        ),
+        (
             format!("payment-{payment_id}"),
             1,
             "PaymentRefunded",
@@ -248,7 +254,20 @@ async fn v1_shipments_and_refunds_read_in_their_current_shapes() {
         }
         other => panic!("{other:?}"),
     }
-    for event_type in ["OrderShipped", "OrderRefunded", "PaymentRefunded"] {
+    match order[2].decode::<OrderEvent>().unwrap() {
+        OrderEvent::OrderPaid {
+            provider,
+            provider_reference,
+            ..
+        } => assert_eq!((provider.as_str(), provider_reference), ("simulated", None)),
+        other => panic!("{other:?}"),
+    }
+    for event_type in [
+        "OrderShipped",
+        "OrderRefunded",
+        "PaymentRefunded",
+        "OrderPaid",
+    ] {
         assert_eq!(Upcasters::tillstream().current_version(event_type), 2);
     }
 }

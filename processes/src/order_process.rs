@@ -414,10 +414,16 @@ impl<P: PaymentProvider> OrderProcess<P> {
                     PaymentEvent::PaymentCaptured {
                         payment_id,
                         order_id,
+                        provider_reference,
                         ..
                     } => {
                         self.forget_pending(payment_id).await?;
-                        on_order(order_id, OrderCommand::RecordPaymentCaptured { payment_id }).await
+                        let captured = OrderCommand::RecordPaymentCaptured {
+                            payment_id,
+                            provider: self.provider.name().to_owned(),
+                            provider_reference,
+                        };
+                        on_order(order_id, captured).await
                     }
                     PaymentEvent::PaymentDeclined {
                         payment_id,
@@ -427,7 +433,11 @@ impl<P: PaymentProvider> OrderProcess<P> {
                         self.forget_pending(payment_id).await?;
                         on_order(
                             order_id,
-                            OrderCommand::RecordPaymentDeclined { payment_id, reason },
+                            OrderCommand::RecordPaymentDeclined {
+                                payment_id,
+                                provider: self.provider.name().to_owned(),
+                                reason,
+                            },
                         )
                         .await
                     }

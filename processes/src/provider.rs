@@ -41,6 +41,9 @@ pub enum ProviderError {
 /// A payment provider. Calls with the same payment id are idempotent: the provider charges at
 /// most once per payment id and answers a repeated call with the first outcome.
 pub trait PaymentProvider: Send + Sync + 'static {
+    /// How the order views name it (`simulated`, `stripe`).
+    fn name(&self) -> &'static str;
+
     fn charge(
         &self,
         payment_id: PaymentId,
@@ -70,6 +73,10 @@ pub struct SimulatedProvider {
 }
 
 impl PaymentProvider for SimulatedProvider {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
     async fn charge(
         &self,
         payment_id: PaymentId,
@@ -204,6 +211,13 @@ pub enum AnyProvider {
 }
 
 impl PaymentProvider for AnyProvider {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Simulated(p) => p.name(),
+            Self::Stripe(p) => p.name(),
+        }
+    }
+
     async fn charge(
         &self,
         payment_id: PaymentId,

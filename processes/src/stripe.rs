@@ -161,6 +161,10 @@ fn transient(status: u16, body: &serde_json::Value) -> ProviderError {
 }
 
 impl PaymentProvider for StripeProvider {
+    fn name(&self) -> &'static str {
+        "stripe"
+    }
+
     async fn charge(
         &self,
         payment_id: PaymentId,

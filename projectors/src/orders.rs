@@ -62,6 +62,12 @@ pub struct ShipmentView {
 #[schema(as = Payment)]
 pub struct PaymentView {
     pub payment_id: Uuid,
+    /// Who took it (`simulated`, `stripe`), once it is decided.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The provider's id of the payment (a Stripe PaymentIntent), once captured.
+    #[serde(default)]
+    pub provider_reference: Option<String>,
     pub amount: MoneyView,
     /// `pending`, `captured` or `declined`.
     pub status: String,
@@ -92,19 +98,23 @@ impl Fulfilment {
             .find(|p| p.payment_id == payment_id)
     }
 
-    fn settle_payment(
-        &mut self,
-        payment_id: Uuid,
-        status: &str,
-        at: DateTime<Utc>,
-        detail: Option<String>,
-    ) {
+    fn settle_payment(&mut self, payment_id: Uuid, outcome: Settled, at: DateTime<Utc>) {
         if let Some(payment) = self.payment(payment_id) {
-            payment.status = status.to_owned();
+            payment.status = outcome.status.to_owned();
             payment.settled_at = Some(at);
-            payment.detail = detail;
+            payment.detail = outcome.detail;
+            payment.provider = Some(outcome.provider);
+            payment.provider_reference = outcome.provider_reference;
         }
     }
+}
+
+/// How a payment ended, as the view shows it.
+struct Settled {
+    status: &'static str,
+    provider: String,
+    provider_reference: Option<String>,
+    detail: Option<String>,
 }
 
 /// One line of an order, as the API shows it.
@@ -206,6 +216,8 @@ pub fn apply(
                     row.payment_id = Some(payment_id.0);
                     fulfilment.payments.push(PaymentView {
                         payment_id: payment_id.0,
+                        provider: None,
+                        provider_reference: None,
                         amount: amount.into(),
                         status: "pending".into(),
                         requested_at: at,
@@ -214,14 +226,34 @@ pub fn apply(
                     });
                     Some(OrderStatus::PaymentPending)
                 }
-                OrderEvent::OrderPaid { payment_id, .. } => {
-                    fulfilment.settle_payment(payment_id.0, "captured", at, None);
+                OrderEvent::OrderPaid {
+                    payment_id,
+                    provider,
+                    provider_reference,
+                    ..
+                } => {
+                    let outcome = Settled {
+                        status: "captured",
+                        provider,
+                        provider_reference,
+                        detail: None,
+                    };
+                    fulfilment.settle_payment(payment_id.0, outcome, at);
                     Some(OrderStatus::Paid)
                 }
                 OrderEvent::OrderPaymentDeclined {
-                    payment_id, reason, ..
+                    payment_id,
+                    provider,
+                    reason,
+                    ..
                 } => {
-                    fulfilment.settle_payment(payment_id.0, "declined", at, Some(reason.clone()));
+                    let outcome = Settled {
+                        status: "declined",
+                        provider,
+                        provider_reference: None,
+                        detail: Some(reason.clone()),
+                    };
+                    fulfilment.settle_payment(payment_id.0, outcome, at);
                     detail = Some(reason);
                     row.payment_id = None;
                     Some(OrderStatus::PaymentDeclined)

@@ -291,6 +291,7 @@ async fn scenario(f: &Fixture) -> (Vec<ProductId>, Vec<CartId>, Vec<OrderId>) {
                     &order.stream_id(),
                     OrderCommand::RecordPaymentDeclined {
                         payment_id,
+                        provider: "stripe".into(),
                         reason: "card declined".into(),
                     },
                 )
@@ -298,7 +299,11 @@ async fn scenario(f: &Fixture) -> (Vec<ProductId>, Vec<CartId>, Vec<OrderId>) {
             } else {
                 f.run::<Order>(
                     &order.stream_id(),
-                    OrderCommand::RecordPaymentCaptured { payment_id },
+                    OrderCommand::RecordPaymentCaptured {
+                        payment_id,
+                        provider: "stripe".into(),
+                        provider_reference: "pi_1".into(),
+                    },
                 )
                 .await;
             }
@@ -441,6 +446,9 @@ async fn views_match_the_domain_after_one_clean_pass() {
             usize::from(d.payment.is_some() || d.status == OrderStatus::PaymentDeclined),
             "{fulfilment}"
         );
+        if let Some(payment) = fulfilment["payments"].as_array().unwrap().first() {
+            assert_eq!(payment["provider"], "stripe", "{fulfilment}");
+        }
         if d.status == OrderStatus::Shipped {
             assert_eq!(fulfilment["shipment"]["carrier"], "DHL", "{fulfilment}");
             assert_eq!(fulfilment["shipment"]["tracking_number"], "JD0001");

@@ -62,7 +62,11 @@ async fn seed_order(system: &TestSystem, owner: &str, stage: Seed) -> String {
             payment_id,
             token: PaymentToken::parse("tok_ok").unwrap(),
         });
-        commands.push(OrderCommand::RecordPaymentCaptured { payment_id });
+        commands.push(OrderCommand::RecordPaymentCaptured {
+            payment_id,
+            provider: "simulated".into(),
+            provider_reference: format!("sim_{}", payment_id.0.simple()),
+        });
     }
     if stage >= Seed::Shipped {
         commands.push(OrderCommand::Ship {

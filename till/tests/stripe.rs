@@ -119,8 +119,16 @@ async fn a_payment_succeeds_by_the_confirm_alone_and_by_the_webhook_alone() {
     stripe.deliver(Deliveries::Never);
     let order = order(&system, "sam", "STRIPE-1").await;
     let payment = pay(&system, "sam", &order, "pm_card_visa").await;
-    wait_for_status(&system, "sam", &order, "paid").await;
+    let view = wait_for_status(&system, "sam", &order, "paid").await;
     assert_eq!(stripe.charges(&payment), 1);
+    // The order view names the provider and its id of the payment.
+    let intent = stripe.intent_of(&payment).unwrap();
+    assert_eq!(view["payments"][0]["provider"], "stripe", "{view}");
+    assert_eq!(
+        view["payments"][0]["provider_reference"], intent["id"],
+        "{view}"
+    );
+    assert_eq!(view["payments"][0]["status"], "captured");
 
     // The confirm answers `processing`; only the webhook says it succeeded.
     stripe.deliver(Deliveries::OnTime);
