@@ -253,18 +253,26 @@ impl<P: PaymentProvider> OrderProcess<P> {
 
     /// A decided payment needs no reconciliation.
     async fn forget_pending(&self, payment_id: PaymentId) -> Result<(), HandlerError> {
-        sqlx::query("DELETE FROM process.pending_payments WHERE payment_id = $1")
-            .bind(payment_id.0)
-            .execute(&self.pool)
-            .await
-            .map_err(transient)?;
-        Ok(())
+        self.forget(
+            "DELETE FROM process.pending_payments WHERE payment_id = $1",
+            payment_id.0,
+        )
+        .await
     }
 
     /// A paid, cancelled or expired order has no deadline left to fire.
     async fn forget_deadline(&self, order_id: OrderId) -> Result<(), HandlerError> {
-        sqlx::query("DELETE FROM process.deadlines WHERE order_id = $1")
-            .bind(order_id.0)
+        self.forget(
+            "DELETE FROM process.deadlines WHERE order_id = $1",
+            order_id.0,
+        )
+        .await
+    }
+
+    /// Deletes what the process kept about `id`.
+    async fn forget(&self, statement: &'static str, id: uuid::Uuid) -> Result<(), HandlerError> {
+        sqlx::query(statement)
+            .bind(id)
             .execute(&self.pool)
             .await
             .map_err(transient)?;

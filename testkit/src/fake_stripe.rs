@@ -225,6 +225,16 @@ fn chrono_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The `metadata[<name>]` fields of a form, as Stripe's `metadata` object.
+fn metadata(form: &HashMap<String, String>) -> serde_json::Map<String, Value> {
+    form.iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("metadata[")?.strip_suffix(']')?;
+            Some((name.to_owned(), json!(v)))
+        })
+        .collect()
+}
+
 fn error(status: StatusCode, kind: &str, message: &str, extra: Value) -> (u16, Value) {
     let mut error = json!({ "type": kind, "message": message });
     if let (Some(error), Some(extra)) = (error.as_object_mut(), extra.as_object()) {
@@ -313,13 +323,7 @@ async fn create_intent(
             }
         };
         let id = format!("pi_{}", ledger.intents.len() + 1);
-        let metadata: serde_json::Map<String, Value> = form
-            .iter()
-            .filter_map(|(k, v)| {
-                let name = k.strip_prefix("metadata[")?.strip_suffix(']')?;
-                Some((name.to_owned(), json!(v)))
-            })
-            .collect();
+        let metadata = metadata(&form);
         let mut intent = json!({
             "id": id, "object": "payment_intent", "status": status,
             "amount": form.get("amount").and_then(|a| a.parse::<i64>().ok()),
@@ -427,13 +431,7 @@ async fn create_refund(
                 json!({ "code": "amount_too_large" }),
             );
         }
-        let metadata: serde_json::Map<String, Value> = form
-            .iter()
-            .filter_map(|(k, v)| {
-                let name = k.strip_prefix("metadata[")?.strip_suffix(']')?;
-                Some((name.to_owned(), json!(v)))
-            })
-            .collect();
+        let metadata = metadata(&form);
         let refund = json!({
             "id": format!("re_{}", ledger.refunds.len() + 1), "object": "refund",
             "amount": amount, "payment_intent": intent_id, "status": "succeeded",

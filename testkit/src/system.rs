@@ -265,6 +265,30 @@ impl TestSystem {
         Reply::from(request.send().await.expect("the gateway answers")).await
     }
 
+    /// Polls `user`'s view of `order` until its status is `want`; returns that view (panics
+    /// after 20 s, showing the last one).
+    pub async fn order_becomes(&self, user: &str, order: &str, want: &str) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let view = self
+                .send(
+                    Method::GET,
+                    &format!("/v1/orders/{order}"),
+                    Some(&token(user, &[])),
+                    None,
+                )
+                .await;
+            if view.body["status"] == want {
+                return view.body;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "order {order} never became {want}: {view:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
         self.send(Method::POST, path, Some(token), Some(body)).await
     }

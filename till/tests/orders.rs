@@ -28,22 +28,6 @@ async fn order_view(system: &TestSystem, user: &str, order: &str) -> Reply {
         .await
 }
 
-/// Polls the order view until its status is `want` (or fails after 20 s).
-async fn wait_for_status(system: &TestSystem, user: &str, order: &str, want: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let view = order_view(system, user, order).await;
-        if view.body["status"] == want {
-            return view.body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "order {order} never became {want}: {view:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn product_view(system: &TestSystem, product: &str, after: Option<&Reply>) -> Value {
     let mut request = system.request(Method::GET, &format!("/v1/products/{product}"), None);
     if let Some(token) = after.and_then(|r| r.header("x-consistency-token")) {
@@ -142,13 +126,15 @@ async fn happy_path_to_paid_and_shipped() {
         .unwrap();
     assert_eq!(first.status(), StatusCode::OK);
 
-    wait_for_status(&system, "alice", &order, "awaiting_payment").await;
+    system
+        .order_becomes("alice", &order, "awaiting_payment")
+        .await;
     wait_for_available(&system, &product, 3).await;
     assert_eq!(
         pay(&system, "alice", &order, "tok_ok").await.status,
         StatusCode::ACCEPTED
     );
-    wait_for_status(&system, "alice", &order, "paid").await;
+    system.order_becomes("alice", &order, "paid").await;
     // Shipping needs the carrier and its tracking number.
     let untracked = system
         .post(
@@ -164,7 +150,7 @@ async fn happy_path_to_paid_and_shipped() {
     );
     let shipped = ship(&system, &order).await;
     assert_eq!(shipped.status, StatusCode::ACCEPTED, "{shipped:?}");
-    let view = wait_for_status(&system, "alice", &order, "shipped").await;
+    let view = system.order_becomes("alice", &order, "shipped").await;
     assert_eq!(view["shipment"]["carrier"], "DHL", "{view}");
     assert_eq!(view["shipment"]["tracking_number"], "JD0146 0000 1234");
     assert!(view["shipment"]["shipped_at"].is_string(), "{view}");
@@ -242,7 +228,7 @@ async fn happy_path_to_paid_and_shipped() {
     );
     let delivered = deliver(ADMIN, &["admin"]).await;
     assert_eq!(delivered.status, StatusCode::ACCEPTED, "{delivered:?}");
-    let view = wait_for_status(&system, "alice", &order, "delivered").await;
+    let view = system.order_becomes("alice", &order, "delivered").await;
     assert_eq!(view["history"].as_array().unwrap().len(), 7);
     assert!(view["delivered_at"].is_string(), "{view}");
     let again = deliver(ADMIN, &["admin"]).await;
@@ -260,9 +246,13 @@ async fn a_declined_payment_can_be_retried_and_slow_and_flaky_providers_get_ther
         .as_str()
         .unwrap()
         .to_owned();
-    wait_for_status(&system, "bob", &order, "awaiting_payment").await;
+    system
+        .order_becomes("bob", &order, "awaiting_payment")
+        .await;
     pay(&system, "bob", &order, "tok_declined").await;
-    let declined = wait_for_status(&system, "bob", &order, "payment_declined").await;
+    let declined = system
+        .order_becomes("bob", &order, "payment_declined")
+        .await;
     assert_eq!(
         declined["history"].as_array().unwrap().last().unwrap()["detail"],
         "card declined"
@@ -276,16 +266,16 @@ async fn a_declined_payment_can_be_retried_and_slow_and_flaky_providers_get_ther
         pay(&system, "bob", &order, "tok_ok").await.status,
         StatusCode::CONFLICT
     );
-    wait_for_status(&system, "bob", &order, "paid").await;
+    system.order_becomes("bob", &order, "paid").await;
 
     for (user, payment_token) in [("carol", "tok_slow"), ("dave", "tok_error")] {
         let order = checkout(&system, user, &product, 1).await.body["order_id"]
             .as_str()
             .unwrap()
             .to_owned();
-        wait_for_status(&system, user, &order, "awaiting_payment").await;
+        system.order_becomes(user, &order, "awaiting_payment").await;
         pay(&system, user, &order, payment_token).await;
-        wait_for_status(&system, user, &order, "paid").await;
+        system.order_becomes(user, &order, "paid").await;
     }
     // Every payment was charged once, whatever the retries.
     let charges: Vec<(String, i32)> =
@@ -331,7 +321,7 @@ async fn an_order_without_stock_is_rejected_and_holds_nothing() {
         )
         .await;
     let order = order.body["order_id"].as_str().unwrap().to_owned();
-    let rejected = wait_for_status(&system, "erin", &order, "rejected").await;
+    let rejected = system.order_becomes("erin", &order, "rejected").await;
     assert!(
         rejected["history"].as_array().unwrap().last().unwrap()["detail"]
             .as_str()
@@ -351,8 +341,10 @@ async fn an_unpaid_order_expires_at_its_deadline_and_gives_its_stock_back() {
         .as_str()
         .unwrap()
         .to_owned();
-    wait_for_status(&system, "frank", &order, "awaiting_payment").await;
-    wait_for_status(&system, "frank", &order, "expired").await;
+    system
+        .order_becomes("frank", &order, "awaiting_payment")
+        .await;
+    system.order_becomes("frank", &order, "expired").await;
     wait_for_available(&system, &product, 4).await;
     // The deadline fired once: one OrderExpired, no deadline left.
     let expired: i64 = sqlx::query_scalar(
@@ -381,9 +373,11 @@ async fn cancelling_a_paid_order_refunds_it_and_releases_the_stock() {
         .as_str()
         .unwrap()
         .to_owned();
-    wait_for_status(&system, "gina", &order, "awaiting_payment").await;
+    system
+        .order_becomes("gina", &order, "awaiting_payment")
+        .await;
     pay(&system, "gina", &order, "tok_ok").await;
-    wait_for_status(&system, "gina", &order, "paid").await;
+    system.order_becomes("gina", &order, "paid").await;
     let cancelled = system
         .post(
             &format!("/v1/orders/{order}/cancel"),
@@ -392,7 +386,7 @@ async fn cancelling_a_paid_order_refunds_it_and_releases_the_stock() {
         )
         .await;
     assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{cancelled:?}");
-    wait_for_status(&system, "gina", &order, "refunded").await;
+    system.order_becomes("gina", &order, "refunded").await;
     wait_for_available(&system, &product, 3).await;
     let outcome: String = sqlx::query_scalar("SELECT outcome FROM provider_sim.charges")
         .fetch_one(&system.db.pool)
@@ -425,7 +419,9 @@ async fn an_admin_refunds_a_shipped_order_in_parts_never_more_than_was_paid() {
         .as_str()
         .unwrap()
         .to_owned();
-    wait_for_status(&system, "hana", &order, "awaiting_payment").await;
+    system
+        .order_becomes("hana", &order, "awaiting_payment")
+        .await;
 
     // Nothing to refund before payment.
     let early = refund(&system, ADMIN, &order, json!({ "reason": "goodwill" })).await;
@@ -435,9 +431,9 @@ async fn an_admin_refunds_a_shipped_order_in_parts_never_more_than_was_paid() {
         "{early:?}"
     );
     pay(&system, "hana", &order, "tok_ok").await;
-    wait_for_status(&system, "hana", &order, "paid").await;
+    system.order_becomes("hana", &order, "paid").await;
     assert_eq!(ship(&system, &order).await.status, StatusCode::ACCEPTED);
-    wait_for_status(&system, "hana", &order, "shipped").await;
+    system.order_becomes("hana", &order, "shipped").await;
 
     // The owner may not refund themselves; bad bodies change nothing.
     let by_owner = refund(&system, "hana", &order, json!({ "reason": "mine" })).await;
@@ -514,7 +510,7 @@ async fn an_admin_refunds_a_shipped_order_in_parts_never_more_than_was_paid() {
     );
     let rest = refund(&system, ADMIN, &order, json!({ "reason": "keep the rest" })).await;
     assert_eq!(rest.status, StatusCode::ACCEPTED, "{rest:?}");
-    let view = wait_for_status(&system, "hana", &order, "refunded").await;
+    let view = system.order_becomes("hana", &order, "refunded").await;
     assert_eq!(view["refunds"][1]["amount"]["amount"], 2000, "{view}");
     let nothing_left = refund(&system, ADMIN, &order, json!({ "reason": "again" })).await;
     assert_eq!(nothing_left.status.as_u16() / 100, 4, "{nothing_left:?}");
@@ -536,9 +532,11 @@ async fn cancelling_after_a_partial_refund_gives_back_only_the_rest() {
         .as_str()
         .unwrap()
         .to_owned();
-    wait_for_status(&system, "ines", &order, "awaiting_payment").await;
+    system
+        .order_becomes("ines", &order, "awaiting_payment")
+        .await;
     pay(&system, "ines", &order, "tok_ok").await;
-    wait_for_status(&system, "ines", &order, "paid").await;
+    system.order_becomes("ines", &order, "paid").await;
     let partial = refund(
         &system,
         ADMIN,
@@ -555,7 +553,7 @@ async fn cancelling_after_a_partial_refund_gives_back_only_the_rest() {
         )
         .await;
     assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{cancelled:?}");
-    let view = wait_for_status(&system, "ines", &order, "refunded").await;
+    let view = system.order_becomes("ines", &order, "refunded").await;
     let amounts: Vec<i64> = view["refunds"]
         .as_array()
         .unwrap()
@@ -689,10 +687,12 @@ async fn redelivering_every_process_input_changes_nothing() {
         .as_str()
         .unwrap()
         .to_owned();
-    wait_for_status(&system, "hal", &paid, "awaiting_payment").await;
-    wait_for_status(&system, "ida", &cancelled, "awaiting_payment").await;
+    system.order_becomes("hal", &paid, "awaiting_payment").await;
+    system
+        .order_becomes("ida", &cancelled, "awaiting_payment")
+        .await;
     pay(&system, "hal", &paid, "tok_ok").await;
-    wait_for_status(&system, "hal", &paid, "paid").await;
+    system.order_becomes("hal", &paid, "paid").await;
     system
         .post(
             &format!("/v1/orders/{cancelled}/cancel"),
@@ -700,7 +700,7 @@ async fn redelivering_every_process_input_changes_nothing() {
             json!({}),
         )
         .await;
-    wait_for_status(&system, "ida", &cancelled, "cancelled").await;
+    system.order_becomes("ida", &cancelled, "cancelled").await;
     wait_for_available(&system, &product, 8).await;
 
     let snapshot = || async {

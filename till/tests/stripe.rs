@@ -51,7 +51,7 @@ async fn order(system: &TestSystem, user: &str, sku: &str) -> String {
         )
         .await;
     let order = placed.body["order_id"].as_str().unwrap().to_owned();
-    wait_for_status(system, user, &order, "awaiting_payment").await;
+    system.order_becomes(user, &order, "awaiting_payment").await;
     order
 }
 
@@ -65,28 +65,6 @@ async fn pay(system: &TestSystem, user: &str, order: &str, method: &str) -> Stri
         .await;
     assert_eq!(paid.status, StatusCode::ACCEPTED, "{paid:?}");
     paid.body["payment_id"].as_str().unwrap().to_owned()
-}
-
-async fn wait_for_status(system: &TestSystem, user: &str, order: &str, want: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let view = system
-            .send(
-                Method::GET,
-                &format!("/v1/orders/{order}"),
-                Some(&token(user, &[])),
-                None,
-            )
-            .await;
-        if view.body["status"] == want {
-            return view.body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "order {order} never became {want}: {view:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The types of a payment stream's events, in order.
@@ -119,7 +97,7 @@ async fn a_payment_succeeds_by_the_confirm_alone_and_by_the_webhook_alone() {
     stripe.deliver(Deliveries::Never);
     let order = order(&system, "sam", "STRIPE-1").await;
     let payment = pay(&system, "sam", &order, "pm_card_visa").await;
-    let view = wait_for_status(&system, "sam", &order, "paid").await;
+    let view = system.order_becomes("sam", &order, "paid").await;
     assert_eq!(stripe.charges(&payment), 1);
     // The order view names the provider and its id of the payment.
     let intent = stripe.intent_of(&payment).unwrap();
@@ -134,7 +112,7 @@ async fn a_payment_succeeds_by_the_confirm_alone_and_by_the_webhook_alone() {
     stripe.deliver(Deliveries::OnTime);
     let order = order_again(&system, "sam", "STRIPE-1B").await;
     let payment = pay(&system, "sam", &order, "pm_card_processing").await;
-    wait_for_status(&system, "sam", &order, "paid").await;
+    system.order_becomes("sam", &order, "paid").await;
     let events = payment_events(&system, &payment).await;
     assert_eq!(
         events.iter().filter(|e| *e == "PaymentCaptured").count(),
@@ -161,7 +139,7 @@ async fn confirm_and_webhooks_in_any_order_and_twice_record_one_capture() {
         let user = format!("tia-{n}");
         let order = order(&system, &user, &format!("STRIPE-2-{n}")).await;
         let payment = pay(&system, &user, &order, "pm_card_visa").await;
-        wait_for_status(&system, &user, &order, "paid").await;
+        system.order_becomes(&user, &order, "paid").await;
         // Let the late or second webhook arrive, then count.
         tokio::time::sleep(Duration::from_millis(800)).await;
         let events = payment_events(&system, &payment).await;
@@ -171,7 +149,7 @@ async fn confirm_and_webhooks_in_any_order_and_twice_record_one_capture() {
             "{deliveries:?}: {events:?}"
         );
         assert_eq!(stripe.charges(&payment), 1);
-        let view = wait_for_status(&system, &user, &order, "paid").await;
+        let view = system.order_becomes(&user, &order, "paid").await;
         let paid = view["history"]
             .as_array()
             .unwrap()
@@ -187,13 +165,15 @@ async fn a_declined_card_can_be_retried_and_an_authentication_waits_for_the_cust
     let (system, stripe) = start().await;
     let order = order(&system, "uma", "STRIPE-3").await;
     pay(&system, "uma", &order, "pm_card_chargeDeclined").await;
-    let declined = wait_for_status(&system, "uma", &order, "payment_declined").await;
+    let declined = system
+        .order_becomes("uma", &order, "payment_declined")
+        .await;
     assert_eq!(
         declined["history"].as_array().unwrap().last().unwrap()["detail"],
         "Your card was declined."
     );
     pay(&system, "uma", &order, "pm_card_visa").await;
-    wait_for_status(&system, "uma", &order, "paid").await;
+    system.order_becomes("uma", &order, "paid").await;
 
     // 3-D Secure: the payment waits, marked as waiting for the customer, until they act.
     let order = order_again(&system, "uma", "STRIPE-3B").await;
@@ -206,10 +186,10 @@ async fn a_declined_card_can_be_retried_and_an_authentication_waits_for_the_cust
         assert!(started.elapsed() < Duration::from_secs(20), "never pending");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    wait_for_status(&system, "uma", &order, "payment_pending").await;
+    system.order_becomes("uma", &order, "payment_pending").await;
     let intent = stripe.intent_of(&payment).expect("an intent");
     stripe.complete_action(intent["id"].as_str().unwrap()).await;
-    wait_for_status(&system, "uma", &order, "paid").await;
+    system.order_becomes("uma", &order, "paid").await;
 }
 
 #[tokio::test]
@@ -217,7 +197,7 @@ async fn refunds_in_part_and_in_full_go_through_stripe_never_above_the_payment()
     let (system, stripe) = start().await;
     let order = order(&system, "vic", "STRIPE-4").await;
     let payment = pay(&system, "vic", &order, "pm_card_visa").await;
-    wait_for_status(&system, "vic", &order, "paid").await;
+    system.order_becomes("vic", &order, "paid").await;
     let refund = |body: Value| {
         let system = &system;
         let order = order.clone();
@@ -240,7 +220,7 @@ async fn refunds_in_part_and_in_full_go_through_stripe_never_above_the_payment()
     assert_eq!(too_much.problem_code(), "refund-exceeds-payment");
     let rest = refund(json!({ "reason": "returned" })).await;
     assert_eq!(rest.status, StatusCode::ACCEPTED, "{rest:?}");
-    let view = wait_for_status(&system, "vic", &order, "refunded").await;
+    let view = system.order_becomes("vic", &order, "refunded").await;
     let intent = stripe.intent_of(&payment).unwrap();
     assert_eq!(stripe.refunds(intent["id"].as_str().unwrap()), [400, 1100]);
     assert_eq!(view["refunds"].as_array().unwrap().len(), 2, "{view}");
@@ -252,7 +232,7 @@ async fn a_webhook_with_a_bad_signature_changes_nothing_and_a_good_one_applies_o
     stripe.deliver(Deliveries::Never);
     let order = order(&system, "wes", "STRIPE-5").await;
     let payment = pay(&system, "wes", &order, "pm_card_authenticationRequired").await;
-    wait_for_status(&system, "wes", &order, "payment_pending").await;
+    system.order_becomes("wes", &order, "payment_pending").await;
     let intent = loop {
         if let Some(intent) = stripe.intent_of(&payment) {
             break intent;
@@ -302,7 +282,7 @@ async fn a_webhook_with_a_bad_signature_changes_nothing_and_a_good_one_applies_o
     assert_eq!(applied.body["outcome"], "recorded");
     let again = post_webhook(&system, body, Some(signature)).await;
     assert_eq!(again.body["outcome"], "duplicate");
-    wait_for_status(&system, "wes", &order, "paid").await;
+    system.order_becomes("wes", &order, "paid").await;
     let events = payment_events(&system, &payment).await;
     assert_eq!(
         events.iter().filter(|e| *e == "PaymentCaptured").count(),
@@ -316,7 +296,7 @@ async fn stripe_failing_is_retried_and_charges_once() {
     let (system, stripe) = start().await;
     let order = order(&system, "xia", "STRIPE-6").await;
     let payment = pay(&system, "xia", &order, "pm_card_flaky").await;
-    wait_for_status(&system, "xia", &order, "paid").await;
+    system.order_becomes("xia", &order, "paid").await;
     assert!(
         stripe.attempts(&payment) >= 3,
         "{}",
@@ -332,7 +312,7 @@ async fn a_lost_webhook_is_recovered_by_the_reconciliation() {
     stripe.deliver(Deliveries::Never);
     let order = order(&system, "yan", "STRIPE-7").await;
     let payment = pay(&system, "yan", &order, "pm_card_processing").await;
-    wait_for_status(&system, "yan", &order, "paid").await;
+    system.order_becomes("yan", &order, "paid").await;
     let events = payment_events(&system, &payment).await;
     assert_eq!(
         events,
