@@ -135,6 +135,12 @@ pub enum OrderCommand {
         provider: String,
         reason: String,
     },
+    /// The provider waits for the customer (e.g. 3-D Secure) before it decides.
+    RecordPaymentActionRequired {
+        payment_id: PaymentId,
+        provider: String,
+        provider_reference: String,
+    },
     /// The payment deadline passed; `now` is the clock reading of whoever fires it.
     Expire {
         now: DateTime<Utc>,
@@ -205,6 +211,14 @@ pub enum OrderEvent {
         provider: String,
         provider_reference: Option<String>,
     },
+    /// The payment waits for the customer to act at the provider; the order still waits for
+    /// its outcome.
+    OrderPaymentActionRequired {
+        order_id: OrderId,
+        payment_id: PaymentId,
+        provider: String,
+        provider_reference: String,
+    },
     /// Schema v2 added the provider (v1: the simulated one).
     OrderPaymentDeclined {
         order_id: OrderId,
@@ -259,6 +273,7 @@ event_types!(OrderEvent {
     OrderRejected,
     OrderPaymentRequested,
     OrderPaid,
+    OrderPaymentActionRequired,
     OrderPaymentDeclined,
     OrderExpired,
     OrderCancelled,
@@ -303,6 +318,8 @@ pub enum OrderRejection {
     RefundExceedsPayment { refundable: Money },
     #[error("the refund {0} is already recorded")]
     RefundRecorded(RefundId),
+    #[error("the payment is already recorded as waiting for the customer")]
+    PaymentActionRecorded,
 }
 
 rejection_codes!(OrderRejection {
@@ -321,6 +338,7 @@ rejection_codes!(OrderRejection {
     RefundCurrency => (Unprocessable, "currency-mismatch"),
     RefundExceedsPayment => (Unprocessable, "refund-exceeds-payment"),
     RefundRecorded => (InvalidState, "refund-recorded"),
+    PaymentActionRecorded => (InvalidState, "payment-action-recorded"),
 });
 
 /// An order as its events describe it; `None` until placed.
@@ -338,6 +356,8 @@ pub struct OrderDetails {
     pub pay_by: Option<DateTime<Utc>>,
     /// The payment with the provider (while pending) or the one that captured (once paid).
     pub payment: Option<PaymentId>,
+    /// The pending payment waits for the customer to act at the provider.
+    pub payment_action_required: bool,
     /// Sum of the refunds admins have requested (whether given back yet or not).
     pub refunds_requested: Money,
     /// Sum of the refunds given back, and their ids.
@@ -483,6 +503,22 @@ impl OrderDetails {
                     amount: self.total,
                     provider,
                     provider_reference: Some(provider_reference),
+                }])
+            }
+            OrderCommand::RecordPaymentActionRequired {
+                payment_id,
+                provider,
+                provider_reference,
+            } => {
+                self.pending_payment(payment_id)?;
+                if self.payment_action_required {
+                    return Err(OrderRejection::PaymentActionRecorded);
+                }
+                Ok(vec![OrderEvent::OrderPaymentActionRequired {
+                    order_id,
+                    payment_id,
+                    provider,
+                    provider_reference,
                 }])
             }
             OrderCommand::RecordPaymentDeclined {
@@ -641,6 +677,7 @@ impl Aggregate for Order {
                     status: S::Placed,
                     pay_by: None,
                     payment: None,
+                    payment_action_required: false,
                     refunds_requested: Money::zero(total.currency),
                     refunded: Money::zero(total.currency),
                     refund_ids: Vec::new(),
@@ -659,11 +696,17 @@ impl Aggregate for Order {
             OrderEvent::OrderPaymentRequested { payment_id, .. } => {
                 order.status = S::PaymentPending;
                 order.payment = Some(*payment_id);
+                order.payment_action_required = false;
             }
-            OrderEvent::OrderPaid { .. } => order.status = S::Paid,
+            OrderEvent::OrderPaymentActionRequired { .. } => order.payment_action_required = true,
+            OrderEvent::OrderPaid { .. } => {
+                order.status = S::Paid;
+                order.payment_action_required = false;
+            }
             OrderEvent::OrderPaymentDeclined { .. } => {
                 order.status = S::PaymentDeclined;
                 order.payment = None;
+                order.payment_action_required = false;
             }
             OrderEvent::OrderExpired { .. } => order.status = S::Expired,
             OrderEvent::OrderCancelled { .. } => order.status = S::Cancelled,

@@ -268,6 +268,7 @@ fn place_records_lines_and_total() {
             status: S::Placed,
             pay_by: None,
             payment: None,
+            payment_action_required: false,
             refunds_requested: eur(0),
             refunded: eur(0),
             refund_ids: vec![],
@@ -526,6 +527,41 @@ fn captured_payment_pays_the_order() {
     let order = apply(order_in(S::PaymentPending), &events);
     assert_eq!(details(&order).status, S::Paid);
     assert_eq!(details(&order).payment, Some(payment_id(1)));
+}
+
+#[test]
+fn a_payment_waiting_for_the_customer_is_marked_once_and_still_ends_paid() {
+    let waiting = C::RecordPaymentActionRequired {
+        payment_id: payment_id(1),
+        provider: "stripe".into(),
+        provider_reference: "pi_1".into(),
+    };
+    let events = then(
+        when(&order_in(S::PaymentPending), waiting.clone()),
+        vec![E::OrderPaymentActionRequired {
+            order_id: order_id(1),
+            payment_id: payment_id(1),
+            provider: "stripe".into(),
+            provider_reference: "pi_1".into(),
+        }],
+    );
+    let order = apply(order_in(S::PaymentPending), &events);
+    assert_eq!(details(&order).status, S::PaymentPending);
+    assert!(details(&order).payment_action_required);
+    then_rejected(
+        when(&order, waiting.clone()),
+        R::PaymentActionRecorded,
+        InvalidState,
+        "payment-action-recorded",
+    );
+    let order = apply(order, &[paid(1)]);
+    assert_eq!(details(&order).status, S::Paid);
+    assert!(!details(&order).payment_action_required);
+    illegal(
+        when(&order, waiting),
+        "record a payment result for",
+        S::Paid,
+    );
 }
 
 #[test]

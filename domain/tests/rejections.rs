@@ -56,6 +56,7 @@ fn every_rejection() -> Vec<Box<dyn Rejection>> {
             refundable: Money::zero(eur),
         }),
         Box::new(OrderRejection::RefundRecorded(RefundId(Default::default()))),
+        Box::new(OrderRejection::PaymentActionRecorded),
         Box::new(ProductRejection::NotFound),
         Box::new(ProductRejection::AlreadyExists),
         Box::new(ProductRejection::Discontinued),

@@ -465,8 +465,9 @@ impl<P: PaymentProvider> OrderProcess<P> {
                     }
                     PaymentEvent::PaymentPending {
                         payment_id,
+                        order_id,
                         provider_reference,
-                        ..
+                        action_required,
                     } => {
                         // Until a webhook (or the reconciliation) brings the outcome.
                         sqlx::query(
@@ -475,11 +476,19 @@ impl<P: PaymentProvider> OrderProcess<P> {
                              DO UPDATE SET provider_reference = EXCLUDED.provider_reference",
                         )
                         .bind(payment_id.0)
-                        .bind(provider_reference)
+                        .bind(&provider_reference)
                         .execute(&self.pool)
                         .await
                         .map_err(transient)?;
-                        Ok(())
+                        if !action_required {
+                            return Ok(());
+                        }
+                        let waiting = OrderCommand::RecordPaymentActionRequired {
+                            payment_id,
+                            provider: self.provider.name().to_owned(),
+                            provider_reference,
+                        };
+                        on_order(order_id, waiting).await
                     }
                     PaymentEvent::PaymentAttemptFailed { .. } => Ok(()),
                 }

@@ -69,7 +69,8 @@ pub struct PaymentView {
     #[serde(default)]
     pub provider_reference: Option<String>,
     pub amount: MoneyView,
-    /// `pending`, `captured` or `declined`.
+    /// `pending`, `action_required` (the customer must act at the provider), `captured` or
+    /// `declined`.
     pub status: String,
     pub requested_at: DateTime<Utc>,
     pub settled_at: Option<DateTime<Utc>>,
@@ -240,6 +241,19 @@ pub fn apply(
                     };
                     fulfilment.settle_payment(payment_id.0, outcome, at);
                     Some(OrderStatus::Paid)
+                }
+                OrderEvent::OrderPaymentActionRequired {
+                    payment_id,
+                    provider,
+                    provider_reference,
+                    ..
+                } => {
+                    if let Some(payment) = fulfilment.payment(payment_id.0) {
+                        payment.status = "action_required".to_owned();
+                        payment.provider = Some(provider);
+                        payment.provider_reference = Some(provider_reference);
+                    }
+                    None
                 }
                 OrderEvent::OrderPaymentDeclined {
                     payment_id,

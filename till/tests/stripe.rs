@@ -186,7 +186,16 @@ async fn a_declined_card_can_be_retried_and_an_authentication_waits_for_the_cust
         assert!(started.elapsed() < Duration::from_secs(20), "never pending");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    system.order_becomes("uma", &order, "payment_pending").await;
+    let started = Instant::now();
+    loop {
+        let view = system.order_becomes("uma", &order, "payment_pending").await;
+        if view["payments"][0]["status"] == "action_required" {
+            assert_eq!(view["payments"][0]["provider"], "stripe");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let intent = stripe.intent_of(&payment).expect("an intent");
     stripe.complete_action(intent["id"].as_str().unwrap()).await;
     system.order_becomes("uma", &order, "paid").await;
