@@ -157,11 +157,13 @@ pub enum OrderCommand {
         amount: Option<Money>,
         reason: String,
     },
-    /// The provider gave a refund back.
+    /// The provider gave a refund back (under its own id for it, when it has one).
     RecordRefund {
         payment_id: PaymentId,
         refund_id: RefundId,
         amount: Money,
+        provider: String,
+        provider_refund_id: Option<String>,
     },
     Ship {
         actor: Actor,
@@ -249,11 +251,14 @@ pub enum OrderEvent {
     },
     /// Schema v2 added `refund_id` (a v1 event, the one full refund of a cancelled order, is
     /// read with the payment's id as its refund id).
+    /// Schema v3 added the provider and its id of the refund.
     OrderRefunded {
         order_id: OrderId,
         payment_id: PaymentId,
         refund_id: RefundId,
         amount: Money,
+        provider: String,
+        provider_refund_id: Option<String>,
     },
     /// Schema v2 added the carrier and tracking number (empty in events of v1).
     OrderShipped {
@@ -568,6 +573,8 @@ impl OrderDetails {
                 payment_id,
                 refund_id,
                 amount,
+                provider,
+                provider_refund_id,
             } => {
                 if self.refund_ids.contains(&refund_id) {
                     return Err(OrderRejection::RefundRecorded(refund_id));
@@ -582,6 +589,8 @@ impl OrderDetails {
                             payment_id,
                             refund_id,
                             amount,
+                            provider,
+                            provider_refund_id,
                         }])
                     }
                     _ => Err(self.illegal("record a refund of")),

@@ -53,10 +53,12 @@ pub enum PaymentCommand {
     RecordDeclined {
         reason: String,
     },
+    /// The provider gave `amount` back (under its own id for it, when it has one).
     Refund {
         refund_id: RefundId,
         amount: Money,
         reason: String,
+        provider_refund_id: Option<String>,
     },
 }
 
@@ -94,13 +96,14 @@ pub enum PaymentEvent {
         reason: String,
     },
     /// Schema v2 added `refund_id` (a v1 event, the one full refund of a cancelled order, is
-    /// read with the payment's id as its refund id).
+    /// read with the payment's id as its refund id); v3 the provider's id of the refund.
     PaymentRefunded {
         payment_id: PaymentId,
         order_id: OrderId,
         refund_id: RefundId,
         amount: Money,
         reason: String,
+        provider_refund_id: Option<String>,
     },
 }
 
@@ -223,6 +226,7 @@ impl PaymentDetails {
                 refund_id,
                 amount: refund,
                 reason,
+                provider_refund_id,
             } => {
                 if self.refund_ids.contains(&refund_id) {
                     return Err(PaymentRejection::RefundRecorded(refund_id));
@@ -246,6 +250,7 @@ impl PaymentDetails {
                     refund_id,
                     amount: refund,
                     reason,
+                    provider_refund_id,
                 }])
             }
         }

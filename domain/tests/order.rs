@@ -185,6 +185,8 @@ fn refunded(refund: u128, amount: i64) -> E {
         payment_id: payment_id(1),
         refund_id: refund_id(refund),
         amount: eur(amount),
+        provider: "simulated".into(),
+        provider_refund_id: Some(format!("simref_{refund}")),
     }
 }
 
@@ -193,6 +195,8 @@ fn record_refund(payment: u128, refund: u128, amount: i64) -> C {
         payment_id: payment_id(payment),
         refund_id: refund_id(refund),
         amount: eur(amount),
+        provider: "simulated".into(),
+        provider_refund_id: Some(format!("simref_{refund}")),
     }
 }
 
@@ -1044,6 +1048,8 @@ fn happy_path_from_placement_to_refund() {
             payment_id: payment_id(2),
             refund_id: refund_id(1),
             amount: eur(TOTAL),
+            provider: "simulated".into(),
+            provider_refund_id: None,
         }),
         S::Refunded
     );

@@ -65,6 +65,7 @@ fn refunded_of(n: u128, amount: i64) -> E {
         refund_id: refund_id(n),
         amount: eur(amount),
         reason: "order cancelled".into(),
+        provider_refund_id: Some(format!("re_{n}")),
     }
 }
 
@@ -124,6 +125,7 @@ fn refund_of(n: u128, amount: i64) -> C {
         refund_id: refund_id(n),
         amount: Money { amount, ..eur(0) },
         reason: "order cancelled".into(),
+        provider_refund_id: Some(format!("re_{n}")),
     }
 }
 

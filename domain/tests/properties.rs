@@ -504,7 +504,13 @@ fn order_command() -> impl Strategy<Value = OrderCommand> + Clone {
         1 => time().prop_map(|now| OrderCommand::Expire { now }),
         1 => (actor(), text()).prop_map(|(actor, reason)| OrderCommand::Cancel { actor, reason }),
         2 => (pid, refund_id(), refund_amount()).prop_map(|(payment_id, refund_id, amount)| {
-            OrderCommand::RecordRefund { payment_id, refund_id, amount }
+            OrderCommand::RecordRefund {
+                payment_id,
+                refund_id,
+                amount,
+                provider: "stripe".into(),
+                provider_refund_id: Some("re_1".into()),
+            }
         }),
         2 => (actor(), refund_id(), prop::option::of(refund_amount()), text()).prop_map(
             |(actor, refund_id, amount, reason)| OrderCommand::Refund {
@@ -572,7 +578,7 @@ fn payment_command() -> impl Strategy<Value = PaymentCommand> + Clone {
         ),
         1 => text().prop_map(|reason| PaymentCommand::RecordDeclined { reason }),
         2 => (refund_id(), refund_amount(), text()).prop_map(|(refund_id, amount, reason)| {
-            PaymentCommand::Refund { refund_id, amount, reason }
+            PaymentCommand::Refund { refund_id, amount, reason, provider_refund_id: None }
         }),
     ]
 }

@@ -43,6 +43,14 @@ fn with_default(mut data: Value, fields: &[(&str, &str)]) -> Value {
     data
 }
 
+/// `data` with `field` set to null when missing.
+fn with_null(mut data: Value, field: &str) -> Value {
+    if let Value::Object(object) = &mut data {
+        object.entry(field).or_insert(Value::Null);
+    }
+    data
+}
+
 fn refund_id_from_payment_id(mut data: Value) -> Value {
     if let Value::Object(object) = &mut data
         && let Some(payment_id) = object.get("payment_id").cloned()
@@ -75,6 +83,17 @@ impl Upcasters {
             // a cancelled order's payment) is known by its payment's id.
             .register("OrderRefunded", refund_id_from_payment_id)
             .register("PaymentRefunded", refund_id_from_payment_id)
+            // v3: refunds name the provider's id of them (before Stripe: the simulated
+            // provider's, which kept none).
+            .register("OrderRefunded", |data| {
+                with_null(
+                    with_default(data, &[("provider", "simulated")]),
+                    "provider_refund_id",
+                )
+            })
+            .register("PaymentRefunded", |data| {
+                with_null(data, "provider_refund_id")
+            })
             // v2: payments name their provider (and its id of the payment, once paid); before
             // Stripe every payment was the simulated provider's, its id not kept.
             .register("OrderPaid", |data| {

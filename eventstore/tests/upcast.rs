@@ -237,10 +237,15 @@ async fn v1_shipments_and_refunds_read_in_their_current_shapes() {
     }
     match order[1].decode::<OrderEvent>().unwrap() {
         OrderEvent::OrderRefunded {
-            refund_id, amount, ..
+            refund_id,
+            amount,
+            provider,
+            provider_refund_id,
+            ..
         } => {
             assert_eq!(refund_id, RefundId(payment_id));
             assert_eq!(amount.amount, 500);
+            assert_eq!((provider.as_str(), provider_refund_id), ("simulated", None));
         }
         other => panic!("{other:?}"),
     }
@@ -262,12 +267,16 @@ async fn v1_shipments_and_refunds_read_in_their_current_shapes() {
         } => assert_eq!((provider.as_str(), provider_reference), ("simulated", None)),
         other => panic!("{other:?}"),
     }
-    for event_type in [
-        "OrderShipped",
-        "OrderRefunded",
-        "PaymentRefunded",
-        "OrderPaid",
+    for (event_type, version) in [
+        ("OrderShipped", 2),
+        ("OrderPaid", 2),
+        ("OrderRefunded", 3),
+        ("PaymentRefunded", 3),
     ] {
-        assert_eq!(Upcasters::tillstream().current_version(event_type), 2);
+        assert_eq!(
+            Upcasters::tillstream().current_version(event_type),
+            version,
+            "{event_type}"
+        );
     }
 }

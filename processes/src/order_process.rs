@@ -214,12 +214,13 @@ impl<P: PaymentProvider> OrderProcess<P> {
             .load::<Payment>(&payment_id.stream_id())
             .await
             .map_err(transient)?;
-        let refund = PaymentCommand::Refund {
+        let refund = |provider_refund_id| PaymentCommand::Refund {
             refund_id,
             amount,
             reason: reason.to_owned(),
+            provider_refund_id,
         };
-        match payment.decide(refund.clone()) {
+        match payment.decide(refund(None)) {
             Ok(_) => {}
             // Recorded already, or nothing left to give back: settled, as in `settle`.
             Err(r) if r.kind() == RejectionKind::InvalidState => return Ok(()),
@@ -230,21 +231,21 @@ impl<P: PaymentProvider> OrderProcess<P> {
             .as_ref()
             .and_then(|p| p.provider_reference.clone())
             .unwrap_or_default();
-        match self
+        let provider_refund_id = match self
             .provider
             .refund(payment_id, &reference, refund_id, amount)
             .await
         {
-            Ok(()) => {}
+            Ok(id) => id,
             Err(refused @ ProviderError::Refused(_)) => {
                 return Err(HandlerError::permanent(refused));
             }
             Err(e) => return Err(transient(e)),
-        }
+        };
         settle::<Payment>(
             &self.store,
             &payment_id.stream_id(),
-            refund,
+            refund(Some(provider_refund_id)),
             &caused_by(cause),
         )
         .await?;
@@ -454,12 +455,15 @@ impl<P: PaymentProvider> OrderProcess<P> {
                         order_id,
                         refund_id,
                         amount,
+                        provider_refund_id,
                         ..
                     } => {
                         let record = OrderCommand::RecordRefund {
                             payment_id,
                             refund_id,
                             amount,
+                            provider: self.provider.name().to_owned(),
+                            provider_refund_id,
                         };
                         on_order(order_id, record).await
                     }

@@ -51,15 +51,16 @@ pub trait PaymentProvider: Send + Sync + 'static {
         token: &str,
     ) -> impl Future<Output = Result<ChargeOutcome, ProviderError>> + Send;
 
-    /// Gives `amount` of a captured payment back (`reference`: the provider's id of it). The
-    /// refund id is the idempotency key: a repeated call gives nothing back twice.
+    /// Gives `amount` of a captured payment back (`reference`: the provider's id of it);
+    /// returns the provider's id of the refund. The refund id is the idempotency key: a
+    /// repeated call gives nothing back twice.
     fn refund(
         &self,
         payment_id: PaymentId,
         reference: &str,
         refund_id: RefundId,
         amount: Money,
-    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    ) -> impl Future<Output = Result<String, ProviderError>> + Send;
 }
 
 /// The simulated provider of development and tests, with its ledger in Postgres
@@ -150,7 +151,8 @@ impl PaymentProvider for SimulatedProvider {
         _reference: &str,
         refund_id: RefundId,
         amount: Money,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<String, ProviderError> {
+        let provider_refund_id = format!("simref_{}", refund_id.0.simple());
         let mut tx = self.pool.begin().await?;
         // The charge row is locked so that two refunds of one payment are counted one at a time.
         let charge: Option<(i64, String)> = sqlx::query_as(
@@ -174,7 +176,7 @@ impl PaymentProvider for SimulatedProvider {
         .fetch_one(&mut *tx)
         .await?;
         if known {
-            return Ok(());
+            return Ok(provider_refund_id);
         }
         if currency != amount.currency.as_str() || refunded + amount.amount > captured {
             return Err(ProviderError::Refused(format!(
@@ -199,7 +201,7 @@ impl PaymentProvider for SimulatedProvider {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(provider_refund_id)
     }
 }
 
@@ -236,7 +238,7 @@ impl PaymentProvider for AnyProvider {
         reference: &str,
         refund_id: RefundId,
         amount: Money,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<String, ProviderError> {
         match self {
             Self::Simulated(p) => p.refund(payment_id, reference, refund_id, amount).await,
             Self::Stripe(p) => p.refund(payment_id, reference, refund_id, amount).await,

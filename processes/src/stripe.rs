@@ -219,7 +219,7 @@ impl PaymentProvider for StripeProvider {
         reference: &str,
         refund_id: RefundId,
         amount: Money,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<String, ProviderError> {
         let form = [
             ("payment_intent", reference.to_owned()),
             ("amount", amount.amount.to_string()),
@@ -230,7 +230,7 @@ impl PaymentProvider for StripeProvider {
             .post("/v1/refunds", &refund_id.to_string(), &form)
             .await?;
         match status {
-            200..=299 => Ok(()),
+            200..=299 => Ok(body["id"].as_str().unwrap_or_default().to_owned()),
             400 => Err(ProviderError::Refused(
                 body["error"]["message"]
                     .as_str()
@@ -351,10 +351,10 @@ pub enum WebhookNews {
         payment_id: PaymentId,
         reason: String,
     },
-    /// Refunds Stripe made; those we asked for carry our refund id.
+    /// Refunds Stripe made (ours carry our refund id): ours, the amount, Stripe's id.
     Refunded {
         payment_id: PaymentId,
-        refunds: Vec<(RefundId, i64)>,
+        refunds: Vec<(RefundId, i64, String)>,
     },
     /// An event type we do not act on, or about a payment that is not ours.
     Ignored,
@@ -389,13 +389,14 @@ pub fn read_webhook(event: &Event) -> WebhookNews {
             None => WebhookNews::Ignored,
         },
         "charge.refunded" => {
-            let refunds: Vec<(RefundId, i64)> = object["refunds"]["data"]
+            let refunds: Vec<(RefundId, i64, String)> = object["refunds"]["data"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|refund| {
                     let id = refund["metadata"]["refund_id"].as_str()?.parse().ok()?;
-                    Some((RefundId(id), refund["amount"].as_i64()?))
+                    let stripe_id = refund["id"].as_str()?.to_owned();
+                    Some((RefundId(id), refund["amount"].as_i64()?, stripe_id))
                 })
                 .collect();
             match payment_id(&object["metadata"]) {

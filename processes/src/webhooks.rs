@@ -74,7 +74,7 @@ pub async fn apply_stripe_event(
             let Some(payment) = payment.0 else {
                 return Ok(Applied::Ignored);
             };
-            for (n, (refund_id, amount)) in refunds.into_iter().enumerate() {
+            for (n, (refund_id, amount, stripe_id)) in refunds.into_iter().enumerate() {
                 let command = PaymentCommand::Refund {
                     refund_id,
                     amount: Money {
@@ -82,6 +82,7 @@ pub async fn apply_stripe_event(
                         currency: payment.amount.currency,
                     },
                     reason: "refunded at the provider".to_owned(),
+                    provider_refund_id: Some(stripe_id),
                 };
                 record(store, payment_id, command, &event.id, n + 1).await?;
             }

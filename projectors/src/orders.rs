@@ -88,6 +88,12 @@ pub struct RefundView {
     pub status: String,
     /// The admin's reason; none for the refund of a cancelled order.
     pub reason: Option<String>,
+    /// Who gave it back (`simulated`, `stripe`), once it did.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The provider's id of the refund (a Stripe `re_…`), once given back.
+    #[serde(default)]
+    pub provider_refund_id: Option<String>,
     pub requested_at: DateTime<Utc>,
     pub refunded_at: Option<DateTime<Utc>>,
 }
@@ -290,6 +296,8 @@ pub fn apply(
                         amount: amount.into(),
                         status: "requested".into(),
                         reason: Some(reason.clone()),
+                        provider: None,
+                        provider_refund_id: None,
                         requested_at: at,
                         refunded_at: None,
                     });
@@ -300,28 +308,37 @@ pub fn apply(
                     payment_id,
                     refund_id,
                     amount,
+                    provider,
+                    provider_refund_id,
                     ..
                 } => {
-                    match fulfilment
+                    let index = match fulfilment
                         .refunds
-                        .iter_mut()
-                        .find(|r| r.refund_id == refund_id.0)
+                        .iter()
+                        .position(|r| r.refund_id == refund_id.0)
                     {
-                        Some(refund) => {
-                            refund.status = "refunded".into();
-                            refund.refunded_at = Some(at);
-                        }
+                        Some(index) => index,
                         // A cancelled order's refund is not requested first.
-                        None => fulfilment.refunds.push(RefundView {
-                            refund_id: refund_id.0,
-                            payment_id: payment_id.0,
-                            amount: amount.into(),
-                            status: "refunded".into(),
-                            reason: None,
-                            requested_at: at,
-                            refunded_at: Some(at),
-                        }),
-                    }
+                        None => {
+                            fulfilment.refunds.push(RefundView {
+                                refund_id: refund_id.0,
+                                payment_id: payment_id.0,
+                                amount: amount.into(),
+                                status: "requested".into(),
+                                reason: None,
+                                provider: None,
+                                provider_refund_id: None,
+                                requested_at: at,
+                                refunded_at: None,
+                            });
+                            fulfilment.refunds.len() - 1
+                        }
+                    };
+                    let refund = &mut fulfilment.refunds[index];
+                    refund.status = "refunded".into();
+                    refund.refunded_at = Some(at);
+                    refund.provider = Some(provider);
+                    refund.provider_refund_id = provider_refund_id;
                     let refunded: i64 = fulfilment
                         .refunds
                         .iter()

@@ -343,6 +343,8 @@ async fn scenario(f: &Fixture) -> (Vec<ProductId>, Vec<CartId>, Vec<OrderId>) {
                     payment_id: state.payment.unwrap(),
                     refund_id,
                     amount,
+                    provider: "stripe".into(),
+                    provider_refund_id: Some("re_1".into()),
                 },
             )
             .await;

@@ -8,8 +8,8 @@
 //! - [`redis`]: a key prefix of the test's own, its keys deleted after it.
 //! - [`eventually`]: bounded waits with messages that say what was awaited.
 //! - [`proxy`]: [`TcpProxy`], to take a dependency away from one test's system (an outage).
-//! - [`fake_stripe`]: [`FakeStripe`], Stripe's HTTP API as far as Tillstream uses it, with
-//!   signed webhooks (the outside service we cannot reach, spoken to over real HTTP).
+//! - [`fake_stripe`]: [`FakeStripe`] (from `till`), Stripe's HTTP API as far as Tillstream
+//!   uses it, with signed webhooks (the outside service we cannot reach, over real HTTP).
 //! - [`system`]: the whole system in process ([`TestSystem`]) on free ports with its own
 //!   database, bus and key prefix ([`system::settings_for_tests`]), driven through the gateway
 //!   with real RS256 tokens ([`token`]).
@@ -20,7 +20,6 @@ mod cleanup;
 pub mod bus;
 pub mod database;
 pub mod eventually;
-pub mod fake_stripe;
 pub mod proxy;
 pub mod redis;
 pub mod system;
@@ -28,6 +27,6 @@ pub mod system;
 pub use bus::TestBus;
 pub use database::{TestDatabase, stall_report, wait_for_log_horizon};
 pub use eventually::{PATIENCE, eventually, eventually_explained, within, within_explained};
-pub use fake_stripe::FakeStripe;
 pub use proxy::TcpProxy;
 pub use system::{Reply, TestSystem, issuer, token};
+pub use till::fake_stripe::{self, FakeStripe};

@@ -51,6 +51,18 @@ pub enum Command {
     /// Inspect the event store.
     #[command(subcommand)]
     Events(events::Command),
+    /// Run a local fake of Stripe's API, to try the Stripe path without an account; prints the
+    /// settings to give `till up`.
+    FakeStripe {
+        #[arg(long, default_value = "127.0.0.1:12111")]
+        addr: String,
+        /// Where it sends its signed webhooks.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8080/v1/webhooks/payments/stripe"
+        )]
+        webhook_url: String,
+    },
     /// Benchmarks that print their figures next to a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::Command),

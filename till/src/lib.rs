@@ -1,8 +1,10 @@
 //! The library side of the `till` binary: [`services`] starts Tillstream's services from the
 //! settings tree ([`settings::SystemConfig`]), for `till up`, `till serve` and the end-to-end
 //! tests alike;
-//! [`demo`] is the scripted session of `till demo` and `till up --demo`.
+//! [`demo`] is the scripted session of `till demo` and `till up --demo`;
+//! [`fake_stripe`] stands in for Stripe in tests and in `till fake-stripe`.
 
 pub mod demo;
+pub mod fake_stripe;
 pub mod services;
 pub mod settings;

@@ -44,6 +44,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Projections(command) => projections::run(command, &settings()?).await,
         Command::DeadLetters(command) => dead_letters::run(command, &settings()?).await,
         Command::Events(command) => events::run(command, &settings()?).await,
+        Command::FakeStripe { addr, webhook_url } => {
+            let (key, secret) = ("sk_test_local", "whsec_local");
+            let fake = till::fake_stripe::FakeStripe::start_on(&addr, key, secret).await?;
+            fake.send_webhooks_to(&webhook_url);
+            println!(
+                "a fake Stripe listens on {}; run the system against it with\n  \
+                 TILL_PAYMENT_PROVIDER=stripe TILL_STRIPE_API_BASE={} \
+                 TILL_STRIPE_API_KEY={key} TILL_STRIPE_WEBHOOK_SECRET={secret} till up\n\
+                 and pay with pm_card_visa, pm_card_chargeDeclined, \
+                 pm_card_authenticationRequired or pm_card_processing",
+                fake.url, fake.url
+            );
+            tokio::signal::ctrl_c().await?;
+            Ok(())
+        }
         Command::Bench(command) => bench::run(command).await,
     }
 }

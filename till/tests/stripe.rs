@@ -232,7 +232,17 @@ async fn refunds_in_part_and_in_full_go_through_stripe_never_above_the_payment()
     let view = system.order_becomes("vic", &order, "refunded").await;
     let intent = stripe.intent_of(&payment).unwrap();
     assert_eq!(stripe.refunds(intent["id"].as_str().unwrap()), [400, 1100]);
-    assert_eq!(view["refunds"].as_array().unwrap().len(), 2, "{view}");
+    let refunds = view["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 2, "{view}");
+    for refund in refunds {
+        assert_eq!(refund["provider"], "stripe", "{view}");
+        assert!(
+            refund["provider_refund_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("re_")),
+            "{view}"
+        );
+    }
 }
 
 #[tokio::test]

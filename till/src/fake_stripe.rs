@@ -1,7 +1,8 @@
 //! A local fake of the parts of Stripe's HTTP API Tillstream calls, speaking Stripe's request
 //! and response shapes (form-encoded requests, JSON answers, `Idempotency-Key`, bearer API
-//! key), so the Stripe adapter is tested over real HTTP. It sends signed webhooks to the URL it
-//! is given, on time, late, twice or never, as a test asks.
+//! key), so the Stripe adapter is tested over real HTTP (`testkit` re-exports it), and so the
+//! Stripe path can be run locally without a Stripe account (`till fake-stripe`). It sends
+//! signed webhooks to the URL it is given, on time, late, twice or never, as a test asks.
 //!
 //! Test payment methods (Stripe's own names where Stripe has one):
 //! - `pm_card_visa`: succeeds.
@@ -68,6 +69,13 @@ pub struct FakeStripe {
 impl FakeStripe {
     /// Starts on a free port, accepting `api_key` and signing webhooks with `secret`.
     pub async fn start(api_key: &str, secret: &str) -> Self {
+        Self::start_on("127.0.0.1:0", api_key, secret)
+            .await
+            .expect("bind a free port")
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: &str, api_key: &str, secret: &str) -> std::io::Result<Self> {
         let fake = Arc::new(Fake {
             api_key: api_key.to_owned(),
             secret: secret.to_owned(),
@@ -81,10 +89,10 @@ impl FakeStripe {
             .route("/v1/payment_intents/{id}", get(get_intent))
             .route("/v1/refunds", post(create_refund))
             .with_state(fake.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let listener = TcpListener::bind(addr).await?;
+        let url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, fake }
+        Ok(Self { url, fake })
     }
 
     /// Where webhooks go.
