@@ -58,7 +58,18 @@ pub fn document() -> OpenApi {
     document.merge(query_api::openapi());
     for path in document.paths.paths.values_mut() {
         for operation in operations(path) {
-            any_other_error_is_a_problem(operation);
+            problem_response(
+                operation,
+                "401",
+                "no valid token where one is needed, or a token that is not valid \
+                 (`WWW-Authenticate` says why): checked here, at the gateway",
+            );
+            problem_response(
+                operation,
+                "default",
+                "any other error (413 body too large, 429 rate limited with Retry-After, 503 \
+                 unavailable, ...), as problem+json",
+            );
         }
     }
     document
@@ -76,14 +87,12 @@ fn operations(path: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
     .filter_map(Option::as_mut)
 }
 
-/// Whatever else can go wrong on the way (a token the gateway refuses, a rate limit, a body
-/// too large, an outage) is answered as a problem: the `default` response says so.
-fn any_other_error_is_a_problem(operation: &mut Operation) {
+/// Adds `status` (a code or `default`) to an operation's answers as a problem, unless it
+/// documents that status itself. What the gateway does to every request (check the token,
+/// limit rates and bodies) is described here once rather than on every handler.
+fn problem_response(operation: &mut Operation, status: &str, description: &str) {
     let problem = ResponseBuilder::new()
-        .description(
-            "any other error (401 no valid token, 413 body too large, 429 rate limited with \
-             Retry-After, 503 unavailable, ...), as problem+json",
-        )
+        .description(description)
         .content(
             PROBLEM_JSON,
             ContentBuilder::new()
@@ -94,7 +103,7 @@ fn any_other_error_is_a_problem(operation: &mut Operation) {
     operation
         .responses
         .responses
-        .entry("default".to_owned())
+        .entry(status.to_owned())
         .or_insert(RefOr::T(problem));
 }
 

@@ -89,6 +89,10 @@ async fn the_document_describes_exactly_the_contract() {
                 "{method} {path} lacks its default problem"
             );
             assert!(
+                responses.contains_key("401"),
+                "{method} {path} lacks the gateway's 401"
+            );
+            assert!(
                 responses.keys().any(|status| status.starts_with('2')),
                 "{method} {path} lacks its success"
             );

@@ -31,7 +31,6 @@ use crate::routes::path_id;
     params(CommandHeaders),
     responses(
         (status = 201, description = "opened; Location names the cart", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create(State(state): State<AppState>, ctx: CommandContext) -> Response {
@@ -84,7 +83,6 @@ async fn catalog_entry(
     params(("id" = String, Path, description = "the cart's id (a UUID)"), CommandHeaders),
     responses(
         (status = 200, description = "added", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the cart is checked out", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "unknown or discontinued product, not enough stock, or a limit reached", body = Problem, content_type = "application/problem+json"),
@@ -156,7 +154,6 @@ pub struct ChangeQuantity {
     params(("id" = String, Path, description = "the cart's id (a UUID)"), ("product_id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
     responses(
         (status = 200, description = "changed", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the cart is checked out", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid quantity or not enough stock", body = Problem, content_type = "application/problem+json"),
@@ -201,7 +198,6 @@ pub async fn change_quantity(
     params(("id" = String, Path, description = "the cart's id (a UUID)"), ("product_id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
     responses(
         (status = 200, description = "removed", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the cart is checked out", body = Problem, content_type = "application/problem+json"),
     )
@@ -237,7 +233,6 @@ pub async fn remove_item(
     params(("id" = String, Path, description = "the cart's id (a UUID)"), CommandHeaders),
     responses(
         (status = 202, description = "the order is placed; Location names it", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "already checked out", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "empty, discontinued products, or mixed currencies", body = Problem, content_type = "application/problem+json"),

@@ -36,7 +36,6 @@ pub struct Pay {
     params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
     responses(
         (status = 202, description = "the payment is with the provider", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "an admin paying for someone else", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "not awaiting payment, or a payment is in progress", body = Problem, content_type = "application/problem+json"),
@@ -96,7 +95,6 @@ pub struct Cancel {
     params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
     responses(
         (status = 202, description = "cancelled", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "shipped, finished, or a payment is in progress", body = Problem, content_type = "application/problem+json"),
     )
@@ -158,7 +156,6 @@ pub struct Ship {
     params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
     responses(
         (status = 202, description = "shipped", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "not possible in the order's status", body = Problem, content_type = "application/problem+json"),
@@ -196,7 +193,6 @@ pub async fn ship(
     params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
     responses(
         (status = 202, description = "delivered", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "not possible in the order's status", body = Problem, content_type = "application/problem+json"),
@@ -233,7 +229,6 @@ pub struct Refund {
     params(("id" = String, Path, description = "the order's id (a UUID)"), CommandHeaders),
     responses(
         (status = 202, description = "the refund is with the provider; the order view lists it", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "not possible in the order's status", body = Problem, content_type = "application/problem+json"),

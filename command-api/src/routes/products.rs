@@ -64,7 +64,6 @@ impl CreateProduct {
     params(CommandHeaders),
     responses(
         (status = 201, description = "created; Location names the product", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "a product with this SKU exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "a field is invalid", body = Problem, content_type = "application/problem+json"),
@@ -154,7 +153,6 @@ impl ChangeDetails {
     params(("id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
     responses(
         (status = 200, description = "changed", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
@@ -198,7 +196,6 @@ pub struct ChangePrice {
     params(("id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
     responses(
         (status = 200, description = "changed", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "the price is invalid or in another currency", body = Problem, content_type = "application/problem+json"),
@@ -242,7 +239,6 @@ pub struct AdjustStock {
     params(("id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
     responses(
         (status = 200, description = "adjusted; `available` says what is free to sell", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "the adjustment is zero or out of range", body = Problem, content_type = "application/problem+json"),
@@ -283,7 +279,6 @@ pub async fn adjust_stock(
     params(("id" = String, Path, description = "the product's id (a UUID)"), CommandHeaders),
     responses(
         (status = 200, description = "discontinued", body = CommandOutcome),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "already discontinued", body = Problem, content_type = "application/problem+json"),

@@ -20,7 +20,6 @@ use crate::{AppState, db_problem, redis_problem};
     summary = "Every projection: serving version, checkpoint and lag (admin)",
     responses(
         (status = 200, description = "the projections", body = ProjectionList),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -58,7 +58,6 @@ async fn serving_version_after_token(
     responses(
         (status = 200, description = "the cart", body = CartView),
         (status = 304, description = "not modified since the ETag sent in If-None-Match"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such cart, or not the caller's", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -144,7 +143,6 @@ const MAX_LISTED: usize = 100;
         (status = 200, description = "the carts", body = CartList),
         (status = 304, description = "not modified since the ETag sent in If-None-Match"),
         (status = 400, description = "a malformed parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "an unknown status", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -6,7 +6,6 @@ use axum::Json;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use platform::identity::Principal;
-use platform::problem::Problem;
 use serde_json::json;
 
 #[utoipa::path(
@@ -16,7 +15,6 @@ use serde_json::json;
     summary = "Who the caller is",
     responses(
         (status = 200, description = "the caller's id and roles", body = Me),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn me(principal: Principal) -> Response {

@@ -83,7 +83,6 @@ async fn serving_schema(
         (status = 200, description = "one page of orders", body = OrderPage),
         (status = 304, description = "not modified since the ETag sent in If-None-Match"),
         (status = 400, description = "a malformed parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "a parameter out of range", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -155,7 +154,6 @@ const FULFILMENT: [(&str, Value); 4] = [
     responses(
         (status = 200, description = "the order", body = OrderView),
         (status = 304, description = "not modified since the ETag sent in If-None-Match"),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -211,7 +209,6 @@ const SECRET_FIELDS: [&str; 1] = ["token"];
     params(("id" = String, Path, description = "the order's id (a UUID)")),
     responses(
         (status = 200, description = "the events", body = OrderEvents),
-        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
     )
 )]
