@@ -16,11 +16,18 @@ pub enum ProjectionError {
     Undecodable { event_id: Uuid, reason: String },
     #[error("no projection named {0}; there are products, orders and carts")]
     UnknownProjection(String),
+    #[error(
+        "a rebuild of {0} is already running (by an operator, or the projectors healing it); wait for it to finish"
+    )]
+    RebuildRunning(String),
 }
 
 impl ProjectionError {
     /// Whether trying again can help.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::Undecodable { .. } | Self::UnknownProjection(_))
+        !matches!(
+            self,
+            Self::Undecodable { .. } | Self::UnknownProjection(_) | Self::RebuildRunning(_)
+        )
     }
 }

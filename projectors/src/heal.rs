@@ -161,7 +161,7 @@ impl Healer {
                     "Redis lost the carts view (its marker is gone): rebuilding it from the event store"
                 );
                 metrics::counter!("read_model_data_loss_total", "projection" => CARTS).increment(1);
-                self.rebuild(&pool, shutdown).await
+                self.rebuild(shutdown).await
             }
         }
     }
@@ -192,21 +192,9 @@ impl Healer {
         Ok(())
     }
 
-    /// Rebuilds the carts projection, unless another replica already is (an advisory lock,
-    /// released when the rebuild ends or its connection dies).
-    async fn rebuild(
-        &mut self,
-        pool: &PgPool,
-        shutdown: &CancellationToken,
-    ) -> Result<(), ProjectionError> {
-        let mut lock = pool.acquire().await?;
-        let won: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('tillstream:heal:carts'))")
-                .fetch_one(&mut *lock)
-                .await?;
-        if !won {
-            return Ok(());
-        }
+    /// Rebuilds the carts projection, unless a rebuild of it already runs (another replica
+    /// healing it, or an operator): that one makes it whole.
+    async fn rebuild(&mut self, shutdown: &CancellationToken) -> Result<(), ProjectionError> {
         let rebuilt = crate::rebuild::rebuild(
             &self.store,
             &mut self.redis,
@@ -217,10 +205,11 @@ impl Healer {
             || shutdown.is_cancelled(),
         )
         .await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('tillstream:heal:carts'))")
-            .execute(&mut *lock)
-            .await;
-        if let Some(done) = rebuilt? {
+        let rebuilt = match rebuilt {
+            Err(ProjectionError::RebuildRunning(_)) => return Ok(()),
+            other => other?,
+        };
+        if let Some(done) = rebuilt {
             metrics::counter!("read_model_heals_total", "projection" => CARTS).increment(1);
             tracing::info!(
                 projection = CARTS,

@@ -79,18 +79,57 @@ const APPLIERS: usize = 3;
 
 /// Rebuilds `projection`. `progress` is told the events done so far (for a progress bar);
 /// `stop` is checked between batches (Ctrl-C): when it returns true the rebuild stops, the old
-/// version still serving.
+/// version still serving. One rebuild of a projection runs at a time, whoever starts it (an
+/// operator, the projectors healing a lost view): a second would drop the version the first is
+/// filling, so it is refused ([`ProjectionError::RebuildRunning`]). The lock is a Postgres
+/// advisory lock, released when the rebuild ends or its connection dies with the process.
 pub async fn rebuild(
     store: &EventStore,
     redis: &mut ConnectionManager,
     keys: &CartKeys,
     projection: &str,
     batch_size: i64,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
     stop: impl Fn() -> bool,
 ) -> Result<Option<Rebuilt>, ProjectionError> {
     let projection = platform::read_models::projection(projection)
         .ok_or_else(|| ProjectionError::UnknownProjection(projection.to_owned()))?;
+    let lock_key = lock_key(projection.name);
+    let mut lock = store.pool().acquire().await?;
+    let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(&lock_key)
+        .fetch_one(&mut *lock)
+        .await?;
+    if !won {
+        return Err(ProjectionError::RebuildRunning(projection.name.to_owned()));
+    }
+    let rebuilt = rebuild_alone(store, redis, keys, projection, batch_size, progress, stop).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(&lock_key)
+        .execute(&mut *lock)
+        .await;
+    if unlocked.is_err() {
+        // Never hand a connection that may still hold the lock back to the pool.
+        let _ = lock.close().await;
+    }
+    rebuilt
+}
+
+/// The name of the advisory lock a rebuild of `projection` holds (hashed by Postgres).
+pub fn lock_key(projection: &str) -> String {
+    format!("tillstream:rebuild:{projection}")
+}
+
+/// [`rebuild`], once it holds the projection's rebuild lock.
+async fn rebuild_alone(
+    store: &EventStore,
+    redis: &mut ConnectionManager,
+    keys: &CartKeys,
+    projection: &'static Projection,
+    batch_size: i64,
+    mut progress: impl FnMut(u64),
+    stop: impl Fn() -> bool,
+) -> Result<Option<Rebuilt>, ProjectionError> {
     let (name, stream_type) = (projection.name, projection.stream_type);
     let started = Instant::now();
     let pool = store.pool();

@@ -365,6 +365,62 @@ async fn an_interrupted_rebuild_leaves_the_old_version_serving_and_the_next_run_
 }
 
 #[tokio::test]
+async fn a_rebuild_while_another_of_the_same_projection_runs_is_refused() {
+    let system = TestSystem::start_full().await;
+    system.product("LOCK-1", 100, 1).await;
+    // Another rebuild of the products holds the lock (in another process, say).
+    let mut other = system.db.pool.acquire().await.unwrap();
+    let key = projectors::rebuild::lock_key("products");
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(&key)
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(held);
+    let mut redis = redis().await;
+    let err = projectors::rebuild::rebuild(
+        &system.store,
+        &mut redis,
+        &system.cart_keys,
+        "products",
+        10,
+        |_| {},
+        || false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, projectors::ProjectionError::RebuildRunning(ref name) if name == "products"),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(
+        serving(&system, "products").await,
+        (1, None),
+        "nothing changed"
+    );
+    // Once the other is done, a rebuild runs.
+    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(&key)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let done = projectors::rebuild::rebuild(
+        &system.store,
+        &mut redis,
+        &system.cart_keys,
+        "products",
+        10,
+        |_| {},
+        || false,
+    )
+    .await
+    .unwrap()
+    .expect("rebuilt");
+    assert_eq!(serving(&system, "products").await, (done.version, None));
+}
+
+#[tokio::test]
 async fn rebuilding_an_unknown_projection_is_refused_and_changes_nothing() {
     let system = TestSystem::start_full().await;
     let mut redis = redis().await;
