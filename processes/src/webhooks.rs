@@ -103,7 +103,7 @@ pub async fn apply_stripe_event(
 }
 
 /// Runs one command on a payment; "already so" (the order process or an earlier delivery got
-/// there first) counts as done, as does a payment that is not ours.
+/// there first) counts as recorded, and a payment that is not ours as ignored.
 async fn record(
     store: &EventStore,
     payment_id: PaymentId,
@@ -132,14 +132,13 @@ async fn record(
         .await
     {
         Ok(_) => Ok(Applied::Recorded),
-        Err(ExecuteError::Rejected(r))
-            if matches!(
-                r.kind(),
-                RejectionKind::InvalidState | RejectionKind::NotFound
-            ) =>
-        {
+        Err(ExecuteError::Rejected(r)) if r.kind() == RejectionKind::InvalidState => {
             tracing::debug!(%payment_id, rejection = %r, "webhook news already recorded");
             Ok(Applied::Recorded)
+        }
+        Err(ExecuteError::Rejected(r)) if r.kind() == RejectionKind::NotFound => {
+            tracing::info!(%payment_id, "webhook about a payment that is not ours");
+            Ok(Applied::Ignored)
         }
         Err(e) => Err(WebhookError::Execute(e.to_string())),
     }

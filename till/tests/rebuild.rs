@@ -72,6 +72,24 @@ async fn redis() -> redis::aio::ConnectionManager {
     .unwrap()
 }
 
+/// Rebuilds `projection` to the end, as `till projections rebuild` does.
+async fn rebuild_now(
+    system: &TestSystem,
+    redis: &mut redis::aio::ConnectionManager,
+    projection: &str,
+) -> Result<Option<projectors::rebuild::Rebuilt>, projectors::ProjectionError> {
+    projectors::rebuild::rebuild(
+        &system.store,
+        redis,
+        &system.cart_keys,
+        projection,
+        10,
+        |_| {},
+        || false,
+    )
+    .await
+}
+
 /// Cart views of a version, keyed by cart id.
 async fn cart_views(system: &TestSystem, version: i32) -> BTreeMap<String, String> {
     let mut redis = redis().await;
@@ -378,17 +396,9 @@ async fn a_rebuild_while_another_of_the_same_projection_runs_is_refused() {
         .unwrap();
     assert!(held);
     let mut redis = redis().await;
-    let err = projectors::rebuild::rebuild(
-        &system.store,
-        &mut redis,
-        &system.cart_keys,
-        "products",
-        10,
-        |_| {},
-        || false,
-    )
-    .await
-    .unwrap_err();
+    let err = rebuild_now(&system, &mut redis, "products")
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, projectors::ProjectionError::RebuildRunning(ref name) if name == "products"),
         "{err:?}"
@@ -405,18 +415,10 @@ async fn a_rebuild_while_another_of_the_same_projection_runs_is_refused() {
         .execute(&mut *other)
         .await
         .unwrap();
-    let done = projectors::rebuild::rebuild(
-        &system.store,
-        &mut redis,
-        &system.cart_keys,
-        "products",
-        10,
-        |_| {},
-        || false,
-    )
-    .await
-    .unwrap()
-    .expect("rebuilt");
+    let done = rebuild_now(&system, &mut redis, "products")
+        .await
+        .unwrap()
+        .expect("rebuilt");
     assert_eq!(serving(&system, "products").await, (done.version, None));
 }
 
@@ -424,17 +426,9 @@ async fn a_rebuild_while_another_of_the_same_projection_runs_is_refused() {
 async fn rebuilding_an_unknown_projection_is_refused_and_changes_nothing() {
     let system = TestSystem::start_full().await;
     let mut redis = redis().await;
-    let err = projectors::rebuild::rebuild(
-        &system.store,
-        &mut redis,
-        &system.cart_keys,
-        "invoices",
-        10,
-        |_| {},
-        || false,
-    )
-    .await
-    .unwrap_err();
+    let err = rebuild_now(&system, &mut redis, "invoices")
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, projectors::ProjectionError::UnknownProjection(ref name) if name == "invoices"),
         "{err:?}"

@@ -344,3 +344,51 @@ async fn a_lost_webhook_is_recovered_by_the_reconciliation() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn a_webhook_about_nothing_of_ours_or_not_an_event_or_for_another_provider_changes_nothing() {
+    let (system, stripe) = start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let strangers = json!({
+        "id": "evt_not_ours", "object": "event", "type": "payment_intent.succeeded",
+        "data": { "object": {
+            "id": "pi_elsewhere", "object": "payment_intent", "status": "succeeded",
+            "metadata": { "payment_id": "00000000-0000-0000-0000-00000000beef" },
+        } },
+    });
+    let (body, signature) = stripe.signed(&strangers, now);
+    let ignored = post_webhook(&system, body, Some(signature)).await;
+    assert_eq!(ignored.status, StatusCode::OK, "{ignored:?}");
+    assert_eq!(ignored.body["outcome"], "ignored");
+    let payments: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM eventstore.events WHERE stream_id LIKE 'payment-%'",
+    )
+    .fetch_one(&system.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(payments, 0, "no payment stream for a stranger's payment");
+
+    let (body, signature) = stripe.signed(&json!(["not", "an", "event"]), now);
+    let malformed = post_webhook(&system, body, Some(signature)).await;
+    assert_eq!(
+        (malformed.status, malformed.problem_code()),
+        (StatusCode::BAD_REQUEST, "malformed-event")
+    );
+
+    let elsewhere = system
+        .http
+        .post(format!("{}/v1/webhooks/payments/paypal", system.gateway))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let elsewhere = Reply::from(elsewhere).await;
+    assert_eq!(
+        (elsewhere.status, elsewhere.problem_code()),
+        (StatusCode::NOT_FOUND, "unknown-payment-provider")
+    );
+}
