@@ -56,7 +56,10 @@ where
             causation_id: Some(correlation_id),
             actor: Some(principal.user_id.clone()),
             idempotency_key: idempotency_key.clone(),
-            traceparent: header_str(&parts.headers, "traceparent").map(str::to_owned),
+            // The events continue the trace of the request that caused them (its span here,
+            // or what the caller sent when nothing traces this process).
+            traceparent: platform::telemetry::current_traceparent()
+                .or_else(|| header_str(&parts.headers, "traceparent").map(str::to_owned)),
         };
         Ok(Self {
             bodiless_request_hash: request_hash(&parts.method, parts.uri.path(), b""),

@@ -124,6 +124,12 @@ impl EventStore {
     }
 
     /// Like [`EventStore::load`], on the caller's connection.
+    #[instrument(
+        name = "eventstore.load",
+        skip(self, conn),
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT"),
+        err(level = "debug")
+    )]
     pub async fn load_on<A>(
         &self,
         conn: &mut sqlx::PgConnection,

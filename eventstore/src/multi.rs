@@ -68,6 +68,12 @@ impl EventStore {
     /// version fails the whole append with [`AppendError::WrongExpectedVersion`]; a stream
     /// with no events is only checked. One stream takes the single-stream statement
     /// ([`EventStore::append`]), which is cheaper.
+    #[tracing::instrument(
+        name = "eventstore.append_streams",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", streams = writes.len()),
+        err(level = "debug")
+    )]
     pub async fn append_streams(&self, writes: &[StreamAppend]) -> Result<Vec<u64>, AppendError> {
         if let [write] = writes {
             let appended = self
@@ -98,6 +104,12 @@ impl EventStore {
     /// writes (an idempotency record) commit or roll back with the events. A savepoint keeps
     /// the transaction usable after a conflict. Announce the append
     /// ([`EventStore::announce_appended`]) once the transaction committed.
+    #[tracing::instrument(
+        name = "eventstore.append_streams",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", streams = writes.len()),
+        err(level = "debug")
+    )]
     pub async fn append_streams_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,

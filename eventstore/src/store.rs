@@ -221,7 +221,12 @@ impl EventStore {
 
     /// Appends events to a stream if it is at the expected version. Retrying the same append
     /// (same event ids) after it succeeded returns the stored result and writes nothing.
-    #[instrument(level = "debug", skip(self, events), fields(events = events.len()), err(level = "debug"))]
+    #[instrument(
+        name = "eventstore.append",
+        skip(self, events),
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", events = events.len()),
+        err(level = "debug")
+    )]
     pub async fn append(
         &self,
         stream_id: &str,
@@ -272,7 +277,12 @@ impl EventStore {
     /// Appends inside the caller's transaction, so that other writes (an idempotency record, a
     /// second stream) commit or roll back with the events. A savepoint keeps the transaction
     /// usable after a conflict. A lost race is reported, not retried: the caller decides again.
-    #[instrument(level = "debug", skip(self, tx, events), fields(events = events.len()), err(level = "debug"))]
+    #[instrument(
+        name = "eventstore.append",
+        skip(self, tx, events),
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "INSERT", events = events.len()),
+        err(level = "debug")
+    )]
     pub async fn append_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,

@@ -37,6 +37,7 @@ use platform::problem::Problem;
 use platform::settings::{Env, SettingError};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tracing::Instrument;
 
 /// Largest request body forwarded.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -241,6 +242,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::IF_NONE_MATCH,
                 HeaderName::from_static("idempotency-key"),
                 HeaderName::from_static("x-consistency-token"),
+                HeaderName::from_static("traceparent"),
             ])
             .expose_headers([
                 header::ETAG,
@@ -248,6 +250,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::RETRY_AFTER,
                 HeaderName::from_static("x-consistency-token"),
                 HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("traceresponse"),
             ])
             .max_age(Duration::from_secs(600)),
     )
@@ -377,6 +380,22 @@ async fn forward_inner(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), value);
     }
+    // The upstream continues the trace from this hop, not from what the client sent.
+    let hop = tracing::info_span!(
+        "forward",
+        otel.name = %format_args!("{} {name}", parts.method),
+        otel.kind = "client",
+        peer.service = name,
+        http.request.method = %parts.method,
+        http.response.status_code = tracing::field::Empty,
+    );
+    headers.remove("traceparent");
+    headers.remove("tracestate");
+    if let Some(value) = platform::telemetry::traceparent_of(&hop)
+        .and_then(|traceparent| HeaderValue::from_str(&traceparent).ok())
+    {
+        headers.insert(HeaderName::from_static("traceparent"), value);
+    }
     let mut upstream_request = http::Request::new(Full::new(body));
     *upstream_request.method_mut() = parts.method.clone();
     *upstream_request.uri_mut() = uri;
@@ -397,6 +416,7 @@ async fn forward_inner(
         Ok::<_, Problem>((head, body.to_bytes()))
     };
     let (head, body) = tokio::time::timeout(gateway.settings.upstream_timeout, exchange)
+        .instrument(hop.clone())
         .await
         .map_err(|_| {
             Problem::new(
@@ -406,6 +426,7 @@ async fn forward_inner(
             )
             .with_detail(format!("the {name} did not answer in time"))
         })??;
+    hop.record("http.response.status_code", head.status.as_u16());
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = head.status;
     *response.headers_mut() = forwardable(&head.headers);

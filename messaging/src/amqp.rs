@@ -26,7 +26,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to `url`, naming the connection so it can be told apart in the management UI.
-#[instrument(skip(url), err(level = "debug"))]
+#[instrument(level = "debug", skip(url), err(level = "debug"))]
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())

@@ -56,7 +56,7 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 use crate::amqp::{
     Backoff, close_channel, close_connection, connect, publish_confirmed, republish_properties,
 };
-use crate::envelope::{Envelope, header_int};
+use crate::envelope::{Envelope, header_int, header_str};
 use crate::error::{MessagingError, error_chain};
 use crate::topology::Topology;
 
@@ -411,9 +411,25 @@ impl<H: Handler> ConsumerRunner<H> {
         let handled = match decoded {
             Some(envelopes) if first_attempts => {
                 let size = envelopes.len();
+                // Work for several traces at once: linked to each, a child of none.
+                let span = info_span!(
+                    parent: None,
+                    "handle_batch",
+                    otel.name = %format_args!("{} process", self.settings.name),
+                    otel.kind = "consumer",
+                    messaging.system = "rabbitmq",
+                    messaging.operation.type = "process",
+                    messaging.consumer.group.name = %self.settings.name,
+                    messaging.batch.message_count = size,
+                );
+                for delivery in &batch {
+                    if let Some(traceparent) = header_str(&delivery.properties, "traceparent") {
+                        platform::telemetry::link_to(&span, traceparent);
+                    }
+                }
                 AssertUnwindSafe(self.handler.handle_batch(envelopes))
                     .catch_unwind()
-                    .instrument(info_span!("handle_batch", size))
+                    .instrument(span)
                     .await
                     .unwrap_or_else(|panic| {
                         Err(HandlerError::transient(format!(
@@ -467,13 +483,22 @@ impl<H: Handler> ConsumerRunner<H> {
             }
         };
         let span = info_span!(
+            parent: None,
             "handle",
-            event_id = %envelope.event_id,
+            otel.name = %format_args!("{} process", self.settings.name),
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.consumer.group.name = %self.settings.name,
+            messaging.message.id = %envelope.event_id,
             event_type = %envelope.event_type,
             stream_id = %envelope.stream_id,
             version = envelope.version,
             attempt,
         );
+        let traceparent = header_str(&delivery.properties, "traceparent")
+            .or(envelope.metadata.traceparent.as_deref());
+        platform::telemetry::continue_trace(&span, traceparent);
         let handled = AssertUnwindSafe(self.handler.handle(envelope))
             .catch_unwind()
             .instrument(span.clone())

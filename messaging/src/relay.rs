@@ -37,7 +37,7 @@ use sqlx::{Connection as _, PgPool};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{Instrument, debug, info, instrument, warn};
+use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use crate::amqp::{Backoff, close_channel, close_connection, connect};
 use crate::envelope::Envelope;
@@ -216,7 +216,7 @@ impl Relay {
     }
 
     /// Waits for the advisory lock on a connection of its own; `None` if shut down meanwhile.
-    #[instrument(skip_all, err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, err(level = "debug"))]
     async fn acquire_lock(
         &self,
         shutdown: &CancellationToken,
@@ -362,7 +362,7 @@ impl Relay {
     }
 
     /// Publishes the batch until every message is confirmed with an ack.
-    #[instrument(skip_all, fields(events = batch.len()), err(level = "debug"))]
+    #[instrument(level = "debug", skip_all, fields(events = batch.len()), err(level = "debug"))]
     async fn publish_confirmed(
         &self,
         channel: &Channel,
@@ -418,15 +418,36 @@ async fn publish_batch(
 ) -> Result<Option<String>, MessagingError> {
     let mut confirms = Vec::with_capacity(batch.len());
     for event in batch {
-        let envelope = Envelope::from(event);
+        let mut envelope = Envelope::from(event);
+        let routing_key = envelope.routing_key();
+        // The publication continues the trace of the command that appended the event, and
+        // consumers continue from the publication: the AMQP header carries this hop, the body
+        // the event as recorded.
+        let hop = info_span!(
+            parent: None,
+            "publish",
+            otel.name = %format_args!("{routing_key} publish"),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "publish",
+            messaging.destination.name = %exchange,
+            messaging.rabbitmq.destination.routing_key = %routing_key,
+            messaging.message.id = %event.event_id,
+        );
+        platform::telemetry::continue_trace(&hop, event.metadata.traceparent.as_deref());
+        let body = envelope.to_body()?;
+        if let Some(traceparent) = platform::telemetry::traceparent_of(&hop) {
+            envelope.metadata.traceparent = Some(traceparent);
+        }
         let confirm = channel
             .basic_publish(
                 exchange,
-                &envelope.routing_key(),
+                &routing_key,
                 BasicPublishOptions::default(),
-                &envelope.to_body()?,
+                &body,
                 envelope.properties(),
             )
+            .instrument(hop)
             .await?;
         confirms.push((event.event_id, confirm));
     }

@@ -72,7 +72,7 @@ impl Topology {
     }
 
     /// Declares the durable topic exchange.
-    #[instrument(skip(self, channel), fields(exchange = %self.exchange()), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, channel), fields(exchange = %self.exchange()), err(level = "debug"))]
     pub async fn declare_exchange(&self, channel: &Channel) -> Result<(), lapin::Error> {
         channel
             .exchange_declare(
@@ -88,7 +88,7 @@ impl Topology {
     }
 
     /// Declares the exchange and a consumer's three queues, and binds its queue with `bindings`.
-    #[instrument(skip(self, channel), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, channel), err(level = "debug"))]
     pub async fn declare_consumer(
         &self,
         channel: &Channel,
@@ -113,7 +113,7 @@ impl Topology {
     }
 
     /// Declares a consumer's queue, retry queue and dead-letter queue (no bindings).
-    #[instrument(skip(self, channel), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, channel), err(level = "debug"))]
     pub async fn declare_queues(
         &self,
         channel: &Channel,
@@ -147,7 +147,7 @@ impl Topology {
     }
 
     /// Removes a binding pattern from a consumer's queue (declaration only ever adds them).
-    #[instrument(skip(self, channel), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, channel), err(level = "debug"))]
     pub async fn unbind(
         &self,
         channel: &Channel,
@@ -165,7 +165,7 @@ impl Topology {
     }
 
     /// Deletes a consumer's three queues, messages and all. For tests and decommissioning.
-    #[instrument(skip(self, channel), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, channel), err(level = "debug"))]
     pub async fn delete_consumer(
         &self,
         channel: &Channel,
@@ -184,7 +184,7 @@ impl Topology {
     }
 
     /// Deletes the exchange. For tests: a live system keeps it forever.
-    #[instrument(skip(self, channel), err(level = "debug"))]
+    #[instrument(level = "debug", skip(self, channel), err(level = "debug"))]
     pub async fn delete_exchange(&self, channel: &Channel) -> Result<(), lapin::Error> {
         channel
             .exchange_delete(&self.exchange(), ExchangeDeleteOptions::default())

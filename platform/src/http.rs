@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::problem::Problem;
 
@@ -120,7 +121,9 @@ async fn ready(State(readiness): State<Readiness>) -> Response {
     }
 }
 
-/// Middleware: counts requests and records latency by service, method, route and status.
+/// Middleware: serves each request inside a server span that continues the caller's W3C trace
+/// (`traceparent`), and counts requests and records latency by service, method, route and
+/// status.
 pub async fn track_metrics(
     State(service): State<&'static str>,
     request: Request,
@@ -142,9 +145,43 @@ pub async fn track_metrics(
         | Method::OPTIONS => request.method().as_str().to_owned(),
         _ => "other".to_owned(),
     };
+    // Probes and scrapes come every few seconds and say nothing about a request's path:
+    // counted, not traced.
+    let probe = matches!(route.as_str(), "/livez" | "/readyz" | "/metrics");
+    let span = if probe {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        service,
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        )
+    };
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    crate::telemetry::continue_trace(&span, traceparent);
     let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    // W3C Trace Context's `traceresponse`: which trace to look up for this answer (the
+    // outermost service's span wins, as each sets it on the way out).
+    if let Some(value) = crate::telemetry::traceparent_of(&span)
+        .and_then(|traceparent| axum::http::HeaderValue::from_str(&traceparent).ok())
+    {
+        response.headers_mut().insert("traceresponse", value);
+    }
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    let status = status.to_string();
     let labels = [
         ("service", service.to_owned()),
         ("method", method),
@@ -253,6 +290,39 @@ mod tests {
             .body(Body::empty())
             .expect("request");
         router.clone().oneshot(request).await.expect("answer")
+    }
+
+    #[tokio::test]
+    async fn a_request_continues_the_callers_trace_and_names_it_in_the_answer() {
+        let _telemetry = crate::telemetry::init("off", "test");
+        let router = Router::new()
+            .route(
+                "/work",
+                get(|| async { crate::telemetry::current_traceparent().unwrap_or_default() }),
+            )
+            .layer(axum::middleware::from_fn_with_state("test", track_metrics));
+        let request = axum::http::Request::builder()
+            .uri("/work")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(Body::empty())
+            .expect("request");
+        let response = router.oneshot(request).await.expect("answer");
+        let traceresponse = response.headers()["traceresponse"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let inside = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            inside.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "the handler runs in the caller's trace: {inside:?}"
+        );
+        assert_eq!(inside, traceresponse);
     }
 
     #[tokio::test]

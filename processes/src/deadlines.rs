@@ -10,6 +10,7 @@ use domain::order::{Order, OrderCommand, OrderRejection};
 use domain::values::OrderId;
 use eventstore::{CommandOptions, EventIds, EventStore, ExecuteError, Metadata};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Deadlines fired per round at most.
@@ -47,9 +48,13 @@ pub async fn fire_due_deadlines(store: &EventStore, limit: i64) -> Result<u64, s
     let mut fired = 0;
     for (order_id,) in due {
         let order_id = OrderId(order_id);
+        // Each expiry starts a trace of its own, which the order process continues.
+        let span =
+            tracing::info_span!(parent: None, "deadline", otel.name = "order expire", %order_id);
         let options = CommandOptions {
             metadata: Metadata {
                 actor: Some("deadline-worker".into()),
+                traceparent: platform::telemetry::traceparent_of(&span),
                 ..Metadata::default()
             },
             event_ids: EventIds::DerivedFrom(order_id.0),
@@ -62,6 +67,7 @@ pub async fn fire_due_deadlines(store: &EventStore, limit: i64) -> Result<u64, s
                 OrderCommand::Expire { now: Utc::now() },
                 &options,
             )
+            .instrument(span)
             .await;
         let done = match outcome {
             Ok(_) => {

@@ -57,7 +57,9 @@ fn caused_by(cause: &RecordedEvent) -> CommandOptions {
             causation_id: Some(cause.event_id),
             actor: Some("order-process".into()),
             idempotency_key: None,
-            traceparent: cause.metadata.traceparent.clone(),
+            // The step's own span (a child of the event's delivery) when traced.
+            traceparent: platform::telemetry::current_traceparent()
+                .or_else(|| cause.metadata.traceparent.clone()),
         },
         event_ids: EventIds::DerivedFrom(cause.event_id),
         max_attempts: 16,

@@ -220,6 +220,12 @@ impl PaymentProvider for AnyProvider {
         }
     }
 
+    #[tracing::instrument(
+        name = "payment.charge",
+        skip(self, amount, token),
+        fields(otel.kind = "client", peer.service = self.name(), %payment_id),
+        err(level = "debug")
+    )]
     async fn charge(
         &self,
         payment_id: PaymentId,
@@ -232,6 +238,12 @@ impl PaymentProvider for AnyProvider {
         }
     }
 
+    #[tracing::instrument(
+        name = "payment.refund",
+        skip(self, reference, amount),
+        fields(otel.kind = "client", peer.service = self.name(), %payment_id, %refund_id),
+        err(level = "debug")
+    )]
     async fn refund(
         &self,
         payment_id: PaymentId,

@@ -122,7 +122,7 @@ async fn record(
             causation_id: None,
             actor: Some("stripe-webhook".into()),
             idempotency_key: None,
-            traceparent: None,
+            traceparent: platform::telemetry::current_traceparent(),
         },
         event_ids: EventIds::DerivedFrom(cause),
         max_attempts: 16,

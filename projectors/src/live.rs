@@ -9,6 +9,7 @@ use messaging::{Envelope, Handler, HandlerError};
 use platform::read_models::{CARTS, CartKeys, ORDERS, PRODUCTS, Projection};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::error::ProjectionError;
 use crate::orders::Orders;
@@ -49,7 +50,16 @@ impl<P: PgProjection + 'static> Handler for PgProjector<P> {
     /// One transaction for the whole batch.
     async fn handle_batch(&self, envelopes: Vec<Envelope>) -> Result<(), HandlerError> {
         let events: Vec<RecordedEvent> = envelopes.into_iter().map(RecordedEvent::from).collect();
+        let span = tracing::info_span!(
+            "project",
+            otel.name = %format_args!("{} apply", P::NAME),
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation.name = "UPSERT",
+            events = events.len(),
+        );
         apply_live::<P>(&self.pool, &self.store, &events)
+            .instrument(span)
             .await
             .map(|_| ())
             .map_err(handler_error)
@@ -96,7 +106,16 @@ impl Handler for CartsProjector {
     async fn handle_batch(&self, envelopes: Vec<Envelope>) -> Result<(), HandlerError> {
         let events: Vec<RecordedEvent> = envelopes.into_iter().map(RecordedEvent::from).collect();
         let mut redis = self.redis.clone();
+        let span = tracing::info_span!(
+            "project",
+            otel.name = "carts apply",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation.name = "EVALSHA",
+            events = events.len(),
+        );
         crate::carts::apply_live(&self.pool, &mut redis, &self.keys, &self.store, &events)
+            .instrument(span)
             .await
             .map(|_| ())
             .map_err(handler_error)

@@ -79,6 +79,11 @@ pub async fn genuine(
 /// does not hold yet is waited for only if `genuine` says so (see [`genuine`]). With `wakeups`
 /// (announcements of the projection version the read serves), a check waits for the stream to
 /// be announced; without, it polls.
+#[tracing::instrument(
+    name = "consistency.wait",
+    skip_all,
+    fields(stream_type = %stream_type, awaited = awaited.len()),
+)]
 pub async fn wait_for<F, Fut, G, GFut>(
     awaited: &[Awaited],
     stream_type: &str,

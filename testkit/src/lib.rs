@@ -7,9 +7,13 @@
 //! - [`bus`]: [`TestBus`], a topology (exchange, queues) of the test's own, deleted after it.
 //! - [`redis`]: a key prefix of the test's own, its keys deleted after it.
 //! - [`eventually`]: bounded waits with messages that say what was awaited.
+//! - [`processes`]: the system as `till serve` processes, one per service, for tests that
+//!   kill them or read what each exports.
 //! - [`proxy`]: [`TcpProxy`], to take a dependency away from one test's system (an outage).
 //! - [`fake_stripe`]: [`FakeStripe`] (from `till`), Stripe's HTTP API as far as Tillstream
 //!   uses it, with signed webhooks (the outside service we cannot reach, over real HTTP).
+//! - [`otlp_receiver`]: [`OtlpReceiver`] (from `till`), an OTLP/HTTP endpoint keeping the spans
+//!   services export.
 //! - [`system`]: the whole system in process ([`TestSystem`]) on free ports with its own
 //!   database, bus and key prefix ([`system::settings_for_tests`]), driven through the gateway
 //!   with real RS256 tokens ([`token`]).
@@ -20,6 +24,7 @@ mod cleanup;
 pub mod bus;
 pub mod database;
 pub mod eventually;
+pub mod processes;
 pub mod proxy;
 pub mod redis;
 pub mod system;
@@ -30,3 +35,4 @@ pub use eventually::{PATIENCE, eventually, eventually_explained, within, within_
 pub use proxy::TcpProxy;
 pub use system::{Reply, TestSystem, issuer, token};
 pub use till::fake_stripe::{self, FakeStripe};
+pub use till::otlp_receiver::{self, OtlpReceiver, ReceivedSpan};

@@ -72,6 +72,15 @@ impl Command {
     /// Whether the command prints a report or a session of its own (a benchmark, the demo, a
     /// listing): services then log only warnings by default, so their lines do not break up
     /// its output.
+    /// The name this process has in traces (`OTEL_SERVICE_NAME` overrides it).
+    pub fn service_name(&self) -> String {
+        match self {
+            Self::Serve { service } => format!("tillstream-{}", service.slug()),
+            Self::Up { .. } => "tillstream".to_owned(),
+            _ => "till".to_owned(),
+        }
+    }
+
     pub fn reports(&self) -> bool {
         !matches!(
             self,

@@ -25,13 +25,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    platform::telemetry::init(match cli.command.reports() {
-        true => platform::telemetry::QUIET,
-        false => platform::telemetry::SERVICE,
-    });
+    let telemetry = platform::telemetry::init(
+        match cli.command.reports() {
+            true => platform::telemetry::QUIET,
+            false => platform::telemetry::SERVICE,
+        },
+        &cli.command.service_name(),
+    );
+    let outcome = run(cli.command).await;
+    // Sends the spans still buffered before the process ends.
+    telemetry.shutdown();
+    outcome
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     // Read once; a bad value stops here with a message naming the variable.
     let settings = || SystemConfig::from_process_env();
-    match cli.command {
+    match command {
         Command::Up { demo } => up::run(demo, &settings()?).await,
         Command::Demo { gateway } => demo::run(&gateway).await,
         Command::Serve { service } => serve::run(service, &settings()?).await,

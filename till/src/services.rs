@@ -59,6 +59,19 @@ impl Service {
         Service::Gateway,
     ];
 
+    /// The service's name on the command line (`till serve <slug>`).
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::DevIssuer => "dev-issuer",
+            Self::CommandApi => "command-api",
+            Self::QueryApi => "query-api",
+            Self::Relay => "relay",
+            Self::Projectors => "projectors",
+            Self::Processes => "processes",
+            Self::Gateway => "gateway",
+        }
+    }
+
     fn needs_database(self) -> bool {
         !matches!(self, Self::Gateway | Self::DevIssuer)
     }

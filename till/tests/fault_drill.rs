@@ -16,8 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::net::TcpListener;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,20 +26,12 @@ use domain::values::ProductId;
 use eventstore::EventStore;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use testkit::processes::{Dependencies, Processes, SERVICES};
 use testkit::{TcpProxy, TestBus, TestDatabase, eventually, token};
 
 const SHOPPERS: usize = 6;
 const PRODUCTS: usize = 3;
 const STOCK: i64 = 400;
-const SERVICES: [&str; 6] = [
-    "command-api",
-    "query-api",
-    "relay",
-    "projectors",
-    "processes",
-    "gateway",
-];
-
 /// Prints a line of the drill's record and keeps it for CI's log
 /// (`target/tmp/reports/fault_drill.txt`, which `.ci/run` prints).
 fn say(line: String) {
@@ -55,72 +45,6 @@ fn say(line: String) {
         .open(dir.join("fault_drill.txt"))
     {
         let _ = writeln!(file, "{line}");
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-/// The drill's processes, each `till serve <service>` with the drill's environment.
-struct Processes {
-    env: Vec<(String, String)>,
-    ready: HashMap<&'static str, String>,
-    children: HashMap<&'static str, Child>,
-    logs: std::path::PathBuf,
-}
-
-impl Processes {
-    fn spawn(&mut self, service: &'static str) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.logs.join(format!("{service}.log")))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_till"))
-            .args(["serve", service])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start till serve");
-        self.children.insert(service, child);
-    }
-
-    /// SIGKILL: no shutdown, no flush, whatever was in flight is lost to the process.
-    fn kill(&mut self, service: &'static str) {
-        if let Some(mut child) = self.children.remove(service) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn wait_ready(&self, service: &'static str) {
-        let url = format!("{}/readyz", self.ready[service]);
-        let started = Instant::now();
-        loop {
-            if let Ok(reply) = reqwest::get(&url).await
-                && reply.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{service} not ready after 60 s; see {}",
-                self.logs.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -356,73 +280,21 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
     let rabbitmq = TcpProxy::in_front_of(&platform::settings::amqp_url()).await;
     let redis_proxy = TcpProxy::in_front_of(&platform::settings::redis_url()).await;
 
-    let identity = testkit::system::identity();
-    let ports: HashMap<&str, u16> = [
-        "gateway",
-        "gateway-ops",
-        "command-api",
-        "query-api",
-        "relay",
-        "projectors",
-        "processes",
-    ]
-    .into_iter()
-    .map(|s| (s, free_port()))
-    .collect();
-    let url = |service: &str| format!("http://127.0.0.1:{}", ports[service]);
-    let addr = |service: &str| format!("127.0.0.1:{}", ports[service]);
-    let logs = std::env::temp_dir().join(format!("till-drill-{prefix}"));
-    std::fs::create_dir_all(&logs).unwrap();
-    let mut processes = Processes {
-        env: [
-            ("DATABASE_URL", postgres.redirect(&db.url)),
-            (
-                "AMQP_URL",
-                rabbitmq.redirect(&platform::settings::amqp_url()),
-            ),
-            (
-                "REDIS_URL",
-                redis_proxy.redirect(&platform::settings::redis_url()),
-            ),
-            ("TILL_REDIS_PREFIX", prefix.clone()),
-            ("TILL_BUS_PREFIX", prefix.clone()),
-            ("TILL_DATABASE_CONNECTIONS", "4".to_owned()),
-            ("TILL_JWT_ISSUER", identity.issuer.clone()),
-            ("TILL_JWT_AUDIENCE", identity.audience.clone()),
-            ("TILL_JWKS_URL", identity.jwks_url.clone()),
-            ("TILL_GATEWAY_ADDR", addr("gateway")),
-            ("TILL_GATEWAY_OPS_ADDR", addr("gateway-ops")),
-            ("TILL_COMMAND_API_ADDR", addr("command-api")),
-            ("TILL_QUERY_API_ADDR", addr("query-api")),
-            ("TILL_RELAY_ADDR", addr("relay")),
-            ("TILL_PROJECTORS_ADDR", addr("projectors")),
-            ("TILL_PROCESSES_ADDR", addr("processes")),
-            ("TILL_COMMAND_API_URL", url("command-api")),
-            ("TILL_QUERY_API_URL", url("query-api")),
-            ("TILL_RATE_PER_USER", "100000/100000".to_owned()),
-            ("TILL_RATE_PER_IP", "100000/100000".to_owned()),
+    let mut processes = Processes::new(
+        env!("CARGO_BIN_EXE_till"),
+        &Dependencies {
+            database_url: postgres.redirect(&db.url),
+            amqp_url: rabbitmq.redirect(&platform::settings::amqp_url()),
+            redis_url: redis_proxy.redirect(&platform::settings::redis_url()),
+            prefix: prefix.clone(),
+        },
+        &[
             ("TILL_REDIS_CHECK_INTERVAL_MS", "500".to_owned()),
             ("TILL_PAYMENT_WINDOW_SECS", "600".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect(),
-        // Each service's readiness on its operations port (the gateway's is its own).
-        ready: SERVICES
-            .iter()
-            .map(|s| (*s, url(if *s == "gateway" { "gateway-ops" } else { s })))
-            .collect(),
-        children: HashMap::new(),
-        logs: logs.clone(),
-    };
-    for service in SERVICES {
-        processes.spawn(service);
-    }
-    for service in SERVICES {
-        processes.wait_ready(service).await;
-    }
-    let gateway = url("gateway");
+        ],
+    );
+    processes.start_all().await;
+    let gateway = processes.url("gateway");
     say(format!(
         "drill: {} services up in {:.1} s",
         SERVICES.len(),
@@ -661,7 +533,7 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
         "drill: every property held ({} views compared, {:.0} s in all; logs in {})",
         live.len(),
         started.elapsed().as_secs_f64(),
-        logs.display()
+        processes.logs.display()
     ));
     drop(processes);
     drop(bus);

@@ -7,6 +7,7 @@ use domain::values::CartId;
 use platform::identity::Principal;
 use platform::problem::Problem;
 use platform::read_models::{CARTS, serving_version};
+use tracing::Instrument;
 
 use crate::consistency::Readers;
 use crate::docs::{CartList, CartView, ReadHeaders, StatusFilter};
@@ -78,6 +79,13 @@ pub async fn one(
         .arg("view")
         .arg("version")
         .query_async(&mut redis)
+        .instrument(tracing::info_span!(
+            "cart.read",
+            otel.name = "HMGET",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation.name = "HMGET",
+        ))
         .await
         .map_err(redis_problem)?;
     let not_found = || Problem::not_found("cart-not-found", "cart not found");
