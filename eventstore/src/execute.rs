@@ -233,6 +233,8 @@ impl EventStore {
                     if attempt >= options.max_attempts {
                         return Err(ExecuteError::Contention { attempts: attempt });
                     }
+                    metrics::counter!("command_conflicts_total", "stream_type" => A::STREAM_TYPE)
+                        .increment(1);
                     tracing::debug!(stream_id, attempt, "version conflict, deciding again");
                     tokio::time::sleep(conflict_backoff(attempt)).await;
                 }

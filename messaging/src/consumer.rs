@@ -468,6 +468,10 @@ impl<H: Handler> ConsumerRunner<H> {
         publisher: &Channel,
         delivery: Delivery,
     ) -> Result<Outcome, MessagingError> {
+        if delivery.redelivered {
+            metrics::counter!("consumer_redeliveries_total", "consumer" => self.settings.name.clone())
+                .increment(1);
+        }
         let attempt = header_int(&delivery.properties, X_ATTEMPT)
             .and_then(|a| u32::try_from(a).ok())
             .unwrap_or(1)

@@ -16,13 +16,35 @@ use uuid::Uuid;
 /// Deadlines fired per round at most.
 const DEADLINES_PER_ROUND: i64 = 100;
 
+/// How often the overdue gauge is refreshed.
+const OVERDUE_REFRESH: Duration = Duration::from_secs(15);
+
+/// `order_deadlines_overdue`: deadlines due for over a minute and still not fired — the
+/// worker is down or failing (an alert watches it).
+async fn count_overdue(store: &EventStore) {
+    let overdue: Result<i64, _> = sqlx::query_scalar(
+        "SELECT count(*) FROM process.deadlines WHERE due_at < now() - interval '1 minute'",
+    )
+    .fetch_one(store.pool())
+    .await;
+    match overdue {
+        Ok(n) => metrics::gauge!("order_deadlines_overdue").set(n as f64),
+        Err(e) => tracing::warn!(error = %e, "counting overdue deadlines failed"),
+    }
+}
+
 /// Fires due deadlines every `interval` until `shutdown`.
 pub async fn run(store: EventStore, interval: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
+    let mut overdue_counted: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
+                if overdue_counted.is_none_or(|t| t.elapsed() >= OVERDUE_REFRESH) {
+                    overdue_counted = Some(std::time::Instant::now());
+                    count_overdue(&store).await;
+                }
                 match fire_due_deadlines(&store, DEADLINES_PER_ROUND).await {
                     Ok(fired) if fired > 0 => tracing::info!(fired, "orders expired"),
                     Ok(_) => {}

@@ -24,6 +24,18 @@ fn handler_error(error: ProjectionError) -> HandlerError {
     }
 }
 
+/// Freshness: how long after its append each event became visible in the read model.
+fn record_freshness(projection: &'static str, events: &[RecordedEvent]) {
+    let now = chrono::Utc::now();
+    let histogram = metrics::histogram!("projection_freshness_seconds", "projection" => projection);
+    for event in events {
+        let age = (now - event.recorded_at)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
+        histogram.record(age.max(0) as f64 / 1e6);
+    }
+}
+
 /// A Postgres projection fed from the bus.
 #[derive(Debug, Clone)]
 pub struct PgProjector<P> {
@@ -61,8 +73,9 @@ impl<P: PgProjection + 'static> Handler for PgProjector<P> {
         apply_live::<P>(&self.pool, &self.store, &events)
             .instrument(span)
             .await
-            .map(|_| ())
-            .map_err(handler_error)
+            .map_err(handler_error)?;
+        record_freshness(P::NAME, &events);
+        Ok(())
     }
 }
 
@@ -117,8 +130,9 @@ impl Handler for CartsProjector {
         crate::carts::apply_live(&self.pool, &mut redis, &self.keys, &self.store, &events)
             .instrument(span)
             .await
-            .map(|_| ())
-            .map_err(handler_error)
+            .map_err(handler_error)?;
+        record_freshness(CARTS, &events);
+        Ok(())
     }
 }
 

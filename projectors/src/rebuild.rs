@@ -169,6 +169,8 @@ async fn rebuild_alone(
         match events {
             Ok(events) => {
                 done += events;
+                metrics::counter!("projection_rebuild_events_total", "projection" => projection.name)
+                    .increment(events);
                 progress(done);
                 if stop() {
                     halted.store(true, Relaxed);

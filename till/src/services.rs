@@ -210,6 +210,26 @@ async fn databases(
     Ok((writes, reads))
 }
 
+/// Keeps the `db_pool_connections{pool, state}` gauges (in use, idle, max) current.
+async fn report_pool_use(
+    name: &'static str,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+        let (size, idle) = (pool.size(), pool.num_idle() as u32);
+        let gauge = |state: &'static str, value: u32| {
+            metrics::gauge!("db_pool_connections", "pool" => name, "state" => state)
+                .set(f64::from(value));
+        };
+        gauge("in_use", size.saturating_sub(idle));
+        gauge("idle", idle);
+        gauge("max", pool.options().get_max_connections());
+    }
+    Ok(())
+}
+
 /// Starts `services` into `tasks`; they stop when `shutdown` is cancelled.
 pub async fn start(
     services: &[Service],
@@ -226,6 +246,11 @@ pub async fn start(
         false => None,
     };
     let (write_pool, pool) = databases(services, config).await?;
+    for (name, pool) in [("writes", &write_pool), ("reads", &pool)] {
+        if let Some(pool) = pool {
+            tasks.spawn(report_pool_use(name, pool.clone(), shutdown.clone()));
+        }
+    }
     // One store per pool, cloned into each service: a store's own connections (see
     // `eventstore::connections`) and its append notifier are shared by its clones, not opened
     // again per service.
