@@ -219,11 +219,11 @@ impl Plan {
 
     /// Counts the events and remembers the new states: the plan committed.
     fn committed(self, store: &EventStore) {
-        for write in &self.writes {
-            for event_type in &write.event_types {
-                metrics::counter!("events_appended_total", "type" => *event_type).increment(1);
-            }
-        }
+        eventstore::record_appended(
+            self.writes
+                .iter()
+                .flat_map(|w| w.event_types.iter().copied()),
+        );
         for remember in self.after_commit {
             remember(store);
         }

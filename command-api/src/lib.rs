@@ -86,6 +86,22 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// Every route of the write side, plus `/livez`, `/readyz` and `/metrics`.
 pub fn router(state: AppState) -> Router {
+    // Each series exists from the start, at zero, so dashboards and alerts see it.
+    for stream_type in [
+        <domain::cart::Cart as domain::Aggregate>::STREAM_TYPE,
+        <domain::order::Order as domain::Aggregate>::STREAM_TYPE,
+        <domain::product::Product as domain::Aggregate>::STREAM_TYPE,
+        <domain::payment::Payment as domain::Aggregate>::STREAM_TYPE,
+    ] {
+        metrics::counter!("command_conflicts_total", "stream_type" => stream_type).increment(0);
+    }
+    metrics::counter!("command_conflicts_exhausted_total").increment(0);
+    metrics::counter!("idempotent_replays_total").increment(0);
+    metrics::counter!("payment_webhooks_refused_total", "provider" => "stripe").increment(0);
+    for outcome in ["recorded", "duplicate", "ignored"] {
+        metrics::counter!("payment_webhooks_total", "provider" => "stripe", "outcome" => outcome)
+            .increment(0);
+    }
     let readiness = Readiness::default().postgres(state.store.pool().clone());
     let commands = Router::from(commands())
         .with_state(state)

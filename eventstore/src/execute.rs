@@ -93,6 +93,14 @@ pub enum ExecuteError<R: std::error::Error + 'static> {
     Store(#[from] StoreError),
 }
 
+/// Counts committed events by type (`events_appended_total`). Callers that commit their own
+/// transaction call it after the commit.
+pub fn record_appended<'a>(event_types: impl IntoIterator<Item = &'a str>) {
+    for event_type in event_types {
+        metrics::counter!("events_appended_total", "type" => event_type.to_owned()).increment(1);
+    }
+}
+
 impl EventStore {
     /// The aggregate's current state and version, from its stream: read whole, or, with an
     /// aggregate cache, only the events after the cached version.
@@ -211,6 +219,7 @@ impl EventStore {
                 .await
             {
                 Ok(appended) => {
+                    record_appended(new_events.iter().map(|e| e.event_type.as_str()));
                     let state = events.iter().fold(state, |s, e| s.evolve(e));
                     if let Some(cache) = &self.cache {
                         cache.put(stream_id, &state, appended.version);

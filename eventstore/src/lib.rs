@@ -26,7 +26,9 @@ pub mod upcast;
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use connections::DatabaseFailure;
 pub use error::{AppendError, StoreError};
-pub use execute::{CommandOptions, EventIds, ExecuteError, Executed, conflict_backoff};
+pub use execute::{
+    CommandOptions, EventIds, ExecuteError, Executed, conflict_backoff, record_appended,
+};
 pub use model::{
     Appended, EventData, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent,
 };

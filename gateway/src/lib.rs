@@ -154,6 +154,9 @@ pub fn router(
     verifier: Arc<JwtVerifier>,
 ) -> Result<Routers, InvalidUpstream> {
     upstream_base("TILL_COMMAND_API_URL", &settings.command_api)?;
+    for scope in ["ip", "user"] {
+        metrics::counter!("gateway_rate_limited_total", "scope" => scope).increment(0);
+    }
     upstream_base("TILL_QUERY_API_URL", &settings.query_api)?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);

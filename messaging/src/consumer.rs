@@ -225,6 +225,13 @@ enum Outcome {
 impl<H: Handler> ConsumerRunner<H> {
     pub fn new(topology: Topology, settings: ConsumerSettings, handler: H) -> Self {
         let (status, _) = watch::channel(ConsumerStatus::default());
+        // Each series exists from the start, at zero, so dashboards and alerts see it.
+        let name = settings.name.clone();
+        for outcome in ["acked", "retried", "dead_lettered"] {
+            metrics::counter!("consumer_messages_total", "consumer" => name.clone(), "outcome" => outcome)
+                .increment(0);
+        }
+        metrics::counter!("consumer_redeliveries_total", "consumer" => name).increment(0);
         Self {
             topology,
             settings,

@@ -98,6 +98,7 @@ impl Readiness {
 /// here on are kept.
 pub fn operational_routes(readiness: Readiness) -> Router {
     let handle = metrics_handle();
+    metrics::counter!("http_dependency_unavailable_total").increment(0);
     Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(ready).with_state(readiness))

@@ -153,6 +153,11 @@ impl LiveProjector {
         keys: CartKeys,
         store: EventStore,
     ) -> Result<Self, ProjectionError> {
+        // Each series exists from the start, at zero, so dashboards and alerts see it.
+        metrics::counter!("projection_rebuild_events_total", "projection" => projection.name)
+            .increment(0);
+        metrics::counter!("projection_gaps_filled_total").increment(0);
+        metrics::counter!("read_model_heals_total", "projection" => CARTS).increment(0);
         Ok(match projection.name {
             PRODUCTS => Self::Products(PgProjector::new(pool, store)),
             ORDERS => Self::Orders(PgProjector::new(pool, store)),

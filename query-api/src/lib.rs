@@ -92,6 +92,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// Every read route, plus `/livez`, `/readyz` and `/metrics`.
 pub fn router(state: AppState) -> Router {
+    // Each series exists from the start, at zero, so dashboards and alerts see it.
+    metrics::counter!("cart_read_repairs_total").increment(0);
     let redis = state.redis.clone();
     let readiness = Readiness::default()
         .postgres(state.pool.clone())

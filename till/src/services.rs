@@ -237,6 +237,8 @@ pub async fn start(
     tasks: &mut JoinSet<anyhow::Result<()>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<Started>> {
+    // The metrics recorder first: series registered while the services are built count.
+    let _ = platform::http::metrics_handle();
     let verifier = JwtVerifier::new(config.identity.clone());
     if services.iter().any(|s| s.needs_rabbitmq()) {
         prepare_bus(config).await?;

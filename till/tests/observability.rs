@@ -29,10 +29,25 @@ impl Shop {
         token: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value, String) {
+        self.call_after(method, path, token, body, None).await
+    }
+
+    /// Like `call`, waiting for the write that answered `consistency` to be visible.
+    async fn call_after(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        consistency: Option<&str>,
+    ) -> (StatusCode, Value, String) {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.gateway))
             .bearer_auth(token);
+        if let Some(consistency) = consistency {
+            request = request.header("x-consistency-token", consistency);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -45,7 +60,15 @@ impl Shop {
             .and_then(|v| v.split('-').nth(1))
             .expect("every answer names its trace")
             .to_owned();
-        let body = response.json().await.unwrap_or(Value::Null);
+        let consistency = response
+            .headers()
+            .get("x-consistency-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut body: Value = response.json().await.unwrap_or(Value::Null);
+        if let (Some(token), Value::Object(fields)) = (consistency, &mut body) {
+            fields.insert("consistency_token".into(), token.into());
+        }
         (status, body, trace)
     }
 }
@@ -173,7 +196,7 @@ async fn one_purchase_is_one_connected_trace_from_the_gateway_to_every_projector
     let order = order["order_id"].as_str().unwrap().to_owned();
     // Paying needs the stock held first.
     let started = Instant::now();
-    let pay_trace = loop {
+    let (pay_trace, paid) = loop {
         let (status, body, trace) = shop
             .call(
                 post.clone(),
@@ -183,7 +206,7 @@ async fn one_purchase_is_one_connected_trace_from_the_gateway_to_every_projector
             )
             .await;
         if status.is_success() {
-            break trace;
+            break (trace, body);
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
@@ -289,16 +312,18 @@ async fn one_purchase_is_one_connected_trace_from_the_gateway_to_every_projector
 
     // A read waits for the shopper's own write inside its trace.
     let (status, _, read_trace) = shop
-        .call(
+        .call_after(
             reqwest::Method::GET,
             &format!("/v1/orders/{order}"),
             &alice,
             None,
+            paid["consistency_token"].as_str(),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
     trace_until(&receiver, &read_trace, "the query API's read", |spans| {
         has(spans, "tillstream-query-api", "GET /v1/orders/{id}")
+            && has(spans, "tillstream-query-api", "consistency.wait")
     })
     .await;
 
@@ -317,4 +342,165 @@ async fn one_purchase_is_one_connected_trace_from_the_gateway_to_every_projector
             "{service} missing: {services:?}"
         );
     }
+
+    // Every metric a dashboard panel or an alert rule reads is exported.
+    let exported = exported(&processes).await;
+    let missing: Vec<_> = metrics_used()
+        .into_iter()
+        .filter(|(name, _)| !exported.contains(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used but not exported: {missing:#?}\nexported: {exported:#?}"
+    );
+    // And the public port serves none of it.
+    let public = reqwest::get(format!("{}/metrics", processes.url("gateway")))
+        .await
+        .unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+}
+
+/// The metric names a PromQL expression reads: identifiers outside label matchers, ranges,
+/// strings and grouping lists, minus PromQL's own words.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    const PROMQL: [&str; 24] = [
+        "sum",
+        "by",
+        "without",
+        "rate",
+        "irate",
+        "increase",
+        "max",
+        "min",
+        "avg",
+        "count",
+        "histogram_quantile",
+        "and",
+        "or",
+        "unless",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "vector",
+        "abs",
+        "clamp_min",
+        "offset",
+        "bool",
+        "topk",
+    ];
+    let mut cleaned = String::new();
+    let mut depth = (0, 0); // inside {…}, inside […]
+    let mut in_string = false;
+    for c in expr.chars() {
+        match c {
+            '"' => in_string = !in_string,
+            '{' if !in_string => depth.0 += 1,
+            '}' if !in_string => depth.0 -= 1,
+            '[' if !in_string => depth.1 += 1,
+            ']' if !in_string => depth.1 -= 1,
+            c if !in_string && depth == (0, 0) => cleaned.push(c),
+            _ => {}
+        }
+        if matches!(c, '}' | ']' | '"') {
+            cleaned.push(' ');
+        }
+    }
+    // `by (label, …)` and `without (…)` name labels, not metrics.
+    let mut names = BTreeSet::new();
+    let mut grouping = false;
+    for token in
+        cleaned.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '(' || c == ')'))
+    {
+        for part in token.split_inclusive(['(', ')']) {
+            let word = part.trim_matches(['(', ')']);
+            if part.starts_with(')') || part.ends_with(')') {
+                if grouping && part.ends_with(')') {
+                    grouping = false;
+                    continue;
+                }
+            }
+            if word == "by" || word == "without" {
+                grouping = true;
+                continue;
+            }
+            if grouping || word.is_empty() || PROMQL.contains(&word) {
+                continue;
+            }
+            if word.starts_with(|c: char| c.is_ascii_lowercase()) {
+                names.insert(word.to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn metric_names_are_read_from_promql() {
+    let names = metric_names(
+        r#"histogram_quantile(0.99, sum by (le, service, route) (rate(http_request_duration_seconds_bucket{status=~"5.."}[5m]))) / max(relay_active) and on() vector(0)"#,
+    );
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "http_request_duration_seconds_bucket".to_owned(),
+            "relay_active".to_owned()
+        ])
+    );
+}
+
+/// Every metric the dashboards and alert rules use, with where it is used.
+fn metrics_used() -> Vec<(String, String)> {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut used = Vec::new();
+    for entry in std::fs::read_dir(deploy.join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()));
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                for name in metric_names(target["expr"].as_str().expect("an expression")) {
+                    used.push((name, format!("{} / {}", path.display(), panel["title"])));
+                }
+            }
+        }
+    }
+    let rules = std::fs::read_to_string(deploy.join("prometheus/alerts.yml")).unwrap();
+    // The rules' `expr:` values, single-line or block.
+    let mut lines = rules.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(expr) = line.trim_start().strip_prefix("expr:") else {
+            continue;
+        };
+        let mut expr = expr.trim().trim_start_matches('|').to_owned();
+        while let Some(next) = lines.peek() {
+            if next.trim_start().contains(':') && !next.trim_start().starts_with('/') {
+                break;
+            }
+            expr.push(' ');
+            expr.push_str(next.trim());
+            lines.next();
+        }
+        for name in metric_names(&expr) {
+            used.push((name, "deploy/prometheus/alerts.yml".to_owned()));
+        }
+    }
+    used
+}
+
+/// What the running services export, from every operations port.
+async fn exported(processes: &Processes) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for service in testkit::processes::SERVICES {
+        let url = format!("{}/metrics", processes.operations_url(service));
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            names.insert(name.to_owned());
+        }
+    }
+    names
 }
