@@ -414,11 +414,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     {
         for part in token.split_inclusive(['(', ')']) {
             let word = part.trim_matches(['(', ')']);
-            if part.starts_with(')') || part.ends_with(')') {
-                if grouping && part.ends_with(')') {
-                    grouping = false;
-                    continue;
-                }
+            if grouping && part.ends_with(')') {
+                grouping = false;
+                continue;
             }
             if word == "by" || word == "without" {
                 grouping = true;
