@@ -1,0 +1,159 @@
+//! What `deploy/` ships is valid as its tools read it: Prometheus's config and alert rules
+//! (`promtool check`, and the rules' unit tests in `alerts.test.yml`), Grafana's dashboards (JSON
+//! whose every data source is a provisioned one), and the compose file (`docker compose
+//! config`, where Docker exists). Which metrics the dashboards and rules read is checked
+//! against the running system in `observability.rs`.
+//!
+//! `promtool` comes from Debian's `prometheus` package; `scripts/test` installs it and sets
+//! `TILL_REQUIRE_TOOLS=1`, so CI cannot skip these checks. A bare `cargo test` without promtool
+//! says so and skips them.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// `promtool`, or `None` (with a note) when it is not installed and not required.
+fn promtool() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("TILL_REQUIRE_TOOLS").is_err(),
+            "promtool is missing: install Debian's prometheus package (scripts/tools does)"
+        );
+        eprintln!("promtool is not installed: the Prometheus checks are skipped");
+    }
+    found
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("the tool runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn prometheus_config_and_alert_rules_pass_promtool_and_their_unit_tests() {
+    let Some(promtool) = promtool() else { return };
+    let dir = deploy().join("prometheus");
+    run(Command::new(&promtool)
+        .args(["check", "config", "prometheus.yml"])
+        .current_dir(&dir));
+    run(Command::new(&promtool)
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir));
+    run(Command::new(&promtool)
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(&dir));
+}
+
+/// The `uid:` values of the provisioned data sources.
+fn provisioned_uids() -> BTreeSet<String> {
+    let path = deploy().join("grafana/provisioning/datasources/datasources.yml");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("uid:"))
+        .map(|uid| uid.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn dashboards_are_valid_json_reading_only_provisioned_data_sources() {
+    let uids = provisioned_uids();
+    assert_eq!(
+        uids,
+        BTreeSet::from(["prometheus".into(), "tempo".into(), "loki".into()])
+    );
+    let mut dashboards = BTreeSet::new();
+    for entry in std::fs::read_dir(deploy().join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let dashboard: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()));
+        let uid = dashboard["uid"]
+            .as_str()
+            .expect("a dashboard uid")
+            .to_owned();
+        assert!(dashboards.insert(uid.clone()), "uid {uid} used twice");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty(), "{} has no panels", path.display());
+        for panel in panels {
+            let title = panel["title"].as_str().unwrap_or_default();
+            let mut sources = vec![&panel["datasource"]];
+            sources.extend(
+                panel["targets"]
+                    .as_array()
+                    .expect("targets")
+                    .iter()
+                    .map(|t| &t["datasource"]),
+            );
+            for source in sources {
+                let uid = source["uid"].as_str().unwrap_or_default();
+                assert!(
+                    uids.contains(uid),
+                    "{} / {title}: data source {source} is not provisioned",
+                    path.display()
+                );
+            }
+            for target in panel["targets"].as_array().unwrap() {
+                assert!(
+                    target["expr"]
+                        .as_str()
+                        .is_some_and(|e| !e.trim().is_empty()),
+                    "{} / {title}: a target without a query",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        dashboards,
+        BTreeSet::from([
+            "tillstream-overview".into(),
+            "tillstream-pipeline".into(),
+            "tillstream-orders".into()
+        ])
+    );
+}
+
+#[test]
+fn every_file_compose_mounts_from_the_repository_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let mounts: Vec<&str> = compose
+        .split(['[', ',', ' ', '\n', '"'])
+        .filter(|w| w.starts_with("./"))
+        .map(|w| w.split(':').next().unwrap_or(w))
+        .collect();
+    assert!(mounts.len() >= 5, "mounts found: {mounts:?}");
+    for mount in mounts {
+        assert!(
+            root.join(mount).exists(),
+            "compose mounts {mount}, which is missing"
+        );
+    }
+    // Where Docker Compose exists, it parses the file itself.
+    let compose_available = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if compose_available {
+        run(Command::new("docker")
+            .args(["compose", "config", "--quiet"])
+            .current_dir(&root));
+    }
+}
