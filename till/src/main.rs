@@ -32,17 +32,17 @@ async fn main() -> anyhow::Result<()> {
         },
         &cli.command.service_name(),
     );
-    let outcome = run(cli.command).await;
+    let outcome = run(cli.command, telemetry.exporting()).await;
     // Sends the spans still buffered before the process ends.
     telemetry.shutdown();
     outcome
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, exporting_traces: bool) -> anyhow::Result<()> {
     // Read once; a bad value stops here with a message naming the variable.
     let settings = || SystemConfig::from_process_env();
     match command {
-        Command::Up { demo } => up::run(demo, &settings()?).await,
+        Command::Up { demo } => up::run(demo, &settings()?, exporting_traces).await,
         Command::Demo { gateway } => demo::run(&gateway).await,
         Command::Serve { service } => serve::run(service, &settings()?).await,
         Command::Migrate => migrate::run(&settings()?).await,

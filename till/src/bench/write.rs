@@ -2,7 +2,9 @@
 //! three products, change a quantity, remove one, check out, again — with real tokens. The
 //! gateway and the command API run as separate processes of this binary (`till serve …`), so
 //! each one's peak memory can be read from the kernel. The same run measures the raw-INSERT
-//! baseline of this machine's Postgres at the same concurrency.
+//! baseline of this machine's Postgres at the same concurrency. With `--tracing`, the same load
+//! runs again with every span exported over OTLP to a receiver in this process, and the report
+//! says what exporting costs.
 
 use clap::Args;
 use std::collections::BTreeMap;
@@ -30,6 +32,10 @@ pub struct WriteBenchArgs {
     /// Seconds of warm-up (not measured).
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
+    /// Run the load a second time with every span exported over OTLP (to a receiver in this
+    /// process) and report the overhead.
+    #[arg(long)]
+    pub tracing: bool,
 }
 
 const AUDIENCE: &str = "api://tillstream-bench";
@@ -142,44 +148,6 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.shoppers * 2)
         .build()?;
-    let mut command_api = spawn_service("command API", "command-api", &env).await?;
-    let mut gateway = spawn_service("gateway", "gateway", &env).await?;
-    wait_ready(
-        &http,
-        &format!("http://{command_addr}/readyz"),
-        &mut command_api,
-    )
-    .await?;
-    wait_ready(
-        &http,
-        &format!("http://{gateway_ops_addr}/readyz"),
-        &mut gateway,
-    )
-    .await?;
-    let base = format!("http://{gateway_addr}");
-
-    let admin = issuer.token("bench-admin", &["admin"], Duration::from_secs(3600))?;
-    let mut products = Vec::new();
-    for i in 0..20 {
-        let response = http
-            .post(format!("{base}/v1/products"))
-            .bearer_auth(&admin)
-            .json(&json!({
-                "sku": format!("BENCH-{i}"), "name": format!("Bench product {i}"),
-                "category": "bench", "price": { "amount": 500 + i * 10, "currency": "EUR" },
-                "stock": 1_000_000_000
-            }))
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or_default();
-        anyhow::ensure!(
-            status == StatusCode::CREATED,
-            "seeding products: {status} {body}"
-        );
-        products.push(body["product_id"].as_str().unwrap_or_default().to_owned());
-    }
-
     println!(
         "till bench write: {} shoppers through the gateway, {} s (+{} s warm-up); services as processes",
         args.shoppers, args.seconds, args.warmup
@@ -189,25 +157,30 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
         warmup: Duration::from_secs(args.warmup),
         measured: Duration::from_secs(args.seconds),
     };
-    let shoppers = load::run("commands through the gateway", load, |n, recorder| {
-        let token = issuer
-            .token(&format!("shopper-{n}"), &[], Duration::from_secs(3600))
-            .unwrap_or_default();
-        shopper(
-            http.clone(),
-            base.clone(),
-            token,
-            products.clone(),
-            n,
-            recorder,
-        )
-    })
-    .await?;
-    let rss: Vec<(&str, Option<f64>)> = [&command_api, &gateway]
-        .iter()
-        .map(|s| (s.name, s.peak_rss_mib()))
-        .collect();
-    drop((command_api, gateway));
+    let gateway = Gateway {
+        env: &env,
+        issuer: &issuer,
+        http: &http,
+        command_addr,
+        gateway_addr,
+        gateway_ops_addr,
+        load,
+    };
+    let (shoppers, rss) = gateway
+        .measure("commands through the gateway", "BENCH", &[])
+        .await?;
+    // The same load with every span exported, to a receiver in this process.
+    let traced = match args.tracing {
+        true => {
+            let receiver = till::otlp_receiver::OtlpReceiver::start().await?;
+            let exporting = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone())];
+            let (traced, _) = gateway
+                .measure("… with traces exported (OTLP)", "TRACED", &exporting)
+                .await?;
+            Some((traced, receiver.count()))
+        }
+        false => None,
+    };
 
     let pool = scratch.pool.clone();
     let baseline = load::run("baseline: single-row INSERT", load, |_, recorder| {
@@ -217,7 +190,106 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
     scratch.drop_database().await;
 
     report(&shoppers, &baseline, &rss);
+    if let Some((traced, spans)) = traced {
+        println!("{}", traced.line());
+        let overhead = 1.0 - traced.per_second() / shoppers.per_second().max(f64::EPSILON);
+        println!(
+            "tracing: {spans} spans exported; throughput {:.0}% of the run without exporting, \
+             overhead {:.1}%   target < 10% {}",
+            (1.0 - overhead) * 100.0,
+            overhead * 100.0,
+            verdict(overhead < 0.10)
+        );
+    }
     Ok(())
+}
+
+/// The gateway and the command API as processes, and the load driven through them.
+struct Gateway<'a> {
+    env: &'a [(&'a str, String)],
+    issuer: &'a DevIssuer,
+    http: &'a reqwest::Client,
+    command_addr: SocketAddr,
+    gateway_addr: SocketAddr,
+    gateway_ops_addr: SocketAddr,
+    load: Load,
+}
+
+impl Gateway<'_> {
+    /// Starts the services (with `extra` variables), seeds products under `sku` and runs the
+    /// shoppers; returns the phase and each service's peak RSS. The services stop after.
+    async fn measure(
+        &self,
+        label: &'static str,
+        sku: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<(Phase, Vec<(&'static str, Option<f64>)>)> {
+        let env: Vec<(&str, String)> = self
+            .env
+            .iter()
+            .cloned()
+            .chain(extra.iter().cloned())
+            .collect();
+        let http = self.http;
+        let mut command_api = spawn_service("command API", "command-api", &env).await?;
+        let mut gateway = spawn_service("gateway", "gateway", &env).await?;
+        wait_ready(
+            http,
+            &format!("http://{}/readyz", self.command_addr),
+            &mut command_api,
+        )
+        .await?;
+        wait_ready(
+            http,
+            &format!("http://{}/readyz", self.gateway_ops_addr),
+            &mut gateway,
+        )
+        .await?;
+        let base = format!("http://{}", self.gateway_addr);
+        let admin = self
+            .issuer
+            .token("bench-admin", &["admin"], Duration::from_secs(3600))?;
+        let mut products = Vec::new();
+        for i in 0..20 {
+            let response = http
+                .post(format!("{base}/v1/products"))
+                .bearer_auth(&admin)
+                .json(&json!({
+                    "sku": format!("{sku}-{i}"), "name": format!("Bench product {i}"),
+                    "category": "bench", "price": { "amount": 500 + i * 10, "currency": "EUR" },
+                    "stock": 1_000_000_000
+                }))
+                .send()
+                .await?;
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or_default();
+            anyhow::ensure!(
+                status == StatusCode::CREATED,
+                "seeding products: {status} {body}"
+            );
+            products.push(body["product_id"].as_str().unwrap_or_default().to_owned());
+        }
+        let issuer = self.issuer;
+        let phase = load::run(label, self.load, |n, recorder| {
+            let token = issuer
+                .token(&format!("shopper-{n}"), &[], Duration::from_secs(3600))
+                .unwrap_or_default();
+            shopper(
+                http.clone(),
+                base.clone(),
+                token,
+                products.clone(),
+                n,
+                recorder,
+            )
+        })
+        .await?;
+        let rss = [&command_api, &gateway]
+            .iter()
+            .map(|s| (s.name, s.peak_rss_mib()))
+            .collect();
+        Ok((phase, rss))
+    }
 }
 
 fn report(shoppers: &Phase, baseline: &Phase, rss: &[(&str, Option<f64>)]) {

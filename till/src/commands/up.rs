@@ -6,7 +6,26 @@ use till::services::{self, Service};
 use till::settings::SystemConfig;
 use tokio::task::JoinSet;
 
-pub async fn run(demo: bool, config: &SystemConfig) -> anyhow::Result<()> {
+/// The operator UIs of the compose stack that answer on this machine (Grafana, Prometheus,
+/// RabbitMQ's management UI), with where to start.
+async fn running_uis() -> Vec<(&'static str, String)> {
+    let candidates = [
+        ("Grafana", 3000, "/d/tillstream-overview"),
+        ("Prometheus", 9090, "/alerts"),
+        ("RabbitMQ", 15672, "/"),
+    ];
+    let mut up = Vec::new();
+    for (name, port, path) in candidates {
+        let probe = tokio::net::TcpStream::connect(("127.0.0.1", port));
+        if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_millis(200), probe).await
+        {
+            up.push((name, format!("http://localhost:{port}{path}")));
+        }
+    }
+    up
+}
+
+pub async fn run(demo: bool, config: &SystemConfig, exporting_traces: bool) -> anyhow::Result<()> {
     let shutdown = platform::http::shutdown_on_signal();
     let mut tasks = JoinSet::new();
     let started = services::start(&Service::ALL, config, &mut tasks, &shutdown).await?;
@@ -24,6 +43,21 @@ pub async fn run(demo: bool, config: &SystemConfig) -> anyhow::Result<()> {
         "  {:<20} issuer {}, audience {}",
         "tokens", config.identity.issuer, config.identity.audience
     );
+    match std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    {
+        Ok(endpoint) if exporting_traces => {
+            println!("  {:<20} exported to {endpoint} (OTLP/HTTP)", "traces");
+        }
+        _ => println!(
+            "  {:<20} not exported; set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4318 \
+             with `docker compose up -d otel-collector grafana`)",
+            "traces"
+        ),
+    }
+    for (name, url) in running_uis().await {
+        println!("  {name:<20} {url}");
+    }
     if config.dev_issuer_addr.is_some() {
         println!("Get a token with `till token --sub alice` (add `--role admin` for the catalog).");
     }
