@@ -400,6 +400,26 @@ impl<H: Handler> ConsumerRunner<H> {
         });
     }
 
+    /// The span of handling one message or a batch: a root (not a child of the consumer's
+    /// long-lived span), continuing the message's trace or linked to each of the batch's.
+    fn process_span(&self) -> tracing::Span {
+        info_span!(
+            parent: None,
+            "process",
+            otel.name = %format_args!("{} process", self.settings.name),
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.consumer.group.name = %self.settings.name,
+            messaging.batch.message_count = tracing::field::Empty,
+            messaging.message.id = tracing::field::Empty,
+            event_type = tracing::field::Empty,
+            stream_id = tracing::field::Empty,
+            version = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+        )
+    }
+
     /// Hands a batch to [`Handler::handle_batch`] and acks it; if that fails, falls back to
     /// settling each delivery on its own (see [`Handler::handle_batch`]).
     async fn process_batch(
@@ -419,16 +439,8 @@ impl<H: Handler> ConsumerRunner<H> {
             Some(envelopes) if first_attempts => {
                 let size = envelopes.len();
                 // Work for several traces at once: linked to each, a child of none.
-                let span = info_span!(
-                    parent: None,
-                    "handle_batch",
-                    otel.name = %format_args!("{} process", self.settings.name),
-                    otel.kind = "consumer",
-                    messaging.system = "rabbitmq",
-                    messaging.operation.type = "process",
-                    messaging.consumer.group.name = %self.settings.name,
-                    messaging.batch.message_count = size,
-                );
+                let span = self.process_span();
+                span.record("messaging.batch.message_count", size);
                 for delivery in &batch {
                     if let Some(traceparent) = header_str(&delivery.properties, "traceparent") {
                         platform::telemetry::link_to(&span, traceparent);
@@ -493,20 +505,15 @@ impl<H: Handler> ConsumerRunner<H> {
                     .await;
             }
         };
-        let span = info_span!(
-            parent: None,
-            "handle",
-            otel.name = %format_args!("{} process", self.settings.name),
-            otel.kind = "consumer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "process",
-            messaging.consumer.group.name = %self.settings.name,
-            messaging.message.id = %envelope.event_id,
-            event_type = %envelope.event_type,
-            stream_id = %envelope.stream_id,
-            version = envelope.version,
-            attempt,
+        let span = self.process_span();
+        span.record(
+            "messaging.message.id",
+            tracing::field::display(envelope.event_id),
         );
+        span.record("event_type", envelope.event_type.as_str());
+        span.record("stream_id", envelope.stream_id.as_str());
+        span.record("version", envelope.version);
+        span.record("attempt", attempt);
         let traceparent = header_str(&delivery.properties, "traceparent")
             .or(envelope.metadata.traceparent.as_deref());
         platform::telemetry::continue_trace(&span, traceparent);
