@@ -40,6 +40,8 @@ pub enum Command {
     Migrate,
     /// Print the effective settings (from the environment), passwords redacted.
     Config,
+    /// Health check for a container: succeeds when the service it runs answers `/livez`.
+    Probe,
     /// Print a token from the local development issuer.
     Token(token::TokenArgs),
     /// List, inspect and rebuild read-model projections.

@@ -12,7 +12,9 @@ mod commands;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{config, dead_letters, demo, events, migrate, projections, serve, token, up};
+use crate::commands::{
+    config, dead_letters, demo, events, migrate, probe, projections, serve, token, up,
+};
 use till::settings::SystemConfig;
 
 /// mimalloc instead of glibc's malloc: a rebuild allocates many short-lived buffers (JSON
@@ -46,6 +48,7 @@ async fn run(command: Command, exporting_traces: bool) -> anyhow::Result<()> {
         Command::Demo { gateway } => demo::run(&gateway).await,
         Command::Serve { service } => serve::run(service, &settings()?).await,
         Command::Migrate => migrate::run(&settings()?).await,
+        Command::Probe => probe::run(&settings()?).await,
         Command::Config => {
             config::run(&settings()?);
             Ok(())

@@ -4,6 +4,11 @@
 //! config`, where Docker exists). Which metrics the dashboards and rules read is checked
 //! against the running system in `observability.rs`.
 //!
+//! The Kubernetes manifests (`deploy/k8s`, the base and the dev overlay as `kubectl kustomize`
+//! builds them, else each file raw) pass `kubernetes-validate --strict` against a current
+//! Kubernetes, and keep the promises the README makes of them (probes on the operations port,
+//! non-root, resources, scrape annotations).
+//!
 //! `promtool` comes from Debian's `prometheus` package; `scripts/test` installs it and sets
 //! `TILL_REQUIRE_TOOLS=1`, so CI cannot skip these checks. A bare `cargo test` without promtool
 //! says so and skips them.
@@ -156,4 +161,96 @@ fn every_file_compose_mounts_from_the_repository_exists() {
             .args(["compose", "config", "--quiet"])
             .current_dir(&root));
     }
+}
+
+/// `kubernetes-validate` (`KUBERNETES_VALIDATE`, which `scripts/test` sets), or `None` with a
+/// note when it is not installed and not required.
+fn kubernetes_validate() -> Option<PathBuf> {
+    let found = std::env::var_os("KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("TILL_REQUIRE_TOOLS").is_err(),
+            "kubernetes-validate is missing: scripts/tools installs it"
+        );
+        eprintln!("kubernetes-validate is not installed: the manifest checks are skipped");
+    }
+    found
+}
+
+/// The manifests of `deploy/k8s/<dir>` as kustomize builds them (`kubectl kustomize`), or
+/// `None` when no kustomize is installed.
+fn kustomize(dir: &str) -> Option<String> {
+    let output = Command::new("kubectl")
+        .args([
+            "kustomize",
+            &deploy().join("k8s").join(dir).to_string_lossy(),
+        ])
+        .output()
+        .ok()?;
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(String::from_utf8(output.stdout).expect("YAML is text"))
+}
+
+#[test]
+fn kubernetes_manifests_validate_and_keep_their_promises() {
+    let Some(validate) = kubernetes_validate() else {
+        return;
+    };
+    let scratch = std::env::temp_dir().join(format!("till-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut files = Vec::new();
+    for dir in ["base", "overlays/dev"] {
+        match kustomize(dir) {
+            Some(built) => {
+                let file = scratch.join(format!("{}.yaml", dir.replace('/', "-")));
+                std::fs::write(&file, &built).unwrap();
+                files.push((file, built));
+            }
+            None => {
+                eprintln!("no kustomize: validating deploy/k8s/{dir} file by file");
+                for entry in std::fs::read_dir(deploy().join("k8s").join(dir)).unwrap() {
+                    let path = entry.unwrap().path();
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    if name.ends_with(".yaml") && name != "kustomization.yaml" {
+                        let text = std::fs::read_to_string(&path).unwrap();
+                        files.push((path, text));
+                    }
+                }
+            }
+        }
+    }
+    for (file, _) in &files {
+        run(Command::new(&validate)
+            .args(["--strict", "--quiet"])
+            .arg(file));
+    }
+    let all: String = files.iter().map(|(_, text)| text.as_str()).collect();
+    for kind in [
+        "kind: Deployment",
+        "kind: Service",
+        "kind: Ingress",
+        "kind: HorizontalPodAutoscaler",
+        "kind: PodDisruptionBudget",
+        "kind: ConfigMap",
+        "kind: Job",
+    ] {
+        assert!(all.contains(kind), "no {kind} in the manifests");
+    }
+    for promise in [
+        "runAsNonRoot: true",
+        "path: /readyz",
+        "path: /livez",
+        "prometheus.io/scrape: \"true\"",
+        "readOnlyRootFilesystem: true",
+        "memory: 128Mi",
+    ] {
+        assert!(all.contains(promise), "the manifests do not say {promise}");
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
 }

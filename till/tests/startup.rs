@@ -159,3 +159,47 @@ fn till_config_prints_the_effective_settings_with_passwords_hidden() {
         .unwrap_or_default();
     assert!(window.ends_with(" 60"), "{stdout}");
 }
+
+#[tokio::test]
+async fn till_probe_is_healthy_only_while_the_service_of_its_container_answers() {
+    // A relay's operations port, as the container of a relay has it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ops = platform::http::operational_routes(platform::http::Readiness::default());
+    let server = tokio::spawn(async move { axum::serve(listener, ops).await });
+    let elsewhere = format!("127.0.0.1:{}", closed_port());
+    let vars: Vec<(String, String)> = [
+        ("TILL_RELAY_ADDR", format!("0.0.0.0:{port}")),
+        ("TILL_COMMAND_API_ADDR", elsewhere.clone()),
+        ("TILL_QUERY_API_ADDR", elsewhere.clone()),
+        ("TILL_PROJECTORS_ADDR", elsewhere.clone()),
+        ("TILL_PROCESSES_ADDR", elsewhere.clone()),
+        ("TILL_GATEWAY_OPS_ADDR", elsewhere.clone()),
+        ("TILL_DEV_ISSUER_ADDR", elsewhere),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let probe = |vars: Vec<(String, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            till(&["probe"], &vars)
+        })
+    };
+    let healthy = probe(vars.clone()).await.unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    server.abort();
+    let _ = server.await;
+    let down = probe(vars).await.unwrap();
+    assert!(!down.status.success(), "healthy with nothing answering");
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("no service answers here"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+}

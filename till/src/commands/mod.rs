@@ -4,7 +4,7 @@
 //!
 //! - [`up`], [`serve`]: run the whole system, or one service, until Ctrl-C.
 //! - [`migrate`]: create and migrate the database.
-//! - [`config`]: print the effective settings.
+//! - [`config`]: print the effective settings; [`probe`]: the container health check.
 //! - [`token`], [`demo`]: development tokens and the scripted demo through the public API.
 //! - [`projections`], [`dead_letters`], [`events`]: operating a running system.
 
@@ -13,6 +13,7 @@ pub mod dead_letters;
 pub mod demo;
 pub mod events;
 pub mod migrate;
+pub mod probe;
 pub mod projections;
 pub mod serve;
 pub mod token;
