@@ -13,6 +13,11 @@
 //! - no consumer has dead letters.
 //!
 //! It prints what it did and its counts.
+//!
+//! The scale-out drill runs the same shoppers and checks against two replicas of every service
+//! (two gateways the shoppers balance across, two consumers on each queue, an active relay and
+//! a standby), and kills one replica of each kind with SIGKILL for good, timing how long the
+//! standby relay takes to publish again and counting the Postgres connections the system held.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -32,9 +37,30 @@ use testkit::{TcpProxy, TestBus, TestDatabase, eventually, token};
 const SHOPPERS: usize = 6;
 const PRODUCTS: usize = 3;
 const STOCK: i64 = 400;
+/// Which drill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// One replica of each service, each killed and restarted; outages; Redis data loss.
+    Faults,
+    /// Two replicas of each service; one of each killed for good.
+    Replicas,
+}
+
+impl Kind {
+    fn report(self) -> &'static str {
+        match self {
+            Kind::Faults => "fault_drill",
+            Kind::Replicas => "scale_out",
+        }
+    }
+}
+
+/// One drill at a time: each runs a dozen processes on a small machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Prints a line of the drill's record and keeps it for CI's log
-/// (`target/tmp/reports/fault_drill.txt`, which `.ci/run` prints).
-fn say(line: String) {
+/// (`target/tmp/reports/<drill>.txt`, which `.ci/run` prints).
+fn say(kind: Kind, line: String) {
     use std::io::Write;
     println!("{line}");
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports");
@@ -42,7 +68,7 @@ fn say(line: String) {
     if let Ok(mut file) = File::options()
         .create(true)
         .append(true)
-        .open(dir.join("fault_drill.txt"))
+        .open(dir.join(format!("{}.txt", kind.report())))
     {
         let _ = writeln!(file, "{line}");
     }
@@ -65,7 +91,9 @@ struct Record {
 
 struct Shopper {
     http: reqwest::Client,
-    gateway: String,
+    /// Every gateway; each attempt takes the next, as a round-robin balancer would.
+    gateways: Arc<Vec<String>>,
+    turn: std::sync::atomic::AtomicUsize,
     user: String,
     record: Arc<Mutex<Record>>,
 }
@@ -82,9 +110,11 @@ impl Shopper {
     ) -> Result<(Value, u64), (u16, Value)> {
         let started = Instant::now();
         loop {
+            let gateway =
+                &self.gateways[self.turn.fetch_add(1, Ordering::Relaxed) % self.gateways.len()];
             let mut request = self
                 .http
-                .request(method.clone(), format!("{}{path}", self.gateway))
+                .request(method.clone(), format!("{gateway}{path}"))
                 .bearer_auth(token(&self.user, &[]))
                 .header("idempotency-key", key)
                 .timeout(Duration::from_secs(20));
@@ -262,9 +292,21 @@ async fn snapshot(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() {
+    drill(Kind::Faults).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_of_every_service_lose_nothing_when_one_of_each_is_killed() {
+    drill(Kind::Replicas).await;
+}
+
+async fn drill(kind: Kind) {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let say = |line: String| say(kind, line);
     let started = Instant::now();
     let _ = std::fs::remove_file(
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reports/fault_drill.txt"),
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("reports/{}.txt", kind.report())),
     );
     let db = TestDatabase::new().await;
     let prefix = testkit::redis::test_prefix();
@@ -280,7 +322,11 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
     let rabbitmq = TcpProxy::in_front_of(&platform::settings::amqp_url()).await;
     let redis_proxy = TcpProxy::in_front_of(&platform::settings::redis_url()).await;
 
-    let mut processes = Processes::new(
+    let replicas = match kind {
+        Kind::Faults => 1,
+        Kind::Replicas => 2,
+    };
+    let mut processes = Processes::replicated(
         env!("CARGO_BIN_EXE_till"),
         &Dependencies {
             database_url: postgres.redirect(&db.url),
@@ -292,12 +338,15 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
             ("TILL_REDIS_CHECK_INTERVAL_MS", "500".to_owned()),
             ("TILL_PAYMENT_WINDOW_SECS", "600".to_owned()),
         ],
+        replicas,
     );
     processes.start_all().await;
-    let gateway = processes.url("gateway");
+    let gateways = Arc::new(processes.gateways());
+    // The last gateway is never killed (the scale-out drill kills the first of each kind).
+    let gateway = gateways.last().expect("a gateway").clone();
     say(format!(
-        "drill: {} services up in {:.1} s",
-        SERVICES.len(),
+        "drill: {} processes up in {:.1} s",
+        processes.instances().len(),
         started.elapsed().as_secs_f64()
     ));
 
@@ -328,7 +377,8 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
     for n in 0..SHOPPERS {
         let shopper = Shopper {
             http: http.clone(),
-            gateway: gateway.clone(),
+            gateways: gateways.clone(),
+            turn: std::sync::atomic::AtomicUsize::new(n),
             user: format!("drill-shopper-{n}"),
             record: record.clone(),
         };
@@ -336,24 +386,57 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
     }
     let pause = || tokio::time::sleep(Duration::from_millis(1500));
     let mut faults = Vec::new();
-    for service in SERVICES {
-        pause().await;
-        processes.kill(service);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        processes.spawn(service);
-        processes.wait_ready(service).await;
-        faults.push(format!("kill -9 {service}"));
+    match kind {
+        Kind::Faults => {
+            for service in SERVICES {
+                pause().await;
+                processes.kill(service);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                processes.spawn(service);
+                processes.wait_ready(service).await;
+                faults.push(format!("kill -9 {service}"));
+            }
+            for (name, proxy) in [("RabbitMQ", &rabbitmq), ("Postgres", &postgres)] {
+                pause().await;
+                proxy.cut();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                proxy.restore();
+                faults.push(format!("{name} away for 3 s"));
+            }
+            pause().await;
+            let lost = testkit::redis::delete_keys(&prefix).await.unwrap();
+            faults.push(format!("Redis lost its data ({lost} keys)"));
+        }
+        Kind::Replicas => {
+            pause().await;
+            let held = connections(&db.pool).await;
+            say(format!(
+                "scale-out: {} processes hold {held} Postgres connections under load \
+                 (TILL_DATABASE_CONNECTIONS=4)",
+                processes.instances().len()
+            ));
+            for service in SERVICES {
+                pause().await;
+                let victim = match service {
+                    // The active relay: its standby must take over.
+                    "relay" => active_relay(&processes).await,
+                    _ => service.to_owned(),
+                };
+                let killed = Instant::now();
+                processes.kill(&victim);
+                faults.push(format!("kill -9 {victim}"));
+                if service == "relay" {
+                    let took = relay_takeover(&processes, &victim, &db.pool, killed).await;
+                    say(format!(
+                        "scale-out: the standby relay published again {:.2} s after the \
+                         active one was killed",
+                        took.as_secs_f64()
+                    ));
+                    assert!(took < Duration::from_secs(5), "takeover took {took:?}");
+                }
+            }
+        }
     }
-    for (name, proxy) in [("RabbitMQ", &rabbitmq), ("Postgres", &postgres)] {
-        pause().await;
-        proxy.cut();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        proxy.restore();
-        faults.push(format!("{name} away for 3 s"));
-    }
-    pause().await;
-    let lost = testkit::redis::delete_keys(&prefix).await.unwrap();
-    faults.push(format!("Redis lost its data ({lost} keys)"));
     pause().await;
     stop.store(true, Ordering::SeqCst);
     for shopper in shoppers {
@@ -537,4 +620,75 @@ async fn nothing_is_lost_or_doubled_through_kills_outages_and_redis_data_loss() 
     ));
     drop(processes);
     drop(bus);
+}
+
+/// Connections to the drill's database right now (the test's own among them).
+async fn connections(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The relay instance holding the lock (its `relay_active` gauge is 1).
+async fn active_relay(processes: &Processes) -> String {
+    let started = Instant::now();
+    loop {
+        for name in ["relay", "relay#2"] {
+            if relay_active(processes, name).await {
+                return name.to_owned();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no relay is active"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn relay_active(processes: &Processes, name: &str) -> bool {
+    let url = format!("{}/metrics", processes.operations_url(name));
+    let Ok(reply) = reqwest::get(&url).await else {
+        return false;
+    };
+    let text = reply.text().await.unwrap_or_default();
+    text.lines()
+        .any(|l| l.starts_with("relay_active{") && l.trim_end().ends_with(" 1"))
+}
+
+/// How long after `killed` the other relay took the lock and published what was appended
+/// after the kill (its checkpoint passes the newest event of that moment).
+async fn relay_takeover(
+    processes: &Processes,
+    killed_relay: &str,
+    pool: &sqlx::PgPool,
+    killed: Instant,
+) -> Duration {
+    let newest_at_kill: i64 =
+        sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM eventstore.events")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let standby = if killed_relay == "relay" {
+        "relay#2"
+    } else {
+        "relay"
+    };
+    loop {
+        let published: Option<i64> = sqlx::query_scalar(
+            "SELECT max(position) FROM eventstore.checkpoints WHERE name LIKE 'relay:%'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if published.is_some_and(|p| p > newest_at_kill) && relay_active(processes, standby).await {
+            return killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the standby relay never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
