@@ -137,6 +137,23 @@ impl managed::Manager for Opener {
     }
 }
 
+/// Closes connections idle for longer than `idle` now and then, as the `PgPool` does, until
+/// the pool is dropped: an idle system gives its connections back to Postgres.
+fn close_idle(pool: &managed::Pool<Opener>, idle: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = pool.weak();
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(idle.min(Duration::from_secs(10)));
+        loop {
+            tick.tick().await;
+            let Some(pool) = weak.upgrade() else { return };
+            pool.retain(|_, metrics| metrics.last_used() < idle);
+        }
+    });
+}
+
 impl Connections {
     /// As many connections as `pool` may hold, opened with its options, and the same wait for
     /// a free one.
@@ -152,6 +169,9 @@ impl Connections {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a pool with a runtime and timeouts builds");
+        if let Some(idle) = settings.get_idle_timeout() {
+            close_idle(&pool, idle);
+        }
         Self { pool }
     }
 

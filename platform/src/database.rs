@@ -17,6 +17,9 @@ const START_POSTGRES: &str = "start it with `pg_ctlcluster $(ls /etc/postgresql)
 /// A pooled connection idle for this long is pinged before it is handed out again.
 const CHECK_CONNECTIONS_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// A pooled connection idle for this long is closed.
+pub const IDLE_CONNECTIONS_CLOSED_AFTER: Duration = Duration::from_secs(30);
+
 /// Pool sizing and timeouts for a service.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -87,6 +90,10 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> anyhow::Result<PgPoo
         // command. Like HikariCP, only a connection that sat idle for a while is checked; a
         // busy one was proven alive by its last statement moments ago.
         .test_before_acquire(false)
+        // An idle system gives its connections back (two replicas of everything share one
+        // Postgres's max_connections).
+        .min_connections(0)
+        .idle_timeout(IDLE_CONNECTIONS_CLOSED_AFTER)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
                 if meta.idle_for >= CHECK_CONNECTIONS_IDLE_FOR {

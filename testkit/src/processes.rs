@@ -81,7 +81,6 @@ impl Processes {
             ("REDIS_URL", dependencies.redis_url.clone()),
             ("TILL_REDIS_PREFIX", prefix.clone()),
             ("TILL_BUS_PREFIX", prefix.clone()),
-            ("TILL_DATABASE_CONNECTIONS", "4".to_owned()),
             ("TILL_JWT_ISSUER", identity.issuer.clone()),
             ("TILL_JWT_AUDIENCE", identity.audience.clone()),
             ("TILL_JWKS_URL", identity.jwks_url.clone()),

@@ -91,6 +91,9 @@ impl Service {
     }
 }
 
+/// The relay's pool when it runs alone: it reads the log one batch at a time.
+const RELAY_CONNECTIONS: u32 = 2;
+
 /// Aggregate states the command API keeps in memory (a few KiB each at most).
 pub const COMMAND_CACHE_CAPACITY: usize = 4096;
 
@@ -200,12 +203,24 @@ async fn databases(
         true => Some(pool(true).await?),
         false => None,
     };
-    let reads = match services
+    let readers: Vec<&Service> = services
         .iter()
-        .any(|s| s.needs_database() && !s.writes_events())
-    {
-        true => Some(pool(false).await?),
-        false => None,
+        .filter(|s| s.needs_database() && !s.writes_events())
+        .collect();
+    let reads = match readers.as_slice() {
+        [] => None,
+        // The relay alone reads the log one batch at a time: two connections are plenty.
+        [Service::Relay] => Some(
+            connect(
+                &config.database_url,
+                &PoolSettings {
+                    max_connections: RELAY_CONNECTIONS.min(config.database_connections),
+                    ..PoolSettings::default()
+                },
+            )
+            .await?,
+        ),
+        _ => Some(pool(false).await?),
     };
     Ok((writes, reads))
 }

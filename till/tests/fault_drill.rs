@@ -412,7 +412,7 @@ async fn drill(kind: Kind) {
             let held = connections(&db.pool).await;
             say(format!(
                 "scale-out: {} processes hold {held} Postgres connections under load \
-                 (TILL_DATABASE_CONNECTIONS=4)",
+                 (default pool sizes; the test's own pool included)",
                 processes.instances().len()
             ));
             for service in SERVICES {
