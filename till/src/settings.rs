@@ -15,14 +15,14 @@ use platform::settings::{
     DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Env, SettingError, redact,
 };
 
-/// Everything the services are started with. [`SystemConfig::from_env`] is what `till` uses;
-/// tests build one with their own database, bus prefix, key prefix and free ports.
-
 /// Each pool's largest size by default. Measured with `till bench write` (32 shoppers, one
 /// command API, 2 cores), alternating in one sitting: 4 → 26% and 26% of the raw-INSERT rate,
 /// 8 → 24–36%, 32 → 24% and 27%. Postgres on a few cores runs only a few statements at once;
 /// more connections only queue there. See "Connection budget" in the README.
 pub const DEFAULT_DATABASE_CONNECTIONS: u32 = 4;
+
+/// Everything the services are started with. [`SystemConfig::from_env`] is what `till` uses;
+/// tests build one with their own database, bus prefix, key prefix and free ports.
 #[derive(Debug, Clone)]
 pub struct SystemConfig {
     pub database_url: String,
