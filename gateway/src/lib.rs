@@ -13,8 +13,7 @@
 
 pub mod docs;
 
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +24,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -38,6 +35,10 @@ use platform::settings::{Env, SettingError};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::Instrument;
+
+pub use crate::limits::{RateLimits, Scope};
+
+mod limits;
 
 /// Largest request body forwarded.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -102,14 +103,7 @@ struct Gateway {
     settings: Arc<GatewaySettings>,
     verifier: Arc<JwtVerifier>,
     http: Upstream,
-    per_user: Arc<DefaultKeyedRateLimiter<String>>,
-    per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-}
-
-fn quota((rate, burst): (u32, u32)) -> Quota {
-    let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(rate).allow_burst(burst)
+    limits: RateLimits,
 }
 
 /// What an upstream URL must be.
@@ -152,6 +146,7 @@ pub struct Routers {
 pub fn router(
     settings: GatewaySettings,
     verifier: Arc<JwtVerifier>,
+    limits: RateLimits,
 ) -> Result<Routers, InvalidUpstream> {
     upstream_base("TILL_COMMAND_API_URL", &settings.command_api)?;
     for scope in ["ip", "user"] {
@@ -168,13 +163,11 @@ pub fn router(
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector);
     let gateway = Gateway {
-        per_user: Arc::new(RateLimiter::keyed(quota(settings.per_user))),
-        per_ip: Arc::new(RateLimiter::keyed(quota(settings.per_ip))),
         settings: Arc::new(settings),
         verifier,
         http,
+        limits,
     };
-    spawn_limiter_cleanup(&gateway);
     let readiness = upstream_readiness(&gateway);
     let cors = cors_layer(&gateway.settings.cors_origins);
     let request_id = HeaderName::from_static("x-request-id");
@@ -259,25 +252,6 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// Forgets idle rate-limit keys now and then, so memory stays bounded by active callers.
-fn spawn_limiter_cleanup(gateway: &Gateway) {
-    let (per_user, per_ip) = (
-        Arc::downgrade(&gateway.per_user),
-        Arc::downgrade(&gateway.per_ip),
-    );
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            let (Some(user), Some(ip)) = (per_user.upgrade(), per_ip.upgrade()) else {
-                return;
-            };
-            user.retain_recent();
-            ip.retain_recent();
-        }
-    });
-}
-
 fn upstream_readiness(gateway: &Gateway) -> Readiness {
     let base = gateway.settings.command_api.clone();
     let http = gateway.http.clone();
@@ -319,27 +293,15 @@ async fn forward(
     }
 }
 
-fn rate_limited<K: std::hash::Hash + Eq + Clone>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-    scope: &'static str,
-) -> Result<(), Problem> {
-    match limiter.check_key(key) {
-        Ok(()) => Ok(()),
-        Err(not_until) => {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            metrics::counter!("gateway_rate_limited_total", "scope" => scope).increment(1);
-            Err(Problem::too_many_requests(wait.as_secs().max(1)))
-        }
-    }
-}
-
 async fn forward_inner(
     gateway: &Gateway,
     peer: SocketAddr,
     request: Request,
 ) -> Result<Response, Problem> {
-    rate_limited(&gateway.per_ip, &peer.ip(), "ip")?;
+    gateway
+        .limits
+        .check(Scope::Ip, &peer.ip().to_string())
+        .await?;
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     match platform::identity::bearer_token_from(&parts.headers) {
@@ -349,7 +311,10 @@ async fn forward_inner(
                 .verify(token)
                 .await
                 .map_err(|e| e.to_problem())?;
-            rate_limited(&gateway.per_user, &principal.user_id, "user")?;
+            gateway
+                .limits
+                .check(Scope::User, &principal.user_id)
+                .await?;
         }
         Err(AuthError::Missing) if anonymous_allowed(&parts.method, &path) => {}
         Err(e) => return Err(e.to_problem()),

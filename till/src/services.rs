@@ -83,6 +83,7 @@ impl Service {
     }
 
     fn needs_redis(self) -> bool {
+        // (The gateway keeps its rate limits there too, on a connection of its own.)
         matches!(self, Self::QueryApi | Self::Projectors)
     }
 
@@ -125,8 +126,14 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionMa
         )
     };
     let client = redis::Client::open(url).with_context(unreachable)?;
-    let config =
-        redis::aio::ConnectionManagerConfig::new().set_connection_timeout(Duration::from_secs(3));
+    // A request while Redis is away fails within about a second (503 to the caller) instead of
+    // waiting out the crate's default of six reconnection attempts (~13 s, past the gateway's
+    // upstream timeout); the manager keeps reconnecting on later requests.
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(3))
+        .set_response_timeout(Duration::from_secs(2))
+        .set_number_of_retries(2)
+        .set_max_delay(500);
     tokio::time::timeout(
         Duration::from_secs(5),
         redis::aio::ConnectionManager::new_with_config(client, config),
@@ -504,7 +511,16 @@ pub async fn start(
                 });
             }
             Service::Gateway => {
-                let routers = gateway::router(gateway_settings.clone(), Arc::clone(&verifier))?;
+                // A connection of its own: a verdict given up on (Redis slow or away) must not
+                // hold up the query API's reads on a shared one.
+                let limits = gateway::RateLimits::shared(
+                    connect_redis(&config.redis_url).await?,
+                    &config.cart_keys.prefix,
+                    gateway_settings.per_ip,
+                    gateway_settings.per_user,
+                );
+                let routers =
+                    gateway::router(gateway_settings.clone(), Arc::clone(&verifier), limits)?;
                 let (listener, addr) = bind("the gateway", gateway_settings.listen).await?;
                 spawn_http(tasks, listener, routers.public, shutdown);
                 started.push(Started {
