@@ -298,27 +298,22 @@ async fn forward_inner(
     peer: SocketAddr,
     request: Request,
 ) -> Result<Response, Problem> {
-    gateway
-        .limits
-        .check(Scope::Ip, &peer.ip().to_string())
-        .await?;
+    gateway.limits.guard_ip(peer.ip())?;
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    match platform::identity::bearer_token_from(&parts.headers) {
+    let user = match platform::identity::bearer_token_from(&parts.headers) {
         Ok(token) => {
             let principal = gateway
                 .verifier
                 .verify(token)
                 .await
                 .map_err(|e| e.to_problem())?;
-            gateway
-                .limits
-                .check(Scope::User, &principal.user_id)
-                .await?;
+            Some(principal.user_id)
         }
-        Err(AuthError::Missing) if anonymous_allowed(&parts.method, &path) => {}
+        Err(AuthError::Missing) if anonymous_allowed(&parts.method, &path) => None,
         Err(e) => return Err(e.to_problem()),
-    }
+    };
+    gateway.limits.admit(peer.ip(), user.as_deref()).await?;
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| Problem::payload_too_large(MAX_BODY_BYTES))?;
