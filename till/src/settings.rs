@@ -201,7 +201,7 @@ mod tests {
     fn nothing_set_means_the_local_defaults() {
         let config = settings(&[]).unwrap();
         assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
-        assert_eq!(config.database_connections, 32);
+        assert_eq!(config.database_connections, 4, "the README documents 4");
         assert_eq!(config.gateway.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.command_api_addr.to_string(), "127.0.0.1:8081");
         assert_eq!(config.payment_window, Duration::from_secs(900));
