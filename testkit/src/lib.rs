@@ -32,6 +32,7 @@ pub mod system;
 pub use bus::TestBus;
 pub use database::{TestDatabase, stall_report, wait_for_log_horizon};
 pub use eventually::{PATIENCE, eventually, eventually_explained, within, within_explained};
+pub use processes::free_port;
 pub use proxy::TcpProxy;
 pub use system::{Reply, TestSystem, issuer, token};
 pub use till::fake_stripe::{self, FakeStripe};

@@ -45,7 +45,8 @@ pub struct Processes {
     pub logs: std::path::PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A local port nothing listens on (free a moment ago).
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address").port()
 }

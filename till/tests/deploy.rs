@@ -23,21 +23,31 @@ fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-/// `promtool`, or `None` (with a note) when it is not installed and not required.
+/// A tool the checks need, where `found` says it is; `None` (with a note) when it is missing
+/// and not required, a failure when `scripts/test` requires it.
+fn tool(name: &str, found: Option<PathBuf>, install: &str) -> Option<PathBuf> {
+    if found.is_none() {
+        assert!(
+            std::env::var("TILL_REQUIRE_TOOLS").is_err(),
+            "{name} is missing: {install}"
+        );
+        eprintln!("{name} is not installed: its checks are skipped");
+    }
+    found
+}
+
+/// `promtool`, from the `PATH`.
 fn promtool() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join("promtool"))
             .find(|p| p.is_file())
     });
-    if found.is_none() {
-        assert!(
-            std::env::var("TILL_REQUIRE_TOOLS").is_err(),
-            "promtool is missing: install Debian's prometheus package (scripts/tools does)"
-        );
-        eprintln!("promtool is not installed: the Prometheus checks are skipped");
-    }
-    found
+    tool(
+        "promtool",
+        found,
+        "install Debian's prometheus package (scripts/tools does)",
+    )
 }
 
 fn run(command: &mut Command) {
@@ -163,20 +173,12 @@ fn every_file_compose_mounts_from_the_repository_exists() {
     }
 }
 
-/// `kubernetes-validate` (`KUBERNETES_VALIDATE`, which `scripts/test` sets), or `None` with a
-/// note when it is not installed and not required.
+/// `kubernetes-validate`, where `KUBERNETES_VALIDATE` (set by `scripts/test`) says.
 fn kubernetes_validate() -> Option<PathBuf> {
     let found = std::env::var_os("KUBERNETES_VALIDATE")
         .map(PathBuf::from)
         .filter(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("TILL_REQUIRE_TOOLS").is_err(),
-            "kubernetes-validate is missing: scripts/tools installs it"
-        );
-        eprintln!("kubernetes-validate is not installed: the manifest checks are skipped");
-    }
-    found
+    tool("kubernetes-validate", found, "scripts/tools installs it")
 }
 
 /// The manifests of `deploy/k8s/<dir>` as kustomize builds them (`kubectl kustomize`), or

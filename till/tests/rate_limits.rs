@@ -10,14 +10,8 @@ use platform::identity::JwtVerifier;
 use reqwest::StatusCode;
 use testkit::TcpProxy;
 
-/// A port nothing listens on: forwarded requests answer 503, after the limits are checked.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// A port nothing listens on: forwarded requests answer 503, after the limits are checked.
+use testkit::free_port as closed_port;
 
 /// A gateway on a free port with these limits; its upstreams are down.
 async fn gateway(limits: RateLimits) -> (String, tokio::task::JoinHandle<()>) {

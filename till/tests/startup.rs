@@ -8,14 +8,7 @@ use till::settings::SystemConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// A local port nothing listens on.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testkit::free_port as closed_port;
 
 async fn start_error(service: Service, configure: impl FnOnce(&mut SystemConfig)) -> String {
     let mut config = SystemConfig::from_process_env().unwrap();
