@@ -287,10 +287,44 @@ async fn forward(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    match forward_inner(&gateway, peer, request).await {
+    let template = route_template(request.uri().path());
+    let mut response = match forward_inner(&gateway, peer, request).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
+    };
+    // Requests and latency by the API's route, not the catch-all's `/v1/{*path}`.
+    if let Some(template) = template {
+        response
+            .extensions_mut()
+            .insert(platform::http::RouteTemplate(template));
     }
+    response
+}
+
+/// The API route template (from the OpenAPI document) that `path` matches, the one with the
+/// fewest parameters when several do; `None` for a path the API does not have.
+fn route_template(path: &str) -> Option<&'static str> {
+    static TEMPLATES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let templates = TEMPLATES.get_or_init(|| {
+        docs::document()
+            .paths
+            .paths
+            .into_keys()
+            .map(|t| &*Box::leak(t.into_boxed_str()))
+            .collect()
+    });
+    let segments: Vec<&str> = path.split('/').collect();
+    templates
+        .iter()
+        .filter(|template| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len()
+                && parts.iter().zip(&segments).all(|(part, segment)| {
+                    part == segment || (part.starts_with('{') && !segment.is_empty())
+                })
+        })
+        .min_by_key(|template| template.matches('{').count())
+        .copied()
 }
 
 async fn forward_inner(
@@ -423,4 +457,21 @@ fn forwardable(headers: &HeaderMap) -> HeaderMap {
         })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_template;
+
+    #[test]
+    fn a_path_is_labelled_with_the_api_route_it_matches() {
+        assert_eq!(
+            route_template("/v1/carts/0193a0b1-2c3d-7e4f-8a9b-0c1d2e3f4a5b/items"),
+            Some("/v1/carts/{id}/items")
+        );
+        assert_eq!(route_template("/v1/products"), Some("/v1/products"));
+        // Unknown paths and empty segments fold into the catch-all (`None`).
+        assert_eq!(route_template("/v1/made-up-7"), None);
+        assert_eq!(route_template("/v1/carts//items"), None);
+    }
 }

@@ -122,6 +122,12 @@ async fn ready(State(readiness): State<Readiness>) -> Response {
     }
 }
 
+/// The route template a handler that routes on its own (the gateway's catch-all) found for a
+/// request, put in the response's extensions: [`track_metrics`] labels the request with it
+/// instead of the catch-all's pattern. Only templates from a fixed list, so labels stay few.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteTemplate(pub &'static str);
+
 /// Middleware: serves each request inside a server span that continues the caller's W3C trace
 /// (`traceparent`), and counts requests and records latency by service, method, route and
 /// status.
@@ -170,6 +176,14 @@ pub async fn track_metrics(
     crate::telemetry::continue_trace(&span, traceparent);
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
+    let route = match response.extensions().get::<RouteTemplate>() {
+        Some(RouteTemplate(template)) => {
+            crate::telemetry::rename(&span, format!("{method} {template}"));
+            span.record("http.route", *template);
+            (*template).to_owned()
+        }
+        None => route,
+    };
     // W3C Trace Context's `traceresponse`: which trace to look up for this answer (the
     // outermost service's span wins, as each sets it on the way out).
     if let Some(value) = crate::telemetry::traceparent_of(&span)

@@ -312,6 +312,11 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
     }
 }
 
+/// Renames `span` in its trace, also after it started (`otel.name` set later is ignored then).
+pub fn rename(span: &Span, name: String) {
+    span.context().span().update_name(name);
+}
+
 /// Links `span` to the trace in `traceparent` (work done for several traces at once).
 pub fn link_to(span: &Span, traceparent: &str) {
     if let Some(parent) = remote_context(Some(traceparent)) {
