@@ -95,9 +95,9 @@ pub enum ExecuteError<R: std::error::Error + 'static> {
 
 /// Counts committed events by type (`events_appended_total`). Callers that commit their own
 /// transaction call it after the commit.
-pub fn record_appended<'a>(event_types: impl IntoIterator<Item = &'a str>) {
+pub fn record_appended<T: Into<metrics::SharedString>>(event_types: impl IntoIterator<Item = T>) {
     for event_type in event_types {
-        metrics::counter!("events_appended_total", "type" => event_type.to_owned()).increment(1);
+        metrics::counter!("events_appended_total", "type" => event_type).increment(1);
     }
 }
 
@@ -219,7 +219,7 @@ impl EventStore {
                 .await
             {
                 Ok(appended) => {
-                    record_appended(new_events.iter().map(|e| e.event_type.as_str()));
+                    record_appended(new_events.iter().map(|e| e.event_type.clone()));
                     let state = events.iter().fold(state, |s, e| s.evolve(e));
                     if let Some(cache) = &self.cache {
                         cache.put(stream_id, &state, appended.version);

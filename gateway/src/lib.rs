@@ -36,7 +36,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::Instrument;
 
-pub use crate::limits::{RateLimits, Scope};
+pub use crate::limits::RateLimits;
 
 mod limits;
 

@@ -53,11 +53,6 @@ impl Telemetry {
         self.exporting
     }
 
-    /// Sends every finished span now.
-    pub fn flush(&self) {
-        let _ = self.provider.force_flush();
-    }
-
     /// Flushes and stops exporting.
     pub fn shutdown(&self) {
         let _ = self.provider.shutdown();

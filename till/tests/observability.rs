@@ -92,7 +92,8 @@ fn caused_by<'a>(
         })
 }
 
-/// Waits until the receiver holds spans of `trace` for which `complete` holds.
+/// Waits until the receiver holds spans of `trace` for which `complete` holds; prints them as
+/// a tree.
 async fn trace_until(
     receiver: &OtlpReceiver,
     trace: &str,
@@ -103,6 +104,10 @@ async fn trace_until(
     loop {
         let spans = receiver.trace(trace);
         if complete(&spans) {
+            println!(
+                "{what}, trace {trace}:\n{}",
+                testkit::otlp_receiver::render_tree(&spans)
+            );
             return spans;
         }
         assert!(
@@ -221,10 +226,6 @@ async fn one_purchase_is_one_connected_trace_from_the_gateway_to_every_projector
             && has(spans, "tillstream-projectors", "carts apply")
     })
     .await;
-    println!(
-        "add to cart, trace {add_trace}:\n{}",
-        testkit::otlp_receiver::render_tree(&add)
-    );
     let spans = by_id(&add);
     let find = |service: &str, name: &str| {
         add.iter()
@@ -288,10 +289,6 @@ async fn one_purchase_is_one_connected_trace_from_the_gateway_to_every_projector
         },
     )
     .await;
-    println!(
-        "checkout, trace {checkout_trace}:\n{}",
-        testkit::otlp_receiver::render_tree(&checkout)
-    );
     let spans = by_id(&checkout);
     for span in &checkout {
         let connected = span.parent_span_id.is_empty()
@@ -310,15 +307,11 @@ async fn one_purchase_is_one_connected_trace_from_the_gateway_to_every_projector
     assert_eq!(roots.len(), 1, "one root: {roots:?}");
 
     // Paying: the order process calls the provider inside the trace.
-    let pay = trace_until(&receiver, &pay_trace, "the payment", |spans| {
+    trace_until(&receiver, &pay_trace, "the payment", |spans| {
         has(spans, "tillstream-processes", "payment.charge")
             && has(spans, "tillstream-projectors", "projector.orders")
     })
     .await;
-    println!(
-        "pay, trace {pay_trace}:\n{}",
-        testkit::otlp_receiver::render_tree(&pay)
-    );
 
     // A read waits for the shopper's own write inside its trace.
     let (status, _, read_trace) = shop

@@ -79,12 +79,20 @@ async fn two_gateways_sharing_redis_enforce_one_limit() {
     let through = let_through(&[first.clone(), second.clone()], 20).await;
     assert!((5..=6).contains(&through), "{through} let through");
 
-    // Each gateway on its own would have let 5 through: the limit was one.
-    let (lone_a, _c) = gateway(RateLimits::local((5, 5), (5, 5))).await;
-    let (lone_b, _d) = gateway(RateLimits::local((5, 5), (5, 5))).await;
+    // Two gateways with limits of their own (other prefixes) let 5 through each: sharing one
+    // is what held the total to 5.
+    let (other_prefix, another_prefix) =
+        (testkit::redis::test_prefix(), testkit::redis::test_prefix());
+    let (lone_a, _c) = gateway(shared(redis.clone(), &other_prefix)).await;
+    let (lone_b, _d) = gateway(shared(redis, &another_prefix)).await;
     let through = let_through(&[lone_a, lone_b], 20).await;
-    assert!(through >= 10, "{through} let through by two local limits");
-    let _ = testkit::redis::delete_keys(&prefix).await;
+    assert!(
+        through >= 10,
+        "{through} let through by two separate limits"
+    );
+    for prefix in [prefix, other_prefix, another_prefix] {
+        let _ = testkit::redis::delete_keys(&prefix).await;
+    }
 }
 
 #[tokio::test]
