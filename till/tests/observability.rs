@@ -6,6 +6,7 @@
 //!   API → append → relay → every projector and the order process, each process step's own
 //!   appends and publications in the same trace.
 //! - Every metric a dashboard panel or an alert rule uses is exported by the running system.
+//! - A collector that is down neither fails nor slows a command and its read.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -361,6 +362,60 @@ async fn one_purchase_is_one_connected_trace_from_the_gateway_to_every_projector
         .await
         .unwrap();
     assert_eq!(public.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_neither_fails_nor_slows_the_api() {
+    let db = TestDatabase::new().await;
+    let prefix = testkit::redis::test_prefix();
+    let bus = TestBus::with_topology(messaging::Topology::new(prefix.clone()));
+    for (consumer, _) in till::services::consumers() {
+        bus.consumer(consumer);
+    }
+    let nowhere = format!("http://127.0.0.1:{}", testkit::free_port());
+    let mut processes = Processes::new(
+        env!("CARGO_BIN_EXE_till"),
+        &Dependencies {
+            database_url: db.url.clone(),
+            amqp_url: platform::settings::amqp_url(),
+            redis_url: platform::settings::redis_url(),
+            prefix: prefix.clone(),
+        },
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", nowhere),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+        ],
+    );
+    processes.start_all().await;
+    let shop = Shop {
+        http: reqwest::Client::new(),
+        gateway: processes.url("gateway"),
+    };
+    let alice = token("alice", &[]);
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (status, cart, _) = shop
+            .call(reqwest::Method::POST, "/v1/carts", &alice, None)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{cart}");
+        let id = cart["cart_id"].as_str().unwrap();
+        // Read-your-writes: the read waits for the projector, through relay and bus.
+        let (status, view, _) = shop
+            .call_after(
+                reqwest::Method::GET,
+                &format!("/v1/carts/{id}"),
+                &alice,
+                None,
+                cart["consistency_token"].as_str(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a command and its read took {:?} with the collector down",
+            started.elapsed()
+        );
+    }
 }
 
 /// The metric names a PromQL expression reads: identifiers outside label matchers, ranges,
