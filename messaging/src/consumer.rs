@@ -36,6 +36,11 @@
 //! Connection failures end the session; the runner reconnects with backoff and RabbitMQ
 //! redelivers whatever was not acked. It stops, after finishing the message in hand, when its
 //! [`CancellationToken`] is cancelled.
+//!
+//! A runner consumes one queue: the consumer's, or one partition of it
+//! ([`ConsumerRunner::for_partition`]; see [`crate::partitions`]). A partition's runner can be
+//! asked to give its partition up: it finishes the batch in hand, ends the session (the broker
+//! takes back what it had prefetched) and subscribes again at once, behind the other workers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -58,6 +63,7 @@ use crate::amqp::{
 };
 use crate::envelope::{Envelope, header_int, header_str};
 use crate::error::{MessagingError, error_chain};
+use crate::partitions::Partition;
 use crate::topology::Topology;
 
 /// The attempt number of a delivery; absent on the first.
@@ -213,6 +219,17 @@ pub struct ConsumerRunner<H> {
     settings: ConsumerSettings,
     handler: Arc<H>,
     status: watch::Sender<ConsumerStatus>,
+    /// The queue it consumes.
+    queue: String,
+    /// The partition that queue is, when the consumer's work is partitioned.
+    partition: Option<Arc<Partition>>,
+}
+
+/// How a session ended without failing.
+enum Ended {
+    Shutdown,
+    /// The partition was given up (see [`Partition::give_up`]): subscribe again at once.
+    GaveUp,
 }
 
 /// What became of one delivery.
@@ -233,11 +250,27 @@ impl<H: Handler> ConsumerRunner<H> {
         }
         metrics::counter!("consumer_redeliveries_total", "consumer" => name).increment(0);
         Self {
+            queue: topology.queue(&settings.name),
             topology,
             settings,
             handler: Arc::new(handler),
             status,
+            partition: None,
         }
+    }
+
+    /// Makes this runner consume `partition` of the consumer's work instead of its queue.
+    pub fn for_partition(mut self, partition: Arc<Partition>) -> Self {
+        self.queue = self
+            .topology
+            .partition_queue(&self.settings.name, partition.index());
+        self.partition = Some(partition);
+        self
+    }
+
+    /// The queue it consumes.
+    pub fn queue(&self) -> &str {
+        &self.queue
     }
 
     pub fn handle(&self) -> ConsumerHandle {
@@ -250,7 +283,11 @@ impl<H: Handler> ConsumerRunner<H> {
         let mut failures = 0u32;
         loop {
             match self.session(&shutdown, &mut failures).await {
-                Ok(()) => break,
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::GaveUp) => {
+                    debug!(queue = %self.queue, "partition given up; subscribing again");
+                    self.status.send_modify(|s| s.connected = false);
+                }
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     let delay = self.settings.reconnect.delay(failures);
@@ -276,7 +313,7 @@ impl<H: Handler> ConsumerRunner<H> {
         &self,
         shutdown: &CancellationToken,
         failures: &mut u32,
-    ) -> Result<(), MessagingError> {
+    ) -> Result<Ended, MessagingError> {
         let name = &self.settings.name;
         let connection = connect(
             &self.settings.amqp_url,
@@ -294,8 +331,18 @@ impl<H: Handler> ConsumerRunner<H> {
         connection: &Connection,
         shutdown: &CancellationToken,
         failures: &mut u32,
-    ) -> Result<(), MessagingError> {
+    ) -> Result<Ended, MessagingError> {
         let channel = connection.create_channel().await?;
+        let name = &self.settings.name;
+        self.topology
+            .declare_consumer(&channel, name, &self.settings.bindings)
+            .await?;
+        // One runner of each group tidies up after a change of layout.
+        if self.partition.as_ref().is_none_or(|p| p.index() == 0) {
+            self.topology
+                .retire_other_layouts(connection, name, &self.settings.bindings)
+                .await?;
+        }
         // Retries and dead letters are published on a channel of their own in confirm mode, so
         // the original is acked only once the broker holds the copy.
         let publisher = connection.create_channel().await?;
@@ -331,11 +378,8 @@ impl<H: Handler> ConsumerRunner<H> {
         publisher: &Channel,
         shutdown: &CancellationToken,
         failures: &mut u32,
-    ) -> Result<(), MessagingError> {
+    ) -> Result<Ended, MessagingError> {
         let name = &self.settings.name;
-        self.topology
-            .declare_consumer(channel, name, &self.settings.bindings)
-            .await?;
         channel
             .basic_qos(self.settings.prefetch, BasicQosOptions::default())
             .await?;
@@ -345,26 +389,30 @@ impl<H: Handler> ConsumerRunner<H> {
         let tag = format!("{name}.{}", uuid::Uuid::new_v4().simple());
         let mut deliveries = channel
             .basic_consume(
-                &self.topology.queue(name),
+                &self.queue,
                 &tag,
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        info!(queue = %self.topology.queue(name), "consuming");
+        info!(queue = %self.queue, "consuming");
         self.status.send_modify(|s| s.connected = true);
         // The session works: the next failure starts the backoff from the beginning.
         *failures = 0;
 
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                _ = given_up(self.partition.as_deref()) => return Ok(Ended::GaveUp),
                 next = deliveries.next() => next,
             };
             let delivery = match next {
                 Some(delivery) => delivery?,
                 None => return Err(MessagingError::ConsumerCancelled),
             };
+            if let Some(partition) = &self.partition {
+                partition.delivered();
+            }
             let mut batch = vec![delivery];
             while batch.len() < self.settings.batch_size {
                 match tokio::time::timeout(self.settings.batch_linger, deliveries.next()).await {
@@ -653,6 +701,14 @@ impl<H: Handler> ConsumerRunner<H> {
                 Err(error)
             }
         }
+    }
+}
+
+/// Resolves when `partition` is to be given up; never without one.
+async fn given_up(partition: Option<&Partition>) {
+    match partition {
+        Some(partition) => partition.given_up().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -6,7 +6,8 @@
 //!   `requeue`, which puts them back in their places. Nothing is lost if the caller dies midway
 //!   (the channel closing requeues them too).
 //! - [`redrive`] moves each dead letter back into the consumer's queue — published straight to
-//!   that queue, not through the exchange, so other consumers do not see it twice — with its
+//!   that queue (with partitions, through the consumer's own hash exchange to its stream's
+//!   partition), not through the events exchange, so other consumers do not see it twice — with its
 //!   attempt count reset and `x-redriven` incremented, acking each only after the broker
 //!   confirmed its copy. It moves at most as many messages as the queue held when it started, so
 //!   a message that dead-letters again at once does not loop.
@@ -28,7 +29,7 @@ use crate::consumer::{
 };
 use crate::envelope::{Envelope, header_int, header_str};
 use crate::error::MessagingError;
-use crate::topology::Topology;
+use crate::topology::{PARTITION_KEY_HEADER, Topology};
 
 /// One dead letter as `list` shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,7 +140,6 @@ pub async fn redrive(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let dead_letters = topology.dead_letter_queue(consumer);
-    let queue = topology.queue(consumer);
     let mut moved = 0u64;
     while moved < pending {
         let Some(message) = channel
@@ -159,15 +159,26 @@ pub async fn redrive(
         });
         // If the copy is refused, the original stays in the dead-letter queue (the channel close
         // requeues it) and the error is reported.
-        publish_confirmed(&channel, "", &queue, &delivery.data, properties)
-            .and_then(|()| async {
-                delivery
-                    .acker
-                    .ack(Default::default())
-                    .await
-                    .map_err(MessagingError::from)
-            })
-            .await?;
+        // Back to the consumer's queue, or its stream's partition.
+        let (exchange, routing_key) = topology.entry(
+            consumer,
+            header_str(&delivery.properties, PARTITION_KEY_HEADER),
+        );
+        publish_confirmed(
+            &channel,
+            &exchange,
+            &routing_key,
+            &delivery.data,
+            properties,
+        )
+        .and_then(|()| async {
+            delivery
+                .acker
+                .ack(Default::default())
+                .await
+                .map_err(MessagingError::from)
+        })
+        .await?;
         moved += 1;
     }
     channel.close(200, "redriven").await?;

@@ -8,6 +8,8 @@
 //!   active instance per name (Postgres advisory lock), checkpoint saved only after every confirm.
 //! - [`consumer`]: [`ConsumerRunner`] and the [`Handler`] trait — manual ack after the handler
 //!   committed, bounded retries through a delay queue, then the dead-letter queue.
+//! - [`partitions`]: [`ConsumerGroup`] — a consumer's work split by stream id over
+//!   single-active-consumer queues, shared fairly by any number of workers.
 //! - [`dead_letters`]: list, redrive and drop a consumer's dead letters (for `till`).
 //! - [`amqp`]: connecting lapin to tokio, and the capped exponential [`Backoff`] every loop here
 //!   uses to reconnect.
@@ -24,6 +26,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod envelope;
 pub mod error;
+pub mod partitions;
 pub mod relay;
 pub mod status;
 pub mod topology;
@@ -35,5 +38,6 @@ pub use consumer::{
 pub use dead_letters::DeadLetter;
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::MessagingError;
+pub use partitions::ConsumerGroup;
 pub use relay::{Relay, RelayHandle, RelaySettings, RelayState, RelayStatus};
 pub use topology::Topology;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 use eventstore::EventStore;
 use messaging::{
-    ConsumerRunner, ConsumerSettings, Handler, Relay, RelaySettings, RelayState, Topology,
+    ConsumerGroup, ConsumerSettings, Handler, Relay, RelaySettings, RelayState, Topology,
 };
 use platform::database::{PoolSettings, connect, create_and_migrate};
 use platform::dev_issuer::DevIssuer;
@@ -177,12 +177,25 @@ async fn prepare_bus(config: &SystemConfig) -> anyhow::Result<()> {
         )
     })?;
     let channel = connection.create_channel().await?;
+    let partitioned = config.topology.partitions() > 1;
     for (name, bindings) in consumers() {
         config
             .topology
             .declare_consumer(&channel, name, &bindings)
             .await
-            .with_context(|| format!("declaring the queue of {name}"))?;
+            .with_context(|| match partitioned {
+                // The usual cause: the exchange type is a plugin's.
+                true => format!(
+                    "declaring the {} partitions of {name} (TILL_PARTITIONS > 1 needs RabbitMQ's                      consistent-hash exchange: `rabbitmq-plugins enable                      rabbitmq_consistent_hash_exchange`)",
+                    config.topology.partitions()
+                ),
+                false => format!("declaring the queue of {name}"),
+            })?;
+        config
+            .topology
+            .retire_other_layouts(&connection, name, &bindings)
+            .await
+            .with_context(|| format!("retiring an earlier partition layout of {name}"))?;
     }
     let _ = connection.close(200, "declared").await;
     Ok(())
@@ -407,7 +420,7 @@ pub async fn start(
                     )?;
                     let settings =
                         projectors::live::consumer_settings(projection, config.amqp_url.clone());
-                    handles.push(spawn_consumer(
+                    handles.extend(spawn_consumer(
                         tasks,
                         &config.topology,
                         settings,
@@ -472,16 +485,18 @@ pub async fn start(
                 let (name, bindings) = ORDER_PROCESS;
                 let settings =
                     ConsumerSettings::new(name, bindings.iter().copied(), config.amqp_url.clone());
-                let (_, handle) =
-                    spawn_consumer(tasks, &config.topology, settings, process, shutdown);
+                let handles = spawn_consumer(tasks, &config.topology, settings, process, shutdown);
                 let readiness = Readiness::default().check("order process", move || {
-                    let status = handle.status();
+                    let down: Vec<String> = handles
+                        .iter()
+                        .map(|(_, h)| h.status())
+                        .filter(|status| !status.connected)
+                        .map(|status| status.last_error.unwrap_or_else(|| "not connected".into()))
+                        .collect();
                     async move {
-                        match status.connected {
-                            true => Ok(()),
-                            false => {
-                                Err(status.last_error.unwrap_or_else(|| "not connected".into()))
-                            }
+                        match down.first() {
+                            None => Ok(()),
+                            Some(error) => Err(error.clone()),
                         }
                     }
                 });
@@ -566,22 +581,33 @@ fn spawn_lag_monitor(
     });
 }
 
+/// Starts a consumer's runners — one, or one per partition with its balancer — and returns
+/// each one's queue and status.
 fn spawn_consumer<H: Handler>(
     tasks: &mut JoinSet<anyhow::Result<()>>,
     topology: &Topology,
     settings: ConsumerSettings,
     handler: H,
     shutdown: &CancellationToken,
-) -> (String, messaging::ConsumerHandle) {
-    let name = settings.name.clone();
-    let runner = ConsumerRunner::new(topology.clone(), settings, handler);
-    let handle = runner.handle();
-    let shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        runner.run(shutdown).await;
-        Ok(())
-    });
-    (name, handle)
+) -> Vec<(String, messaging::ConsumerHandle)> {
+    let group = ConsumerGroup::new(topology, settings, handler);
+    let mut handles = Vec::with_capacity(group.runners.len());
+    for runner in group.runners {
+        handles.push((runner.queue().to_owned(), runner.handle()));
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            runner.run(shutdown).await;
+            Ok(())
+        });
+    }
+    if let Some(balancer) = group.balancer {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            balancer.run(shutdown).await;
+            Ok(())
+        });
+    }
+    handles
 }
 
 fn spawn_http(

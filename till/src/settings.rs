@@ -85,7 +85,17 @@ impl SystemConfig {
             redis_url: env.text("REDIS_URL", DEFAULT_REDIS_URL),
             identity,
             dev_issuer_addr,
-            topology: Topology::new(env.text("TILL_BUS_PREFIX", Topology::DEFAULT_PREFIX)),
+            topology: Topology::new(env.text("TILL_BUS_PREFIX", Topology::DEFAULT_PREFIX))
+                .with_partitions(env.parsed(
+                    "TILL_PARTITIONS",
+                    1,
+                    "a whole number from 1 to 64",
+                    |v| {
+                        v.parse()
+                            .ok()
+                            .filter(|n| (1..=messaging::topology::MAX_PARTITIONS).contains(n))
+                    },
+                )?),
             cart_keys: CartKeys {
                 prefix: env.text("TILL_REDIS_PREFIX", DEFAULT_REDIS_PREFIX),
             },
@@ -133,6 +143,7 @@ impl SystemConfig {
             ("REDIS_URL", redact(&self.redis_url)),
             ("TILL_REDIS_PREFIX", self.cart_keys.prefix.clone()),
             ("TILL_BUS_PREFIX", self.topology.prefix().to_owned()),
+            ("TILL_PARTITIONS", self.topology.partitions().to_string()),
             ("TILL_GATEWAY_ADDR", addr(&self.gateway.listen)),
             ("TILL_GATEWAY_OPS_ADDR", addr(&self.gateway.ops_listen)),
             ("TILL_COMMAND_API_ADDR", addr(&self.command_api_addr)),
