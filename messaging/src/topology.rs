@@ -298,78 +298,68 @@ impl Topology {
         consumer: &str,
         bindings: &[String],
     ) -> Result<u64, MessagingError> {
-        // What the other layouts would have: the plain queue and its retry queue, partitions
-        // beyond this layout's (counting up until one is missing), the partitioned retry queue.
+        // What the other layouts would have: a retry queue, and the plain queue or the
+        // partitions beyond this layout's. Deleting a queue that is empty or missing succeeds
+        // (asking whether it exists would close a channel, noisily, for every missing one); one
+        // that still holds messages refuses, and is emptied first.
         let plain = self.queue(consumer);
-        let mut leftovers = Vec::new();
-        let first_leftover = match self.partitioned() {
-            true => {
-                leftovers.extend([plain.clone(), format!("{plain}.retry")]);
-                self.partitions
-            }
-            false => 0,
+        let (retries, mut queues) = match self.partitioned() {
+            true => (format!("{plain}.retry"), vec![plain.clone()]),
+            false => (self.retry_queue_partitioned(consumer), Vec::new()),
         };
-        let mut old_partitions = Vec::new();
-        for partition in first_leftover..MAX_PARTITIONS {
-            let queue = self.partition_queue(consumer, partition);
-            if !queue_exists(connection, &queue).await? {
-                break;
-            }
-            old_partitions.push(queue);
-        }
-        if !self.partitioned() {
-            leftovers.push(self.retry_queue_partitioned(consumer));
-        }
-        leftovers.extend(old_partitions.iter().cloned());
-        let mut existing = Vec::new();
-        for queue in leftovers {
-            if queue_exists(connection, &queue).await? {
-                existing.push(queue);
-            }
-        }
-        if existing.is_empty() {
-            return Ok(0);
-        }
+        let first_leftover = if self.partitioned() {
+            self.partitions
+        } else {
+            0
+        };
+        queues.extend((first_leftover..MAX_PARTITIONS).map(|p| self.partition_queue(consumer, p)));
+        let mut channel = connection.create_channel().await?;
+        let mut moved = 0;
 
-        // First cut them off, so nothing new arrives; then move what they hold and delete them.
-        let channel = connection.create_channel().await?;
-        if self.partitioned() {
-            if existing.contains(&plain) {
-                for pattern in bindings {
+        // Retries first: while they wait they dead-letter into the queues retired next.
+        if !delete_if_empty(connection, &mut channel, &retries).await? {
+            moved += self.move_messages(&channel, consumer, &retries).await?;
+            delete_if_empty(connection, &mut channel, &retries).await?;
+        }
+        // Then the rest: every one holding messages is cut off before any is emptied, so
+        // nothing moved lands in another leftover.
+        let mut holding = Vec::new();
+        for queue in queues {
+            if !delete_if_empty(connection, &mut channel, &queue).await? {
+                holding.push(queue);
+            }
+        }
+        for queue in &holding {
+            match queue == &plain {
+                true => {
+                    for pattern in bindings {
+                        channel
+                            .queue_unbind(queue, &self.exchange(), pattern, FieldTable::default())
+                            .await?;
+                    }
+                }
+                false => {
+                    let exchange = self.partition_exchange(consumer);
                     channel
-                        .queue_unbind(&plain, &self.exchange(), pattern, FieldTable::default())
+                        .queue_unbind(queue, &exchange, "1", FieldTable::default())
                         .await?;
                 }
             }
-            for queue in &old_partitions {
-                let exchange = self.partition_exchange(consumer);
-                channel
-                    .queue_unbind(queue, &exchange, "1", FieldTable::default())
-                    .await?;
-            }
-        } else {
-            // Deleting the hash exchange drops its bindings on both sides.
+        }
+        for queue in &holding {
+            let count = self.move_messages(&channel, consumer, queue).await?;
+            moved += count;
+            // Another process may be retiring it too: it goes once empty, whoever is last.
+            delete_if_empty(connection, &mut channel, queue).await?;
+            info!(%queue, moved = count, "retired a queue of another partition layout");
+        }
+        if !self.partitioned() {
             channel
                 .exchange_delete(
                     &self.partition_exchange(consumer),
                     ExchangeDeleteOptions::default(),
                 )
                 .await?;
-        }
-        let mut moved = 0;
-        for queue in existing {
-            let count = self.move_messages(&channel, consumer, &queue).await?;
-            moved += count;
-            // Another process may be retiring it too: it goes once empty, whoever is last.
-            let delete = QueueDeleteOptions {
-                if_empty: true,
-                ..QueueDeleteOptions::default()
-            };
-            if let Err(error) = channel.queue_delete(&queue, delete).await {
-                info!(%queue, %error, "a retired queue was not deleted (not empty yet)");
-                return Ok(moved);
-            }
-            info!(%queue, moved = count, "retired a queue of another partition layout");
         }
         let _ = channel.close(200, "retired").await;
         Ok(moved)
@@ -471,30 +461,30 @@ fn dead_letter_to(exchange: &str, routing_key: Option<&str>) -> FieldTable {
     args
 }
 
-/// Whether `queue` exists. Asking about a missing queue closes the channel it is asked on, so
-/// each question has a channel of its own.
-async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, MessagingError> {
-    let channel = connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
+/// Deletes `queue` if it is empty or missing (true); false if it holds messages. The broker
+/// closes the channel that asked then, so `channel` is replaced.
+async fn delete_if_empty(
+    connection: &Connection,
+    channel: &mut Channel,
+    queue: &str,
+) -> Result<bool, MessagingError> {
+    let if_empty = QueueDeleteOptions {
+        if_empty: true,
+        ..QueueDeleteOptions::default()
     };
-    match channel
-        .queue_declare(queue, passive, FieldTable::default())
-        .await
-    {
-        Ok(_) => {
-            let _ = channel.close(200, "asked").await;
-            Ok(true)
+    match channel.queue_delete(queue, if_empty).await {
+        Ok(_) => Ok(true),
+        Err(error) if is_precondition_failed(&error) => {
+            *channel = connection.create_channel().await?;
+            Ok(false)
         }
-        Err(error) if is_not_found(&error) => Ok(false),
         Err(error) => Err(error.into()),
     }
 }
 
-/// A channel closed by the broker with 404 NOT_FOUND.
-fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error, lapin::Error::ProtocolError(e) if e.get_id() == 404)
+/// A channel closed by the broker with 406 PRECONDITION_FAILED.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error, lapin::Error::ProtocolError(e) if e.get_id() == 406)
 }
 
 #[cfg(test)]

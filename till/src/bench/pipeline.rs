@@ -9,8 +9,11 @@
 //!    query API with its consistency token; freshness = command answered → view visible.
 //!
 //! With `--workers 1,2,4`, step 2 runs once per worker count — that many projector services
-//! as competing consumers on each queue, in a fresh scratch database each time — and step 3 is
-//! skipped: how projection throughput scales with workers, next to the broker's baseline.
+//! on each consumer's work, in a fresh scratch database each time — and step 3 is skipped: how
+//! projection throughput scales with workers, next to the broker's baseline. `--partitions 1,8`
+//! runs each count once per layout: 1 = one queue per consumer (the workers compete for its
+//! messages), P > 1 = the work split into P partitions by stream id (see
+//! `messaging::partitions`).
 //!
 //! Everything runs in one process against a scratch database, a bus prefix and a Redis prefix
 //! of the run's own, all removed at the end.
@@ -56,6 +59,10 @@ pub struct PipelineBenchArgs {
     /// instead of the single run and the freshness run.
     #[arg(long, value_delimiter = ',')]
     pub workers: Vec<usize>,
+    /// With `--workers`: the partition counts to measure each worker count with (1 = one
+    /// queue per consumer, competing workers).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub partitions: Vec<u16>,
 }
 
 const AUDIENCE: &str = "api://tillstream-bench";
@@ -171,61 +178,87 @@ pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Projection throughput with 1, 2, … projector workers, each count in a fresh scratch
-/// database and bus prefix: N events seeded, then the relay and `workers` projector services
-/// (competing consumers on each queue) start, and the clock runs until every event is applied.
+/// Projection throughput with 1, 2, … projector workers for each partition count, each run in
+/// a fresh scratch database and bus prefix: N events seeded, then the relay and `workers`
+/// projector services start, and the clock runs until every event is applied.
 async fn workers_sweep(
     args: &PipelineBenchArgs,
     prefix: &str,
     publish: f64,
     consume: f64,
 ) -> anyhow::Result<()> {
-    println!("workers   events/s   vs. broker consume   time");
-    let mut first: Option<f64> = None;
-    for &workers in &args.workers {
-        anyhow::ensure!(workers > 0, "--workers takes positive counts");
-        let scratch = ScratchDatabase::create(8).await?;
-        let mut config = SystemConfig::from_process_env()?;
-        let any = "127.0.0.1:0".parse()?;
-        let run_prefix = format!("{prefix}-w{workers}");
-        config.database_url = scratch.url.clone();
-        config.dev_issuer_addr = None;
-        config.topology = messaging::Topology::new(run_prefix.clone());
-        config.cart_keys = platform::read_models::CartKeys { prefix: run_prefix };
-        config.relay_ops_addr = any;
-        config.projectors_ops_addr = any;
-        config.relay_poll_interval = Duration::from_millis(50);
-        let seeded = super::seed::seed(&scratch.pool, args.events).await?.total();
-        let shutdown = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        let started_at = Instant::now();
-        services::start(&[Service::Relay], &config, &mut tasks, &shutdown).await?;
-        for _ in 0..workers {
-            services::start(&[Service::Projectors], &config, &mut tasks, &shutdown).await?;
-        }
-        let caught_up =
-            wait_until_applied(&scratch.pool, &config, seeded, Duration::from_secs(600)).await?;
-        let elapsed = started_at.elapsed();
-        let rate = seeded as f64 / elapsed.as_secs_f64();
-        let speedup = rate / *first.get_or_insert(rate);
-        println!(
-            "{workers:>7}   {rate:>8.0}   {:>8.0}% ({speedup:.2}× one worker)   {:.2} s{}",
-            rate / consume.max(f64::EPSILON) * 100.0,
-            elapsed.as_secs_f64(),
-            if caught_up {
-                ""
-            } else {
-                "   (did not catch up)"
-            }
+    for &partitions in &args.partitions {
+        anyhow::ensure!(
+            (1..=messaging::topology::MAX_PARTITIONS).contains(&partitions),
+            "--partitions takes counts from 1 to {}",
+            messaging::topology::MAX_PARTITIONS
         );
-        shutdown.cancel();
-        while tasks.join_next().await.is_some() {}
-        cleanup(&config).await;
-        scratch.drop_database().await;
+        match partitions {
+            1 => println!("\none queue per consumer, workers competing for its messages"),
+            p => {
+                println!("\n{p} partitions per consumer by stream id, single active consumer each")
+            }
+        }
+        println!("workers   events/s   vs. broker consume   time");
+        let mut first: Option<f64> = None;
+        for &workers in &args.workers {
+            sweep_one(args, prefix, partitions, workers, consume, &mut first).await?;
+        }
     }
     println!(
         "(broker baseline this run: publish with confirms {publish:.0} msg/s, consume with acks {consume:.0} msg/s)"
     );
+    Ok(())
+}
+
+/// One row of the sweep.
+async fn sweep_one(
+    args: &PipelineBenchArgs,
+    prefix: &str,
+    partitions: u16,
+    workers: usize,
+    consume: f64,
+    first: &mut Option<f64>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(workers > 0, "--workers takes positive counts");
+    let scratch = ScratchDatabase::create(8).await?;
+    let mut config = SystemConfig::from_process_env()?;
+    let any = "127.0.0.1:0".parse()?;
+    let run_prefix = format!("{prefix}-p{partitions}w{workers}");
+    config.database_url = scratch.url.clone();
+    config.dev_issuer_addr = None;
+    config.topology = messaging::Topology::new(run_prefix.clone()).with_partitions(partitions);
+    config.cart_keys = platform::read_models::CartKeys { prefix: run_prefix };
+    config.relay_ops_addr = any;
+    config.projectors_ops_addr = any;
+    config.relay_poll_interval = Duration::from_millis(50);
+    let seeded = super::seed::seed(&scratch.pool, args.events).await?.total();
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let started_at = Instant::now();
+    services::start(&[Service::Relay], &config, &mut tasks, &shutdown).await?;
+    for _ in 0..workers {
+        services::start(&[Service::Projectors], &config, &mut tasks, &shutdown).await?;
+    }
+    let caught_up =
+        wait_until_applied(&scratch.pool, &config, seeded, Duration::from_secs(600)).await?;
+    let elapsed = started_at.elapsed();
+    let rate = seeded as f64 / elapsed.as_secs_f64();
+    let speedup = rate / *first.get_or_insert(rate);
+    println!(
+        "{workers:>7}   {rate:>8.0}   {:>8.0}% ({speedup:.2}× one worker)   {:.2} s{}",
+        rate / consume.max(f64::EPSILON) * 100.0,
+        elapsed.as_secs_f64(),
+        if caught_up {
+            ""
+        } else {
+            "   (did not catch up)"
+        }
+    );
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    cleanup(&config).await;
+    scratch.drop_database().await;
     Ok(())
 }
 
