@@ -85,17 +85,23 @@ impl Partition {
 /// partitions, the balancer that shares them with the other workers.
 #[derive(Debug)]
 pub struct ConsumerGroup<H> {
-    pub runners: Vec<ConsumerRunner<Arc<H>>>,
+    pub runners: Vec<ConsumerRunner<H>>,
     pub balancer: Option<Balancer>,
 }
 
 impl<H: Handler> ConsumerGroup<H> {
-    pub fn new(topology: &Topology, settings: ConsumerSettings, handler: H) -> Self {
-        let handler = Arc::new(handler);
-        let runner = || ConsumerRunner::new(topology.clone(), settings.clone(), handler.clone());
+    /// The runners of consumer `settings.name`, each with the handler `handler(partition)`
+    /// makes (partition 0 without partitions).
+    pub fn new(
+        topology: &Topology,
+        settings: ConsumerSettings,
+        mut handler: impl FnMut(u16) -> H,
+    ) -> Self {
+        let mut runner =
+            |index| ConsumerRunner::new(topology.clone(), settings.clone(), handler(index));
         if topology.partitions() <= 1 {
             return Self {
-                runners: vec![runner()],
+                runners: vec![runner(0)],
                 balancer: None,
             };
         }
@@ -105,7 +111,7 @@ impl<H: Handler> ConsumerGroup<H> {
         Self {
             runners: partitions
                 .iter()
-                .map(|partition| runner().for_partition(partition.clone()))
+                .map(|partition| runner(partition.index()).for_partition(partition.clone()))
                 .collect(),
             balancer: Some(Balancer {
                 topology: topology.clone(),

@@ -61,11 +61,10 @@ async fn start_worker(
         reconnect: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
         ..ConsumerSettings::new(name, ["test.*"], url)
     };
-    let handler = Recorder {
+    let group = ConsumerGroup::new(topology, settings, |_| Recorder {
         worker,
         log: log.clone(),
-    };
-    let group = ConsumerGroup::new(topology, settings, handler);
+    });
     let shutdown = CancellationToken::new();
     let handles: Vec<ConsumerHandle> = group.runners.iter().map(|r| r.handle()).collect();
     let mut tasks: Vec<AbortOnDropHandle<()>> = group

@@ -36,19 +36,22 @@ fn record_freshness(projection: &'static str, events: &[RecordedEvent]) {
     }
 }
 
-/// A Postgres projection fed from the bus.
+/// A Postgres projection fed from the bus, in lane `lane` (its partition; see
+/// [`crate::tables::record_progress`]).
 #[derive(Debug, Clone)]
 pub struct PgProjector<P> {
     pool: PgPool,
     store: EventStore,
+    lane: u16,
     projection: PhantomData<fn() -> P>,
 }
 
 impl<P> PgProjector<P> {
-    pub fn new(pool: PgPool, store: EventStore) -> Self {
+    pub fn new(pool: PgPool, store: EventStore, lane: u16) -> Self {
         Self {
             pool,
             store,
+            lane,
             projection: PhantomData,
         }
     }
@@ -70,7 +73,7 @@ impl<P: PgProjection + 'static> Handler for PgProjector<P> {
             db.operation.name = "UPSERT",
             events = events.len(),
         );
-        apply_live::<P>(&self.pool, &self.store, &events)
+        apply_live::<P>(&self.pool, &self.store, self.lane, &events)
             .instrument(span)
             .await
             .map_err(handler_error)?;
@@ -145,9 +148,11 @@ pub enum LiveProjector {
 }
 
 impl LiveProjector {
-    /// The projector of `projection`, writing through the given connections.
+    /// The projector of `projection` for partition `lane` (0 without partitions), writing
+    /// through the given connections.
     pub fn for_projection(
         projection: &Projection,
+        lane: u16,
         pool: PgPool,
         redis: ConnectionManager,
         keys: CartKeys,
@@ -159,11 +164,23 @@ impl LiveProjector {
         metrics::counter!("projection_gaps_filled_total").increment(0);
         metrics::counter!("read_model_heals_total", "projection" => CARTS).increment(0);
         Ok(match projection.name {
-            PRODUCTS => Self::Products(PgProjector::new(pool, store)),
-            ORDERS => Self::Orders(PgProjector::new(pool, store)),
+            PRODUCTS => Self::Products(PgProjector::new(pool, store, lane)),
+            ORDERS => Self::Orders(PgProjector::new(pool, store, lane)),
             CARTS => Self::Carts(CartsProjector::new(pool, redis, keys, store)),
             other => return Err(ProjectionError::UnknownProjection(other.to_owned())),
         })
+    }
+}
+
+impl LiveProjector {
+    /// The same projector for partition `lane` (Postgres projections record their progress
+    /// per lane; see [`crate::tables::record_progress`]).
+    pub fn in_lane(&self, lane: u16) -> Self {
+        match self {
+            Self::Products(p) => Self::Products(PgProjector { lane, ..p.clone() }),
+            Self::Orders(p) => Self::Orders(PgProjector { lane, ..p.clone() }),
+            Self::Carts(p) => Self::Carts(p.clone()),
+        }
     }
 }
 

@@ -234,7 +234,7 @@ async fn apply_batch(
             };
             // Counted only: the version's place in the global log is the live projector's to
             // record (and the old version's, at the switch); START never moves it.
-            record_progress(&mut tx, projection, version, LogPosition::START, n).await?;
+            record_progress(&mut tx, projection, version, 0, LogPosition::START, n).await?;
             tx.commit().await?;
         }
         Target::Redis { redis, keys } => {
@@ -373,10 +373,10 @@ async fn switch(pool: &PgPool, name: &str, version: i32) -> Result<Option<i32>, 
     // The new version holds everything the old one does, so it takes over the old one's place
     // in the global log (unless the live projector has taken it further already).
     sqlx::query(
-        "INSERT INTO read.progress AS new (projection, version, transaction_id, position) \
-         SELECT projection, $3, transaction_id, position FROM read.progress \
+        "INSERT INTO read.progress AS new (projection, version, lane, transaction_id, position) \
+         SELECT projection, $3, lane, transaction_id, position FROM read.progress \
          WHERE projection = $1 AND version = $2 \
-         ON CONFLICT (projection, version) DO UPDATE \
+         ON CONFLICT (projection, version, lane) DO UPDATE \
          SET transaction_id = EXCLUDED.transaction_id, position = EXCLUDED.position \
          WHERE (EXCLUDED.transaction_id, EXCLUDED.position) > (new.transaction_id, new.position)",
     )

@@ -37,7 +37,8 @@ pub async fn measure(
             (tx.unwrap_or(0), pos.unwrap_or(0))
         } else {
             sqlx::query_as(
-                "SELECT transaction_id, position FROM read.progress WHERE projection = $1 AND version = $2",
+                "SELECT transaction_id, position FROM read.progress WHERE projection = $1 AND version = $2 \
+                 ORDER BY transaction_id DESC, position DESC LIMIT 1",
             )
             .bind(projection)
             .bind(serving)

@@ -34,18 +34,21 @@ pub async fn live_versions(
     .await
 }
 
-/// Records how far a projection version has got, in the caller's transaction.
+/// Records how far lane `lane` of a projection version has got, in the caller's transaction.
+/// A lane is a partition of the live projector's work (0 without partitions, and for
+/// rebuilds); each has its own row, so partitions never wait on one another's.
 pub async fn record_progress(
     tx: &mut Transaction<'_, Postgres>,
     projection: &str,
     version: i32,
+    lane: u16,
     last: eventstore::LogPosition,
     events: u64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO read.progress (projection, version, transaction_id, position, events, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, now()) \
-         ON CONFLICT (projection, version) DO UPDATE SET \
+        "INSERT INTO read.progress (projection, version, lane, transaction_id, position, events, updated_at) \
+         VALUES ($1, $2, $6, $3, $4, $5, now()) \
+         ON CONFLICT (projection, version, lane) DO UPDATE SET \
            (transaction_id, position) = (SELECT CASE WHEN forward THEN EXCLUDED.transaction_id \
                                                      ELSE read.progress.transaction_id END, \
                                                 CASE WHEN forward THEN EXCLUDED.position \
@@ -60,6 +63,7 @@ pub async fn record_progress(
     .bind(last.transaction_id as i64)
     .bind(last.position)
     .bind(events as i64)
+    .bind(lane as i16)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -125,6 +129,7 @@ pub async fn apply_to<P: PgProjection>(
 pub async fn apply_live<P: PgProjection>(
     pool: &PgPool,
     store: &EventStore,
+    lane: u16,
     events: &[RecordedEvent],
 ) -> Result<u64, ProjectionError> {
     let events: Vec<RecordedEvent> = events
@@ -140,7 +145,7 @@ pub async fn apply_live<P: PgProjection>(
     let mut applied = 0;
     for version in std::iter::once(serving).chain(building) {
         let n = apply_to::<P>(&mut tx, &schema(P::NAME, version), store, &events).await?;
-        record_progress(&mut tx, P::NAME, version, last, n).await?;
+        record_progress(&mut tx, P::NAME, version, lane, last, n).await?;
         if version == serving {
             applied = n;
         }

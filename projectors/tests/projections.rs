@@ -64,10 +64,10 @@ impl Fixture {
     }
 
     async fn apply(&mut self, events: &[RecordedEvent]) -> (u64, u64, u64) {
-        let p = apply_live::<Products>(&self.db.pool, &self.store, events)
+        let p = apply_live::<Products>(&self.db.pool, &self.store, 0, events)
             .await
             .unwrap();
-        let o = apply_live::<Orders>(&self.db.pool, &self.store, events)
+        let o = apply_live::<Orders>(&self.db.pool, &self.store, 0, events)
             .await
             .unwrap();
         let c = carts::apply_live(
@@ -377,6 +377,7 @@ async fn every_projection_in_the_registry_has_a_live_projector_and_a_serving_ver
     for projection in &platform::read_models::PROJECTIONS {
         projectors::live::LiveProjector::for_projection(
             projection,
+            0,
             f.db.pool.clone(),
             f.redis.clone(),
             f.keys.clone(),

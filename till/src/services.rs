@@ -413,6 +413,7 @@ pub async fn start(
                 for projection in &PROJECTIONS {
                     let projector = LiveProjector::for_projection(
                         projection,
+                        0,
                         pool.clone(),
                         redis.clone(),
                         config.cart_keys.clone(),
@@ -424,7 +425,7 @@ pub async fn start(
                         tasks,
                         &config.topology,
                         settings,
-                        projector,
+                        |partition| projector.in_lane(partition),
                         shutdown,
                     ));
                 }
@@ -485,7 +486,13 @@ pub async fn start(
                 let (name, bindings) = ORDER_PROCESS;
                 let settings =
                     ConsumerSettings::new(name, bindings.iter().copied(), config.amqp_url.clone());
-                let handles = spawn_consumer(tasks, &config.topology, settings, process, shutdown);
+                let handles = spawn_consumer(
+                    tasks,
+                    &config.topology,
+                    settings,
+                    |_| process.clone(),
+                    shutdown,
+                );
                 let readiness = Readiness::default().check("order process", move || {
                     let down: Vec<String> = handles
                         .iter()
@@ -587,7 +594,7 @@ fn spawn_consumer<H: Handler>(
     tasks: &mut JoinSet<anyhow::Result<()>>,
     topology: &Topology,
     settings: ConsumerSettings,
-    handler: H,
+    handler: impl FnMut(u16) -> H,
     shutdown: &CancellationToken,
 ) -> Vec<(String, messaging::ConsumerHandle)> {
     let group = ConsumerGroup::new(topology, settings, handler);

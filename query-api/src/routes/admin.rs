@@ -56,7 +56,9 @@ async fn projection_status(state: &AppState, projection: &Projection) -> Result<
         (tx.unwrap_or(0), pos.unwrap_or(0), n.unwrap_or(0))
     } else {
         sqlx::query_as::<_, (i64, i64, i64)>(
-            "SELECT transaction_id, position, events FROM read.progress WHERE projection = $1 AND version = $2",
+            // The furthest lane (partition), and the events of all of them.
+            "SELECT transaction_id, position, (sum(events) OVER ())::int8 FROM read.progress \
+             WHERE projection = $1 AND version = $2 ORDER BY transaction_id DESC, position DESC LIMIT 1",
         )
         .bind(name)
         .bind(serving)
