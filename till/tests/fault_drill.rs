@@ -15,8 +15,8 @@
 //! It prints what it did and its counts.
 //!
 //! The scale-out drill runs the same shoppers and checks against two replicas of every service
-//! (two gateways the shoppers balance across, two consumers on each queue, an active relay and
-//! a standby), and kills one replica of each kind with SIGKILL for good, timing how long the
+//! (two gateways the shoppers balance across, two workers sharing each consumer's work in four
+//! partitions by stream id, an active relay and a standby), and kills one replica of each kind with SIGKILL for good, timing how long the
 //! standby relay takes to publish again and counting the Postgres connections the system held.
 
 use std::collections::{BTreeMap, HashMap};
@@ -310,7 +310,13 @@ async fn drill(kind: Kind) {
     );
     let db = TestDatabase::new().await;
     let prefix = testkit::redis::test_prefix();
-    let topology = messaging::Topology::new(prefix.clone());
+    // The scale-out drill runs partitioned, so killing a worker hands its partitions over;
+    // the fault drill keeps one queue per consumer, the default.
+    let partitions: u16 = match kind {
+        Kind::Faults => 1,
+        Kind::Replicas => 4,
+    };
+    let topology = messaging::Topology::new(prefix.clone()).with_partitions(partitions);
     let bus = TestBus::with_topology(topology.clone());
     for (consumer, _) in till::services::consumers() {
         bus.consumer(consumer);
@@ -337,6 +343,7 @@ async fn drill(kind: Kind) {
         &[
             ("TILL_REDIS_CHECK_INTERVAL_MS", "500".to_owned()),
             ("TILL_PAYMENT_WINDOW_SECS", "600".to_owned()),
+            ("TILL_PARTITIONS", partitions.to_string()),
         ],
         replicas,
     );
