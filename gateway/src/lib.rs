@@ -39,6 +39,7 @@ use tracing::Instrument;
 pub use crate::limits::RateLimits;
 
 mod limits;
+pub mod web;
 
 /// Largest request body forwarded.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -59,6 +60,9 @@ pub struct GatewaySettings {
     pub upstream_timeout: Duration,
     /// Origins allowed to call from a browser; empty = no CORS.
     pub cors_origins: Vec<String>,
+    /// The development issuer's `/token`, for the storefront's and console's local sign-in
+    /// ([`web`]); `None` with a real issuer.
+    pub sign_in_url: Option<String>,
 }
 
 impl GatewaySettings {
@@ -66,7 +70,8 @@ impl GatewaySettings {
     /// `TILL_COMMAND_API_URL`
     /// (http://127.0.0.1:8081), `TILL_QUERY_API_URL` (http://127.0.0.1:8082),
     /// `TILL_RATE_PER_USER` / `TILL_RATE_PER_IP` as `rate/burst` (200/400 and 5000/10000),
-    /// `TILL_UPSTREAM_TIMEOUT_MS` (10000), `TILL_CORS_ORIGINS` (comma-separated).
+    /// `TILL_UPSTREAM_TIMEOUT_MS` (10000), `TILL_CORS_ORIGINS` (comma-separated),
+    /// `TILL_SIGN_IN_URL` (unset; the settings default it to the development issuer's).
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         let settings = Self {
             listen: env.addr(
@@ -83,6 +88,7 @@ impl GatewaySettings {
             per_ip: env.rate("TILL_RATE_PER_IP", (5000, 10000))?,
             upstream_timeout: env.millis("TILL_UPSTREAM_TIMEOUT_MS", Duration::from_secs(10))?,
             cors_origins: env.list("TILL_CORS_ORIGINS"),
+            sign_in_url: env.get("TILL_SIGN_IN_URL").map(str::to_owned),
         };
         for (variable, url) in [
             ("TILL_COMMAND_API_URL", &settings.command_api),
@@ -135,7 +141,8 @@ fn upstream_base(variable: &'static str, url: &str) -> Result<(), InvalidUpstrea
 /// What the gateway serves, on its two ports.
 #[derive(Debug)]
 pub struct Routers {
-    /// `/v1/*` forwarded, and the API's document and docs UI ([`docs`]).
+    /// `/v1/*` forwarded, the API's document and docs UI ([`docs`]), the storefront and the
+    /// console ([`web`]).
     pub public: Router,
     /// `/livez`, `/readyz` (the upstreams answer), `/metrics`: for the platform, not the
     /// internet (sales volume is in the metrics).
@@ -162,6 +169,7 @@ pub fn router(
     let http: Upstream = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector);
+    let web = web::routes(settings.sign_in_url.clone(), http.clone());
     let gateway = Gateway {
         settings: Arc::new(settings),
         verifier,
@@ -180,6 +188,7 @@ pub fn router(
     let public = Router::new()
         .merge(api)
         .merge(docs::routes())
+        .merge(web)
         .fallback(|| async { Problem::not_found("route-not-found", "no such route") })
         .layer(axum::middleware::from_fn(platform::http::problems_only))
         .layer(from_fn_with_state("gateway", track_metrics));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -165,8 +165,13 @@ impl DevIssuer {
         self.sign(&self.claims(sub, roles, ttl))
     }
 
-    /// Serves the discovery document and the JWKS.
+    /// Serves the discovery document, the JWKS, and `POST /token` — `{"sub": "alice",
+    /// "roles": ["admin"]}` → `{"access_token": …, "token_type": "Bearer", "expires_in": …}` —
+    /// the storefront's and console's local sign-in (through the gateway's `/auth/token`). Like
+    /// `till token`, it hands any name any role: it exists only where the development issuer
+    /// does, never beside a real one.
     pub fn router(&self) -> Router {
+        let minter = self.clone();
         let jwks = self.jwks.clone();
         let discovery = json!({
             "issuer": self.issuer,
@@ -182,7 +187,57 @@ impl DevIssuer {
                 "/.well-known/openid-configuration",
                 get(move || async move { axum::Json(discovery) }),
             )
+            .route(
+                "/token",
+                post(move |request: axum::Json<TokenRequest>| async move { minter.mint(&request) }),
+            )
     }
+
+    fn mint(&self, request: &TokenRequest) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let valid_sub = (1..=64).contains(&request.sub.len())
+            && request
+                .sub
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+        let valid_roles = request.roles.iter().all(|r| r == "admin");
+        if !valid_sub || !valid_roles {
+            return crate::problem::Problem::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid-sign-in",
+                "Invalid sign-in",
+            )
+            .with_detail("sub must be 1–64 letters, digits or . _ - @; the only role is admin")
+            .into_response();
+        }
+        let roles: Vec<&str> = request.roles.iter().map(String::as_str).collect();
+        match self.token(&request.sub, &roles, SIGN_IN_TTL) {
+            Ok(token) => axum::Json(json!({
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": SIGN_IN_TTL.as_secs(),
+            }))
+            .into_response(),
+            Err(error) => crate::problem::Problem::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "signing-failed",
+                "Signing failed",
+            )
+            .with_detail(error.to_string())
+            .into_response(),
+        }
+    }
+}
+
+/// How long a token from `POST /token` lasts.
+const SIGN_IN_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// The body of `POST /token`.
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenRequest {
+    pub sub: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 fn with_slash(url: &str) -> String {
@@ -209,4 +264,59 @@ fn save_key(path: &Path, key: &RsaPrivateKey) -> anyhow::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    async fn mint(issuer: &DevIssuer, body: &str) -> (StatusCode, Value) {
+        let request = Request::post("/token")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = issuer.router().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn token_signs_the_name_and_roles_it_is_given_and_refuses_others() {
+        let issuer = DevIssuer::ephemeral("http://127.0.0.1:1/", "api://test").unwrap();
+        let (status, body) = mint(&issuer, r#"{"sub":"alice","roles":["admin"]}"#).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let token = body["access_token"].as_str().unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(
+            (claims["sub"].as_str(), claims["roles"][0].as_str()),
+            (Some("alice"), Some("admin"))
+        );
+        assert_eq!(claims["aud"], "api://test");
+        for bad in [
+            r#"{"sub":""}"#,
+            r#"{"sub":"<script>"}"#,
+            r#"{"sub":"bob","roles":["superuser"]}"#,
+        ] {
+            let (status, body) = mint(&issuer, bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+            assert_eq!(
+                body["type"]
+                    .as_str()
+                    .map(|t| t.ends_with("invalid-sign-in")),
+                Some(true),
+                "{body}"
+            );
+        }
+    }
 }

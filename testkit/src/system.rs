@@ -115,6 +115,7 @@ pub fn settings_for_tests(database_url: &str, id: &str) -> SystemConfig {
         per_ip: (10_000, 10_000),
         upstream_timeout: Duration::from_secs(10),
         cors_origins: vec![],
+        sign_in_url: None,
     };
     SystemConfig {
         database_url: database_url.to_owned(),

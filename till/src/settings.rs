@@ -77,6 +77,16 @@ impl SystemConfig {
             true => Some(env.addr("TILL_DEV_ISSUER_ADDR", DEV_ISSUER_ADDR)?),
             false => None,
         };
+        let mut gateway = gateway::GatewaySettings::from_env(env)?;
+        if gateway.sign_in_url.is_none() && identity.issuer == DEV_ISSUER {
+            // The storefront's "pick a name" sign-in: the development issuer's /token, next to
+            // the JWKS it serves (compose: http://dev-issuer:8079/token).
+            let base = identity
+                .jwks_url
+                .strip_suffix(".well-known/jwks.json")
+                .unwrap_or(&identity.issuer);
+            gateway.sign_in_url = Some(format!("{base}token"));
+        }
         Ok(Self {
             database_url: env.text("DATABASE_URL", DEFAULT_DATABASE_URL),
             database_connections: env
@@ -119,7 +129,7 @@ impl SystemConfig {
                 "TILL_PAYMENT_RECONCILE_AFTER_SECS",
                 Duration::from_secs(300),
             )?,
-            gateway: gateway::GatewaySettings::from_env(env)?,
+            gateway,
             link_gateway: false,
         })
     }
@@ -145,6 +155,10 @@ impl SystemConfig {
             ("TILL_BUS_PREFIX", self.topology.prefix().to_owned()),
             ("TILL_PARTITIONS", self.topology.partitions().to_string()),
             ("TILL_GATEWAY_ADDR", addr(&self.gateway.listen)),
+            (
+                "TILL_SIGN_IN_URL",
+                self.gateway.sign_in_url.clone().unwrap_or_default(),
+            ),
             ("TILL_GATEWAY_OPS_ADDR", addr(&self.gateway.ops_listen)),
             ("TILL_COMMAND_API_ADDR", addr(&self.command_api_addr)),
             ("TILL_QUERY_API_ADDR", addr(&self.query_api_addr)),

@@ -25,6 +25,7 @@ async fn gateway(limits: RateLimits) -> (String, tokio::task::JoinHandle<()>) {
         per_ip: (5, 5),
         upstream_timeout: Duration::from_secs(2),
         cors_origins: vec![],
+        sign_in_url: None,
     };
     let verifier = JwtVerifier::new(testkit::system::identity());
     let routers = gateway::router(settings, verifier, limits).unwrap();

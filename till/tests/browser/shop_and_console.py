@@ -1,0 +1,124 @@
+"""The storefront and the console in headless Chromium (Debian's, never a downloaded one).
+
+Run by till/tests/browser.rs against a running system: BASE_URL is its gateway, ADMIN_TOKEN
+an administrator's token, SCREENSHOTS a folder for the main pages. Exits non-zero with the
+failing step on the first failure.
+"""
+
+import os
+import re
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+BASE = os.environ["BASE_URL"].rstrip("/")
+SHOTS = os.environ.get("SCREENSHOTS")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SKU = os.environ["PRODUCT_NAME"]
+
+expect.set_options(timeout=15_000)
+
+
+def shot(page, name):
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=True)
+
+
+def sign_in(page, name, admin=False):
+    page.goto(f"{BASE}/#/sign-in")
+    page.get_by_label("Your name").fill(name)
+    if admin:
+        page.get_by_label("administrator (for the console)").check()
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
+
+
+def order_id_from(page):
+    return re.search(r"#/orders/([0-9a-f-]+)", page.url).group(1)
+
+
+def shopper_buys(browser):
+    page = browser.new_page()
+    sign_in(page, "web-shopper")
+    # Find the product by searching the catalog.
+    page.get_by_label("Search").fill(SKU)
+    page.get_by_role("button", name="Search").click()
+    page.get_by_role("link", name=SKU).click()
+    expect(page.get_by_role("heading", name=SKU)).to_be_visible()
+    shot(page, "product")
+    page.get_by_label("Quantity").fill("2")
+    page.get_by_role("button", name="Add to cart").click()
+    expect(page.get_by_role("heading", name="Your cart")).to_be_visible()
+    quantity = page.get_by_label(f"Quantity of {SKU}")
+    expect(quantity).to_have_value("2")
+    quantity.fill("3")
+    quantity.dispatch_event("change")
+    expect(page.get_by_label(f"Quantity of {SKU}")).to_have_value("3")
+    shot(page, "cart")
+    page.get_by_role("button", name="Check out").click()
+    expect(page.get_by_role("heading", name=re.compile("^Order"))).to_be_visible()
+
+    # A declined card: a clear message, and paying again with a good one works.
+    expect(page.get_by_role("button", name=re.compile("^Pay"))).to_be_visible()
+    page.get_by_label("Card (test tokens)").select_option("tok_declined")
+    page.get_by_role("button", name=re.compile("^Pay")).click()
+    expect(page.get_by_role("alert")).to_contain_text("Payment declined")
+    expect(page.locator("#order-status")).to_have_text("payment_declined")
+    shot(page, "order-declined")
+    page.get_by_label("Card (test tokens)").select_option("tok_ok")
+    page.get_by_role("button", name=re.compile("^Pay")).click()
+    # "paid" arrives without a reload: the page follows the order.
+    expect(page.locator("#order-status")).to_have_text("paid")
+    shot(page, "order-paid")
+    order = order_id_from(page)
+    page.get_by_role("link", name="My orders").click()
+    expect(page.get_by_role("link", name=re.compile(order[:8]))).to_be_visible()
+    shot(page, "my-orders")
+    page.close()
+    return order
+
+
+def customer_is_refused_the_console(browser):
+    page = browser.new_page()
+    sign_in(page, "not-an-admin")
+    page.goto(f"{BASE}/console")
+    expect(page.get_by_role("heading", name="403 — administrators only")).to_be_visible()
+    page.close()
+
+
+def admin_ships(browser, order):
+    page = browser.new_page()
+    sign_in(page, "web-admin", admin=True)
+    page.goto(f"{BASE}/console")
+    expect(page.get_by_role("heading", name="Projections")).to_be_visible()
+    expect(page.get_by_role("cell", name="orders", exact=True)).to_be_visible()
+    shot(page, "console-projections")
+    page.get_by_role("link", name="Orders").click()
+    page.get_by_role("link", name=re.compile(order[:8])).click()
+    expect(page.locator("#order-status")).to_have_text("paid")
+    page.get_by_label("Tracking number").fill("TRACK-123")
+    page.get_by_role("button", name="Ship").click()
+    expect(page.locator("#order-status")).to_have_text("shipped")
+    expect(page.get_by_role("cell", name="OrderShipped")).to_be_visible()
+    shot(page, "console-order")
+    page.get_by_role("link", name="Products").click()
+    expect(page.get_by_role("cell", name=SKU, exact=True)).to_be_visible()
+    shot(page, "console-products")
+    page.close()
+
+
+def main():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox"])
+        try:
+            order = shopper_buys(browser)
+            customer_is_refused_the_console(browser)
+            admin_ships(browser, order)
+        finally:
+            browser.close()
+    print("browser: shopper bought and paid, a customer was refused the console, an admin shipped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
