@@ -1,5 +1,6 @@
-// The operator console: projections, orders (ship, deliver, refund) and products (create,
-// price, stock) over the same public API as any client, with the admin's token. A token
+// The operator console: projections, the event log and its streams (with trace ids), orders
+// (ship, deliver, refund) and products (create, price, stock) over the same public API as any
+// client, with the admin's token. A token
 // without the admin role gets the API's 403, and this page says so.
 import { api, ApiError, claims, esc, money, token, when } from "/assets/api.js";
 
@@ -51,7 +52,7 @@ async function order(id) {
     ${["paid", "shipped", "delivered"].includes(o.status) ? `<form id="refund" class="card inline">
       <label>Reason <input name="reason" required value="customer request"></label>
       <button class="secondary">Refund in full</button></form>` : ""}
-    <h2>Events</h2>
+    <h2>Events <a class="muted" href="#/streams/order-${esc(o.order_id)}">(with metadata and trace ids)</a></h2>
     <table><thead><tr><th>#</th><th>Event</th><th>Recorded</th><th>Data</th></tr></thead>
     <tbody>${events.items.map((e) => `<tr><td>${e.version}</td><td>${esc(e.type)}</td><td>${when(e.recorded_at)}</td>
       <td><pre>${esc(JSON.stringify(e.data, null, 1))}</pre></td></tr>`).join("")}</tbody></table>`);
@@ -73,6 +74,43 @@ async function order(id) {
 async function waitFor(id, consistency) {
   await api("GET", `/v1/orders/${id}`, undefined, { consistency });
   await order(id);
+}
+
+async function eventLog(params) {
+  const type = params.get("stream_type") || "", before = params.get("before") || "";
+  const query = new URLSearchParams({ limit: "50" });
+  if (type) query.set("stream_type", type);
+  if (before) query.set("before", before);
+  const { body } = await api("GET", `/v1/admin/events?${query}`);
+  show(`<h1>Event log</h1>
+    <form id="filter" class="inline">
+      <label>Stream type <select name="stream_type">
+        ${["", "product", "cart", "order"].map((t) => `<option value="${t}" ${t === type ? "selected" : ""}>${t || "all"}</option>`).join("")}
+      </select></label><button>Show</button>
+    </form>
+    <table><caption class="sr-only">Events, newest first</caption>
+    <thead><tr><th>Position</th><th>Recorded</th><th>Stream</th><th>#</th><th>Event</th><th>Actor</th><th>Trace id</th></tr></thead>
+    <tbody>${body.items.map((e) => `<tr><td>${e.position}</td><td>${when(e.recorded_at)}</td>
+      <td><a class="mono" href="#/streams/${esc(e.stream_id)}">${esc(e.stream_id.slice(0, 14))}…</a></td>
+      <td>${e.version}</td><td>${esc(e.type)}</td><td>${esc(e.metadata.actor)}</td>
+      <td class="mono">${esc(e.metadata.trace_id || "")}</td></tr>`).join("")}</tbody></table>
+    ${body.next_before ? `<p><a href="#/events?${new URLSearchParams({ ...(type && { stream_type: type }), before: body.next_before })}">Older events</a></p>` : ""}`);
+  document.getElementById("filter").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const t = new FormData(e.target).get("stream_type");
+    location.hash = t ? `#/events?stream_type=${t}` : "#/events";
+  });
+}
+
+async function stream(id) {
+  const { body } = await api("GET", `/v1/admin/streams/${encodeURIComponent(id)}`);
+  show(`<h1>Stream <span class="mono">${esc(body.stream_id)}</span></h1>
+    <table><thead><tr><th>#</th><th>Event</th><th>Recorded</th><th>Metadata</th><th>Data</th></tr></thead>
+    <tbody>${body.items.map((e) => `<tr><td>${e.version}</td><td>${esc(e.type)}</td><td>${when(e.recorded_at)}</td>
+      <td class="muted">trace <span class="mono">${esc(e.metadata.trace_id || "—")}</span><br>
+        actor ${esc(e.metadata.actor || "—")}<br>
+        correlation <span class="mono">${esc(e.metadata.correlation_id || "—")}</span></td>
+      <td><pre>${esc(JSON.stringify(e.data, null, 1))}</pre></td></tr>`).join("")}</tbody></table>`);
 }
 
 async function products() {
@@ -125,8 +163,11 @@ async function route() {
     show(`<h1>Sign in</h1><p>The console is for administrators. <a href="/#/sign-in">Sign in</a> first.</p>`);
     return;
   }
-  const parts = location.hash.slice(1).split("/").filter(Boolean);
+  const [path, search] = location.hash.slice(1).split("?");
+  const parts = (path || "").split("/").filter(Boolean);
   try {
+    if (parts[0] === "events") return await eventLog(new URLSearchParams(search || ""));
+    if (parts[0] === "streams" && parts[1]) return await stream(decodeURIComponent(parts[1]));
     if (parts[0] === "orders" && parts[1]) return await order(parts[1]);
     if (parts[0] === "orders") return await orders();
     if (parts[0] === "products") return await products();

@@ -300,6 +300,19 @@ pub struct CartsWritten {
     pub carts: Vec<(Uuid, u64)>,
 }
 
+/// Moves a progress hash's checkpoint to (ARGV[1], ARGV[2]) if that is further, and adds
+/// ARGV[3] to its events.
+const ADVANCE_PROGRESS: &str = r"
+local tx = tonumber(redis.call('HGET', KEYS[1], 'transaction_id') or '0')
+local pos = tonumber(redis.call('HGET', KEYS[1], 'position') or '0')
+local new_tx, new_pos = tonumber(ARGV[1]), tonumber(ARGV[2])
+if new_tx > tx or (new_tx == tx and new_pos > pos) then
+  redis.call('HSET', KEYS[1], 'transaction_id', ARGV[1], 'position', ARGV[2])
+end
+redis.call('HINCRBY', KEYS[1], 'events', ARGV[3])
+return 1
+";
+
 /// Applies a live batch to the serving version (and a building one, if a rebuild runs).
 pub async fn apply_live(
     pool: &PgPool,
@@ -326,17 +339,15 @@ pub async fn apply_live(
     for version in std::iter::once(serving).chain(building) {
         let written = apply_to(redis, keys, version, store, &events).await?;
         let mut progress = redis::pipe();
+        // Forward only: partitions (and competing workers) finish batches out of log order,
+        // and an older batch must not move the checkpoint back.
         progress
-            .cmd("HSET")
+            .cmd("EVAL")
+            .arg(ADVANCE_PROGRESS)
+            .arg(1)
             .arg(keys.progress(version))
-            .arg("transaction_id")
             .arg(last.transaction_id)
-            .arg("position")
             .arg(last.position)
-            .ignore()
-            .cmd("HINCRBY")
-            .arg(keys.progress(version))
-            .arg("events")
             .arg(written.events)
             .ignore();
         if version == serving {

@@ -183,3 +183,66 @@ pub struct ProjectionStatus {
 pub struct ProjectionList {
     pub items: Vec<ProjectionStatus>,
 }
+
+/// Which part of the event log.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventLogFilter {
+    /// Only streams of this type: `product`, `cart` or `order`.
+    pub stream_type: Option<String>,
+    /// Only events before this global position (the previous page's `next_before`).
+    pub before: Option<i64>,
+    /// 1 to 100 events (default 20).
+    pub limit: Option<i64>,
+}
+
+/// Where an event came from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventMetadataView {
+    /// The W3C trace id of the request that appended it: find it in the traces.
+    pub trace_id: Option<String>,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    /// Who sent the command, or the process that appended it.
+    pub actor: Option<String>,
+}
+
+/// One event of the global log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogEntry {
+    pub position: i64,
+    pub stream_id: String,
+    pub version: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub recorded_at: DateTime<Utc>,
+    pub metadata: EventMetadataView,
+}
+
+/// A page of the global log, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventLogPage {
+    pub items: Vec<LogEntry>,
+    /// Pass as `before` for the next (older) page; null on the last one.
+    pub next_before: Option<i64>,
+}
+
+/// One event of a stream, with its data and metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamEvent {
+    pub position: i64,
+    pub version: u64,
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub recorded_at: DateTime<Utc>,
+    pub data: serde_json::Value,
+    pub metadata: EventMetadataView,
+}
+
+/// A stream's events, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamEvents {
+    pub stream_id: String,
+    pub items: Vec<StreamEvent>,
+}

@@ -71,7 +71,7 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
 /// Every read route, each with its OpenAPI description: the one list both [`router`] and
 /// [`openapi`] are made from.
 fn reads() -> OpenApiRouter<AppState> {
-    use routes::{admin, carts, me, orders, products};
+    use routes::{admin, carts, events, me, orders, products};
     OpenApiRouter::new()
         .routes(routes!(products::list))
         .routes(routes!(products::one))
@@ -83,6 +83,8 @@ fn reads() -> OpenApiRouter<AppState> {
         .routes(routes!(orders::one))
         .routes(routes!(orders::events))
         .routes(routes!(admin::projections))
+        .routes(routes!(events::log))
+        .routes(routes!(events::stream))
 }
 
 /// The read side's part of the OpenAPI document (the gateway serves the whole).

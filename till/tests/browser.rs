@@ -40,6 +40,9 @@ async fn a_shopper_buys_in_the_storefront_and_an_admin_ships_from_the_console() 
     let Some((python, chromium)) = tools() else {
         return;
     };
+    // Spans, as every service process has them, so commands record their trace ids (the
+    // console shows them); nothing is exported.
+    let _telemetry = platform::telemetry::init("warn", "tillstream-browser-test");
     let issuer = testkit::system::issuer().issuer().to_owned();
     let system = TestSystem::start_full_with(|config| {
         // "Pick a name": the test issuer mints, as the development issuer does for `till up`.

@@ -272,6 +272,109 @@ async fn projections_report_their_progress_to_admins_only() {
     assert_eq!(customer.status, StatusCode::FORBIDDEN);
 }
 
+#[tokio::test]
+async fn admins_read_the_event_log_and_a_stream_with_trace_ids_and_nobody_else_does() {
+    let system = TestSystem::start_full().await;
+    let admin = token("admin", &["admin"]);
+    let mut products = Vec::new();
+    for n in 0..3 {
+        let created = system
+            .post(
+                "/v1/products",
+                &admin,
+                json!({ "sku": format!("LOG-{n}"), "name": "X", "category": "c",
+                "price": { "amount": 100, "currency": "EUR" }, "stock": 1 }),
+            )
+            .await;
+        products.push(created.body["product_id"].as_str().unwrap().to_owned());
+    }
+    let cart = system.cart("alice").await;
+
+    // Newest first, one type, in pages that continue where the last one ended.
+    let page = |query: String| {
+        let system = &system;
+        let admin = admin.clone();
+        async move {
+            system
+                .send(
+                    Method::GET,
+                    &format!("/v1/admin/events?{query}"),
+                    Some(&admin),
+                    None,
+                )
+                .await
+        }
+    };
+    let first = page("stream_type=product&limit=2".into()).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    let items = first.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["stream_id"], format!("product-{}", products[2]));
+    assert!(items[0]["position"].as_i64() > items[1]["position"].as_i64());
+    // The trace id is there when the command ran in a trace (services always do; this test's
+    // in-process system has no tracer, so it is null here — the browser test sees real ones).
+    let trace = &items[0]["metadata"]["trace_id"];
+    assert!(
+        trace.is_null() || trace.as_str().is_some_and(|t| t.len() == 32),
+        "{trace}"
+    );
+    assert_eq!(items[0]["metadata"]["actor"], "admin");
+    let before = first.body["next_before"].as_i64().unwrap();
+    let second = page(format!("stream_type=product&limit=2&before={before}")).await;
+    let older = second.body["items"].as_array().unwrap();
+    assert_eq!(older[0]["stream_id"], format!("product-{}", products[0]));
+    let carts = page("stream_type=cart".into()).await;
+    assert_eq!(carts.body["items"][0]["stream_id"], format!("cart-{cart}"));
+
+    let stream = system
+        .send(
+            Method::GET,
+            &format!("/v1/admin/streams/product-{}", products[1]),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(stream.status, StatusCode::OK, "{stream:?}");
+    assert_eq!(stream.body["items"][0]["type"], "ProductCreated");
+    assert_eq!(stream.body["items"][0]["data"]["sku"], "LOG-1");
+
+    for (path, status) in [
+        (
+            "/v1/admin/events?stream_type=invoice",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/admin/events?before=-1",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/admin/events?limit=1000",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("/v1/admin/streams/invoice-1", StatusCode::NOT_FOUND),
+        ("/v1/admin/streams/nonsense", StatusCode::NOT_FOUND),
+        (
+            "/v1/admin/streams/order-00000000-0000-0000-0000-000000000000",
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let reply = system.send(Method::GET, path, Some(&admin), None).await;
+        assert_eq!(reply.status, status, "{path}: {reply:?}");
+        assert_eq!(
+            reply.headers["content-type"], "application/problem+json",
+            "{path}"
+        );
+    }
+    let alice = token("alice", &[]);
+    for path in [
+        "/v1/admin/events".to_owned(),
+        format!("/v1/admin/streams/cart-{cart}"),
+    ] {
+        let reply = system.send(Method::GET, &path, Some(&alice), None).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}");
+    }
+}
+
 /// A GET with `consistency` as its token; the answer and how long it took.
 async fn read_with_token(
     system: &TestSystem,

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod carts;
+pub mod events;
 pub mod me;
 pub mod orders;
 pub mod products;

@@ -101,6 +101,18 @@ def admin_ships(browser, order):
     expect(page.locator("#order-status")).to_have_text("shipped")
     expect(page.get_by_role("cell", name="OrderShipped")).to_be_visible()
     shot(page, "console-order")
+    # The event log, one stream type, and the order's stream with each event's trace id.
+    page.get_by_role("link", name="Event log").click()
+    page.get_by_label("Stream type").select_option("order")
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("cell", name="OrderShipped").first).to_be_visible()
+    expect(page.locator("td.mono").first).to_have_text(re.compile(r"^[0-9a-f]{32}$"))
+    shot(page, "console-events")
+    page.goto(f"{BASE}/console#/streams/order-{order}")
+    expect(page.get_by_role("heading", name=f"Stream order-{order}")).to_be_visible()
+    expect(page.get_by_role("cell", name="OrderPaid", exact=True)).to_be_visible()
+    expect(page.get_by_text(re.compile(r"trace [0-9a-f]{32}")).first).to_be_visible()
+    shot(page, "console-stream")
     page.get_by_role("link", name="Products").click()
     expect(page.get_by_role("cell", name=SKU, exact=True)).to_be_visible()
     shot(page, "console-products")
@@ -117,7 +129,8 @@ def main():
             admin_ships(browser, order)
         finally:
             browser.close()
-    print("browser: shopper bought and paid, a customer was refused the console, an admin shipped")
+    print("browser: shopper bought and paid, a customer was refused the console, an admin "
+          "shipped and read the order's events with their trace ids")
 
 
 if __name__ == "__main__":
