@@ -13,13 +13,11 @@ use serde_json::{Value, json};
 
 use crate::docs::{EventLogFilter, EventLogPage, StreamEvents};
 use crate::params::Params;
+use crate::routes::shown_data;
 use crate::{AppState, db_problem, pagination};
 
 /// The stream types there are (a stream id is `<type>-<uuid>`).
 const STREAM_TYPES: [&str; 3] = ["product", "cart", "order"];
-
-/// Fields of stored events never shown, even to an admin (payment tokens).
-const SECRET_FIELDS: [&str; 1] = ["token"];
 
 /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
 fn trace_id(metadata: &Metadata) -> Option<&str> {
@@ -151,19 +149,13 @@ pub async fn stream(
     let items: Vec<Value> = events
         .into_iter()
         .map(|event| {
-            let mut data = event.data.to_value();
-            if let Some(fields) = data.as_object_mut() {
-                for secret in SECRET_FIELDS {
-                    fields.remove(secret);
-                }
-            }
             json!({
                 "position": event.position,
                 "version": event.version,
                 "event_id": event.event_id,
                 "type": event.event_type,
                 "recorded_at": event.recorded_at,
-                "data": data,
+                "data": shown_data(&event),
                 "metadata": metadata_json(&event.metadata),
             })
         })

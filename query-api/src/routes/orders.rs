@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::docs::{OrderEvents, OrderPage, OrderView, Page, ReadHeaders, StatusFilter};
 use crate::params::Params;
-use crate::routes::path_id;
+use crate::routes::{path_id, shown_data};
 use crate::{AppState, Audience, consistency, db_problem, list_etag, pagination, with_etag};
 
 #[derive(Debug, sqlx::FromRow)]
@@ -198,9 +198,6 @@ pub async fn one(
     ))
 }
 
-/// Fields of stored events never shown to a client.
-const SECRET_FIELDS: [&str; 1] = ["token"];
-
 #[utoipa::path(
     get,
     path = "/v1/orders/{id}/events",
@@ -234,17 +231,11 @@ pub async fn events(
     let items: Vec<Value> = events
         .into_iter()
         .map(|event| {
-            let mut data = event.data.to_value();
-            if let Some(fields) = data.as_object_mut() {
-                for secret in SECRET_FIELDS {
-                    fields.remove(secret);
-                }
-            }
             json!({
                 "version": event.version,
                 "event_id": event.event_id,
                 "type": event.event_type,
-                "data": data,
+                "data": shown_data(&event),
                 "recorded_at": event.recorded_at,
             })
         })
