@@ -47,8 +47,22 @@ pub struct Processes {
 
 /// A local port nothing listens on (free a moment ago).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
+    // Not a port the kernel hands out itself (binding port 0, or any outgoing connection,
+    // takes one from the ephemeral range, 32768–60999 by default): one of those was once
+    // taken by another socket between this test choosing it and its process binding it. Below
+    // that range, each port is handed out once per test binary, from a random start so
+    // binaries run one after another do not reuse each other's; one still in use is skipped.
+    const FIRST: u16 = 10_000;
+    const SPAN: u16 = 22_000;
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU16> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| std::sync::atomic::AtomicU16::new(rand::random::<u16>() % SPAN));
+    loop {
+        let offset = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SPAN;
+        let port = FIRST + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Processes {
