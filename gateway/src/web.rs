@@ -68,11 +68,28 @@ pub fn routes(sign_in_url: Option<String>, http: Client<HttpConnector, Full<Byte
         })
 }
 
+/// What a page may load and do: its own scripts, styles and API only (a token in session
+/// storage is worth stealing, so nothing injected may run or send it elsewhere), never framed.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 fn page(html: &'static str) -> Response {
     let mut response = Html(html).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -82,6 +99,7 @@ async fn serve_asset(Path(name): Path<String>) -> Response {
             [
                 (header::CONTENT_TYPE, content_type),
                 (header::CACHE_CONTROL, "no-cache"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             ],
             body,
         )
@@ -144,6 +162,18 @@ mod tests {
 
     async fn call(router: &Router, request: Request<Body>) -> (StatusCode, String, String) {
         let response = router.clone().oneshot(request).await.unwrap();
+        let html = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"text/html"));
+        if html {
+            let policy = response.headers().get(header::CONTENT_SECURITY_POLICY);
+            assert_eq!(
+                policy.and_then(|p| p.to_str().ok()),
+                Some(CONTENT_SECURITY_POLICY),
+                "every page carries the policy"
+            );
+        }
         let status = response.status();
         let content_type = response
             .headers()
