@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use eventstore::Metadata;
 use platform::identity::Admin;
 use platform::problem::Problem;
+use platform::read_models::PROJECTIONS;
 use serde_json::{Value, json};
 
 use crate::docs::{EventLogFilter, EventLogPage, StreamEvents};
@@ -16,8 +17,11 @@ use crate::params::Params;
 use crate::routes::shown_data;
 use crate::{AppState, db_problem, pagination};
 
-/// The stream types there are (a stream id is `<type>-<uuid>`).
-const STREAM_TYPES: [&str; 3] = ["product", "cart", "order"];
+/// Whether `name` is a stream type (a stream id is `<type>-<uuid>`): each has its projection in
+/// the registry.
+fn is_stream_type(name: &str) -> bool {
+    PROJECTIONS.iter().any(|p| p.stream_type == name)
+}
 
 /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
 fn trace_id(metadata: &Metadata) -> Option<&str> {
@@ -58,7 +62,7 @@ pub async fn log(
     let limit = pagination::limit(params.get("limit"))?;
     let stream_type = match params.get("stream_type").filter(|t| !t.is_empty()) {
         None => None,
-        Some(t) if STREAM_TYPES.contains(&t) => Some(t),
+        Some(t) if is_stream_type(t) => Some(t),
         Some(_) => {
             return Err(Problem::invalid_field(
                 "stream_type",
@@ -135,7 +139,7 @@ pub async fn stream(
 ) -> Result<Response, Problem> {
     let not_found = || Problem::not_found("stream-not-found", "no such stream");
     let (kind, id) = stream_id.split_once('-').ok_or_else(not_found)?;
-    if !STREAM_TYPES.contains(&kind) || uuid::Uuid::parse_str(id).is_err() {
+    if !is_stream_type(kind) || uuid::Uuid::parse_str(id).is_err() {
         return Err(not_found());
     }
     let events = state
