@@ -333,9 +333,16 @@ impl<H: Handler> ConsumerRunner<H> {
         failures: &mut u32,
     ) -> Result<Ended, MessagingError> {
         let channel = connection.create_channel().await?;
+        let name = &self.settings.name;
         self.topology
-            .declare_consumer(&channel, &self.settings.name, &self.settings.bindings)
+            .declare_consumer(&channel, name, &self.settings.bindings)
             .await?;
+        // One runner of each group tidies up after a change of layout.
+        if self.partition.as_ref().is_none_or(|p| p.index() == 0) {
+            self.topology
+                .retire_other_layouts(connection, name, &self.settings.bindings)
+                .await?;
+        }
         // Retries and dead letters are published on a channel of their own in confirm mode, so
         // the original is acked only once the broker holds the copy.
         let publisher = connection.create_channel().await?;

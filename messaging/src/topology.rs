@@ -25,10 +25,9 @@
 //! | `<prefix>.<consumer>.partitions.retry` | retries; they dead-letter back into the hash exchange, so a retried event returns to its stream's partition |
 //! | `<prefix>.<consumer>.dead` | dead letters, as without partitions |
 //!
-//! Changing `P`, or turning partitions on or off, is online: each process that starts consumers
-//! or the relay declares every consumer's layout and retires the other layout's queues
-//! ([`Topology::retire_other_layouts`], once at start-up, not on every reconnect) — unbinds
-//! them, moves what they hold into the new layout and deletes them — so nothing queued is lost. An event moved that
+//! Changing `P`, or turning partitions on or off, is online: declaring a consumer's layout
+//! ([`Topology::declare_consumer`]) retires the other layout's queues — unbinds them, moves what
+//! they hold into the new layout and deletes them — so nothing queued is lost. An event moved that
 //! way may arrive after a later event of its stream; projections fill such gaps from the store.
 //!
 //! Declaration is idempotent: RabbitMQ accepts a redeclaration with identical arguments, and
