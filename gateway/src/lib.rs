@@ -2,8 +2,8 @@
 //!
 //! For every `/v1` request, in this order: a per-IP rate limit; the bearer token checked
 //! (anonymous callers may only read the catalog); a per-user rate limit; the body limit
-//! (64 KiB); then the request is forwarded — reads (GET, HEAD) to the query API, everything
-//! else to the command API — with a request id (`x-request-id`, generated unless the client
+//! (64 KiB); then the request is forwarded — reads (GET, HEAD) and the operators' `/v1/admin/…`
+//! routes to the query API, everything else to the command API — with a request id (`x-request-id`, generated unless the client
 //! sent a valid one). The services verify the token again themselves: nothing downstream
 //! trusts the gateway's word for who the caller is.
 //!
@@ -361,7 +361,7 @@ async fn forward_inner(
         .await
         .map_err(|_| Problem::payload_too_large(MAX_BODY_BYTES))?;
 
-    let (upstream, name) = if matches!(parts.method, Method::GET | Method::HEAD) {
+    let (upstream, name) = if goes_to_query_api(&parts.method, &path) {
         (&gateway.settings.query_api, "query-api")
     } else {
         (&gateway.settings.command_api, "command-api")
@@ -444,6 +444,13 @@ fn unavailable(name: &str) -> Problem {
         "upstream-unavailable",
         format!("the {name} is not reachable right now; try again shortly"),
     )
+}
+
+/// Reads go to the query API, commands to the command API; the operators' routes
+/// (`/v1/admin/…`: rebuilds, dead letters) all live in the query API, whatever their method —
+/// they act on read models and the bus, never append events.
+fn goes_to_query_api(method: &Method, path: &str) -> bool {
+    matches!(*method, Method::GET | Method::HEAD) || path.starts_with("/v1/admin/")
 }
 
 /// Headers minus the hop-by-hop ones (RFC 9110 §7.6.1) and `host`.

@@ -3,8 +3,8 @@
 //! declares the consumer's queues first (idempotent), so it works before the consumer ever ran.
 //!
 //! - [`list`] peeks: it takes up to `limit` messages without acking, then nacks them all with
-//!   `requeue`, which puts them back in their places. Nothing is lost if the caller dies midway
-//!   (the channel closing requeues them too).
+//!   `requeue`, which puts them back in their places, and waits until the queue has taken them
+//!   back. Nothing is lost if the caller dies midway (the channel closing requeues them too).
 //! - [`redrive`] moves each dead letter back into the consumer's queue — published straight to
 //!   that queue (with partitions, through the consumer's own hash exchange to its stream's
 //!   partition), not through the events exchange, so other consumers do not see it twice — with its
@@ -14,12 +14,12 @@
 //! - [`drop_all`] purges the queue.
 
 use futures::TryFutureExt;
-use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, Queue};
 use tracing::{info, instrument};
 
 use crate::amqp::{publish_confirmed, republish_properties};
@@ -99,6 +99,11 @@ pub async fn list(
                 },
             )
             .await?;
+        // A nack has no answer: the broker's channel passes the requeue on to the queue and
+        // moves on, so a purge or redrive sent on another channel right after could reach the
+        // queue first and miss these messages (seen: a drop right after a listing dropped 0).
+        // The queue answers this declare only after the requeue this channel sent before it.
+        passive_declare(&channel, &queue).await?;
     }
     channel.close(200, "listed").await?;
     Ok(letters)
@@ -113,18 +118,22 @@ pub async fn count(
 ) -> Result<u32, MessagingError> {
     let channel = connection.create_channel().await?;
     topology.declare_queues(&channel, consumer).await?;
-    let queue = channel
+    let queue = passive_declare(&channel, &topology.dead_letter_queue(consumer)).await?;
+    channel.close(200, "counted").await?;
+    Ok(queue.message_count())
+}
+
+async fn passive_declare(channel: &lapin::Channel, queue: &str) -> Result<Queue, lapin::Error> {
+    channel
         .queue_declare(
-            &topology.dead_letter_queue(consumer),
+            queue,
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
             },
             FieldTable::default(),
         )
-        .await?;
-    channel.close(200, "counted").await?;
-    Ok(queue.message_count())
+        .await
 }
 
 /// Moves every dead letter of `consumer` back to its queue; returns how many moved.

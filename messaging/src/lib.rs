@@ -10,7 +10,8 @@
 //!   committed, bounded retries through a delay queue, then the dead-letter queue.
 //! - [`partitions`]: [`ConsumerGroup`] — a consumer's work split by stream id over
 //!   single-active-consumer queues, shared fairly by any number of workers.
-//! - [`dead_letters`]: list, redrive and drop a consumer's dead letters (for `till`).
+//! - [`dead_letters`]: list, redrive and drop a consumer's dead letters (for `till` and the
+//!   query API's admin routes); [`backlog`]: what waits in each consumer's queues.
 //! - [`amqp`]: connecting lapin to tokio, and the capped exponential [`Backoff`] every loop here
 //!   uses to reconnect.
 //! - [`error`]: [`MessagingError`], the infrastructure failures of this crate.
@@ -22,6 +23,7 @@
 //! process derives its events' ids from their cause (`processes`).
 
 pub mod amqp;
+pub mod backlog;
 pub mod consumer;
 pub mod dead_letters;
 pub mod envelope;

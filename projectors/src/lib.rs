@@ -14,6 +14,7 @@
 //!
 //! [`tables`] knows where each projection's current version lives (`read.projections`);
 //! [`rebuild`] builds a new version from the event store and switches to it without downtime;
+//! [`requests`] runs the rebuilds an admin asked for over HTTP and reports their progress;
 //! [`heal`] notices when Redis lost the carts view and rebuilds it without an operator.
 //!
 //! Projections only write views. The side-effecting handlers (the order process, payment
@@ -27,6 +28,7 @@ pub mod ordering;
 pub mod orders;
 pub mod products;
 pub mod rebuild;
+pub mod requests;
 pub mod status;
 pub mod tables;
 

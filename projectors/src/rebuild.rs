@@ -132,6 +132,7 @@ async fn rebuild_alone(
 ) -> Result<Option<Rebuilt>, ProjectionError> {
     let (name, stream_type) = (projection.name, projection.stream_type);
     let started = Instant::now();
+    progress(0); // the lock is held: this rebuild is under way
     let pool = store.pool();
     let (version, deferred_indexes) = prepare(pool, redis, keys, projection).await?;
     let target = match projection.storage {

@@ -177,6 +177,125 @@ pub struct ProjectionStatus {
     pub head_position: i64,
     pub lag_events: i64,
     pub lag_seconds: f64,
+    /// The newest rebuild asked for over HTTP, running or finished; `null` if none was.
+    pub rebuild: Option<RebuildView>,
+}
+
+/// A rebuild asked for with `POST /v1/admin/projections/{name}/rebuild`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildView {
+    pub id: Uuid,
+    /// `requested` (waiting for a projectors replica), `running`, `rebuilt` or `failed`.
+    pub state: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The projection's events when it started; `events_done` of them are in the new version.
+    pub events_total: Option<i64>,
+    pub events_done: i64,
+    /// Since it started (until it finished).
+    pub events_per_second: Option<f64>,
+    /// The version it builds; serving once `rebuilt`.
+    pub version: Option<i32>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// The relay and every consumer, as the event store and the broker count them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerOverview {
+    pub relay: RelayStatus,
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+/// How far the relay has published the global log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RelayStatus {
+    /// The last position it published and checkpointed.
+    pub checkpoint: Checkpoint,
+    /// The newest event's position.
+    pub head_position: i64,
+    /// Events recorded but not yet published.
+    pub lag_events: i64,
+}
+
+/// One consumer (a projector or a process) and its queues.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerStatus {
+    pub name: String,
+    /// Work queues: 1, or `TILL_PARTITIONS`.
+    pub partitions: u16,
+    /// Messages ready in all its work queues.
+    pub ready: u64,
+    pub retrying: u32,
+    pub dead_letters: u32,
+    pub queues: Vec<QueueView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueView {
+    pub queue: String,
+    pub ready: u32,
+    /// Workers subscribed (one active per partition, the others standing by).
+    pub consumers: u32,
+}
+
+/// A consumer's dead letters, oldest first, left in place.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterList {
+    pub consumer: String,
+    /// All its dead letters, of which `items` shows up to `limit`.
+    pub count: u32,
+    pub items: Vec<DeadLetterView>,
+}
+
+/// A message a consumer gave up on.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterView {
+    /// The event's id.
+    pub message_id: Option<String>,
+    pub routing_key: Option<String>,
+    /// `retries-exhausted`, `permanent` or `undecodable`.
+    pub reason: Option<String>,
+    pub last_error: Option<String>,
+    pub attempts: Option<u32>,
+    pub dead_at: Option<String>,
+    /// How often it was redriven already.
+    pub redriven: u32,
+    /// The event it carries (payment tokens left out); `null` if the body is not an event.
+    pub event: Option<DeadEvent>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadEvent {
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub version: u64,
+    pub position: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+    pub trace_id: Option<String>,
+}
+
+/// How many dead letters an action moved or deleted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterAction {
+    pub consumer: String,
+    /// Sent back to the consumer's queue (redrive).
+    pub redriven: Option<u64>,
+    /// Deleted (drop).
+    pub dropped: Option<u64>,
+}
+
+/// How many dead letters to show.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterFilter {
+    /// 1 to 100 (default 20).
+    pub limit: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

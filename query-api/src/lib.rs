@@ -1,7 +1,9 @@
-//! Tillstream's HTTP read side: serves the read models the projectors build, and nothing else.
-//! It knows the views' shapes, never the domain's rules.
+//! Tillstream's HTTP read side: serves the read models the projectors build, and the operators'
+//! routes (`/v1/admin/…`: projections and their rebuilds, the event log, the bus). It knows the
+//! views' shapes, never the domain's rules, and appends no event.
 //!
-//! - [`routes`]: one module per resource (products, carts, orders, admin).
+//! - [`routes`]: one module per resource (products, carts, orders; admin: projections, events,
+//!   consumers and dead letters).
 //! - [`consistency`]: read-your-writes with `X-Consistency-Token`.
 //! - [`pagination`]: keyset cursors.
 //! - [`docs`]: what the OpenAPI document says beyond each handler's `#[utoipa::path]`;
@@ -51,6 +53,8 @@ pub struct AppState {
     pub consistency_wait: Duration,
     /// Wakes reads that wait for a cart write; see [`consistency::CartWakeups`].
     pub cart_wakeups: Arc<consistency::CartWakeups>,
+    /// The broker and the names the admin routes on the bus need.
+    pub operations: Arc<routes::consumers::Operations>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -71,7 +75,7 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
 /// Every read route, each with its OpenAPI description: the one list both [`router`] and
 /// [`openapi`] are made from.
 fn reads() -> OpenApiRouter<AppState> {
-    use routes::{admin, carts, events, me, orders, products};
+    use routes::{admin, carts, consumers, events, me, orders, products};
     OpenApiRouter::new()
         .routes(routes!(products::list))
         .routes(routes!(products::one))
@@ -83,6 +87,14 @@ fn reads() -> OpenApiRouter<AppState> {
         .routes(routes!(orders::one))
         .routes(routes!(orders::events))
         .routes(routes!(admin::projections))
+        .routes(routes!(admin::projection))
+        .routes(routes!(admin::rebuild))
+        .routes(routes!(consumers::consumers))
+        .routes(routes!(
+            consumers::dead_letters,
+            consumers::drop_dead_letters
+        ))
+        .routes(routes!(consumers::redrive))
         .routes(routes!(events::log))
         .routes(routes!(events::stream))
 }
@@ -119,7 +131,7 @@ pub fn router(state: AppState) -> Router {
                 "method-not-allowed",
                 "Method not allowed",
             )
-            .with_detail("the query API only reads")
+            .with_detail("the query API only reads, apart from the admin routes")
         })
         .fallback(|| async { Problem::not_found("route-not-found", "no such route") })
         .layer(axum::middleware::from_fn(platform::http::problems_only))

@@ -95,6 +95,10 @@ impl Service {
 /// The relay's pool when it runs alone: it reads the log one batch at a time.
 const RELAY_CONNECTIONS: u32 = 2;
 
+/// How often each projectors replica looks for rebuilds an admin asked for (a click in the
+/// console starts within this).
+const REBUILD_REQUESTS_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Aggregate states the command API keeps in memory (a few KiB each at most).
 pub const COMMAND_CACHE_CAPACITY: usize = 4096;
 
@@ -155,6 +159,11 @@ pub fn consumers() -> Vec<(&'static str, Vec<String>)> {
     let (name, bindings) = ORDER_PROCESS;
     consumers.push((name, bindings.iter().map(|b| (*b).to_owned()).collect()));
     consumers
+}
+
+/// The relay's name on `topology`'s bus: its lock and its checkpoint in the event store.
+pub fn relay_name(topology: &Topology) -> String {
+    format!("relay:{}", topology.prefix())
 }
 
 /// Connects to RabbitMQ — or says where it was expected and how to start it; the relay and the
@@ -354,6 +363,15 @@ pub async fn start(
                     verifier: Arc::clone(&verifier),
                     consistency_wait: config.consistency_wait,
                     cart_wakeups,
+                    operations: Arc::new(query_api::routes::consumers::Operations {
+                        broker: messaging::backlog::BrokerLink::new(
+                            config.amqp_url.clone(),
+                            "query-api (operations)",
+                        ),
+                        topology: config.topology.clone(),
+                        consumers: consumers().into_iter().map(|(name, _)| name).collect(),
+                        relay_checkpoint: relay_name(&config.topology),
+                    }),
                 };
                 let (listener, addr) = bind("the query API", config.query_api_addr).await?;
                 spawn_http(tasks, listener, query_api::router(state), shutdown);
@@ -370,7 +388,7 @@ pub async fn start(
                 let mut settings = RelaySettings::new(config.amqp_url.clone());
                 settings.poll_interval = config.relay_poll_interval;
                 // One relay per bus: the lock and checkpoint are named after the topology.
-                settings.name = format!("relay:{}", config.topology.prefix());
+                settings.name = relay_name(&config.topology);
                 settings.checkpoint = settings.name.clone();
                 let relay = Relay::new(
                     store.clone().context("needs the database")?,
@@ -462,6 +480,17 @@ pub async fn start(
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
                     healer.run(stop).await;
+                    Ok(())
+                });
+                let requests = projectors::requests::RebuildRequests {
+                    store: store.clone(),
+                    redis: redis.clone(),
+                    keys: config.cart_keys.clone(),
+                    interval: REBUILD_REQUESTS_INTERVAL,
+                };
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    requests.run(stop).await;
                     Ok(())
                 });
                 spawn_lag_monitor(tasks, pool, redis, config.cart_keys.clone(), shutdown);

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use testkit::{Reply, TestSystem, token};
 
 /// The public API of design page §7 (those routes built so far), as `METHOD /path`.
-const CONTRACT: [&str; 28] = [
+const CONTRACT: [&str; 34] = [
     "POST /v1/products",
     "GET /v1/products",
     "GET /v1/products/{id}",
@@ -34,6 +34,12 @@ const CONTRACT: [&str; 28] = [
     "POST /v1/orders/{id}/deliver",
     "POST /v1/orders/{id}/refund",
     "GET /v1/admin/projections",
+    "GET /v1/admin/projections/{name}",
+    "POST /v1/admin/projections/{name}/rebuild",
+    "GET /v1/admin/consumers",
+    "GET /v1/admin/dead-letters/{consumer}",
+    "POST /v1/admin/dead-letters/{consumer}/redrive",
+    "DELETE /v1/admin/dead-letters/{consumer}",
     "GET /v1/admin/events",
     "GET /v1/admin/streams/{stream_id}",
     "POST /v1/webhooks/payments/{provider}",

@@ -24,7 +24,7 @@ fn is_stream_type(name: &str) -> bool {
 }
 
 /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
-fn trace_id(metadata: &Metadata) -> Option<&str> {
+pub(crate) fn trace_id(metadata: &Metadata) -> Option<&str> {
     metadata
         .traceparent
         .as_deref()

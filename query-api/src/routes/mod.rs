@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod carts;
+pub mod consumers;
 pub mod events;
 pub mod me;
 pub mod orders;
@@ -17,7 +18,11 @@ const SECRET_FIELDS: [&str; 1] = ["token"];
 
 /// An event's data as clients see it: without [`SECRET_FIELDS`].
 pub fn shown_data(event: &RecordedEvent) -> Value {
-    let mut data = event.data.to_value();
+    without_secrets(event.data.to_value())
+}
+
+/// Event data without [`SECRET_FIELDS`].
+pub fn without_secrets(mut data: Value) -> Value {
     if let Some(fields) = data.as_object_mut() {
         for secret in SECRET_FIELDS {
             fields.remove(secret);
