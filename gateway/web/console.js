@@ -1,7 +1,9 @@
-// The operator console: projections, the event log and its streams (with trace ids), orders
-// (ship, deliver, refund) and products (create, price, stock) over the same public API as any
-// client, with the admin's token. A token
-// without the admin role gets the API's 403, and this page says so.
+// The operator console: projections (lag, events/s, rebuild and its progress), the event log
+// and its streams (with trace ids), consumers and the relay (backlog, rate) with each consumer's
+// dead letters (inspect, redrive, drop), orders (ship, deliver, refund) and products (create,
+// price, stock) — over the same public API as any client, with the admin's token. A token
+// without the admin role gets the API's 403, and this page says so. Rates are worked out here
+// from two samples of the counters the API reports.
 import { api, ApiError, claims, esc, money, token, when } from "/assets/api.js";
 
 const view = document.getElementById("view");
@@ -13,17 +15,121 @@ function problem(error) {
 }
 const fail = (error) => { document.getElementById("error").innerHTML = problem(error); };
 
+/** The last sample of each counter the pages turn into rates: name → { value, at }. */
+const samples = new Map();
+function rate(name, value) {
+  const now = performance.now(), last = samples.get(name);
+  samples.set(name, { value, at: now });
+  if (!last || now - last.at < 200 || value < last.value) return "—";
+  return Math.round((value - last.value) / ((now - last.at) / 1000)).toLocaleString();
+}
+
+function rebuildCell(r) {
+  if (!r) return "—";
+  const state = `<span class="status ${esc(r.state)}">${esc(r.state)}</span>`;
+  if (r.state === "running" || r.state === "requested") {
+    const total = r.events_total ?? 0;
+    return `${state} <progress max="${Math.max(total, 1)}" value="${r.events_done}"
+      aria-label="Rebuild progress">${r.events_done}/${total}</progress>
+      <span class="muted">${r.events_done}/${total} events${r.events_per_second ? ` · ${Math.round(r.events_per_second).toLocaleString()}/s` : ""}</span>`;
+  }
+  if (r.state === "failed") return `${state} <span class="muted">${esc(r.error)}</span>`;
+  return `${state} <span class="muted">v${r.version} · ${r.events_done} events · ${when(r.finished_at)} by ${esc(r.requested_by)}</span>`;
+}
+
+function projectionRows(items) {
+  return items.map((p) => `<tr data-projection="${esc(p.name)}"><td>${esc(p.name)}</td><td>v${p.serving_version}</td>
+    <td>${p.rebuilding_version ? `v${p.rebuilding_version}` : "—"}</td><td>${p.events_applied}</td>
+    <td>${rate(`projection:${p.name}`, p.events_applied)}</td>
+    <td>${p.lag_events}</td><td>${Number(p.lag_seconds).toFixed(1)}</td>
+    <td class="mono">${p.checkpoint.transaction_id}/${p.checkpoint.position}</td>
+    <td class="rebuild">${rebuildCell(p.rebuild)}</td></tr>`).join("");
+}
+
 async function projections() {
   const { body } = await api("GET", "/v1/admin/projections");
   show(`<h1>Projections</h1>
-    <table><thead><tr><th>Projection</th><th>Serving</th><th>Rebuilding</th><th>Events applied</th>
-      <th>Lag (events)</th><th>Lag (s)</th><th>Checkpoint</th></tr></thead>
-    <tbody>${body.items.map((p) => `<tr><td>${esc(p.name)}</td><td>v${p.serving_version}</td>
-      <td>${p.rebuilding_version ? `v${p.rebuilding_version}` : "—"}</td><td>${p.events_applied}</td>
-      <td>${p.lag_events}</td><td>${Number(p.lag_seconds).toFixed(1)}</td>
-      <td class="mono">${p.checkpoint.transaction_id}/${p.checkpoint.position}</td></tr>`).join("")}</tbody></table>
-    <p class="muted">Refreshes every 2 s. Rebuild a projection with <code>till projections rebuild &lt;name&gt;</code>.</p>`);
-  poll = setTimeout(() => location.hash === "#/" || location.hash === "" ? projections().catch(() => {}) : null, 2000);
+    <form id="rebuild" class="card inline">
+      <label>Projection <select name="name">${body.items.map((p) => `<option>${esc(p.name)}</option>`).join("")}</select></label>
+      <button>Rebuild</button>
+      <span class="muted">A new version is built from the event store while the current one serves, then takes over.</span>
+    </form><div id="error"></div>
+    <div aria-live="off"><table><caption class="sr-only">Projections, refreshed every second</caption>
+      <thead><tr><th>Projection</th><th>Serving</th><th>Building</th><th>Events applied</th><th>Events/s</th>
+      <th>Lag (events)</th><th>Lag (s)</th><th>Checkpoint</th><th>Last rebuild</th></tr></thead>
+      <tbody id="projections">${projectionRows(body.items)}</tbody></table></div>`);
+  document.getElementById("rebuild").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const name = new FormData(e.target).get("name");
+    try {
+      await api("POST", `/v1/admin/projections/${encodeURIComponent(name)}/rebuild`);
+      document.getElementById("error").innerHTML = "";
+      await refreshProjections();
+    } catch (error) { fail(error); }
+  });
+  poll = setTimeout(refreshProjections, 1000);
+}
+
+/** Redraws the projections' rows only, so the form keeps its focus and choice. */
+async function refreshProjections() {
+  clearTimeout(poll);
+  const rows = document.getElementById("projections");
+  if (!rows) return;
+  try {
+    const { body } = await api("GET", "/v1/admin/projections");
+    rows.innerHTML = projectionRows(body.items);
+  } catch (error) { fail(error); }
+  poll = setTimeout(refreshProjections, 1000);
+}
+
+async function consumers() {
+  const { body } = await api("GET", "/v1/admin/consumers");
+  const relay = body.relay;
+  show(`<h1>Consumers</h1>
+    <div aria-live="off">
+    <h2>Relay</h2>
+    <table><thead><tr><th>Checkpoint</th><th>Head</th><th>Unpublished events</th><th>Published/s (by position)</th></tr></thead>
+    <tbody><tr><td class="mono">${relay.checkpoint.transaction_id}/${relay.checkpoint.position}</td>
+      <td>${relay.head_position}</td><td>${relay.lag_events}</td>
+      <td>${rate("relay", relay.checkpoint.position)}</td></tr></tbody></table>
+    <h2>Queues</h2>
+    <table><caption class="sr-only">Consumers and their queues</caption>
+    <thead><tr><th>Consumer</th><th>Partitions</th><th>Workers</th><th>Ready</th><th>Retrying</th><th>Dead letters</th></tr></thead>
+    <tbody>${body.consumers.map((c) => `<tr data-consumer="${esc(c.name)}"><td>${esc(c.name)}</td><td>${c.partitions}</td>
+      <td>${Math.max(0, ...c.queues.map((q) => q.consumers))}</td><td>${c.ready}</td><td>${c.retrying}</td>
+      <td><a href="#/dead-letters/${encodeURIComponent(c.name)}">${c.dead_letters}</a></td></tr>`).join("")}</tbody></table>
+    <p class="muted">Workers: processes subscribed to the consumer's queues (with partitions one is
+      active per partition and the others stand by). Refreshes every 2 s.</p></div>`);
+  poll = setTimeout(() => location.hash === "#/consumers" ? consumers().catch(() => {}) : null, 2000);
+}
+
+async function deadLetters(consumer) {
+  const { body } = await api("GET", `/v1/admin/dead-letters/${encodeURIComponent(consumer)}?limit=100`);
+  show(`<h1>Dead letters of <span class="mono">${esc(consumer)}</span></h1>
+    <p>${body.count} message(s) this consumer gave up on${body.count > body.items.length ? `; the oldest ${body.items.length} shown` : ""}.</p>
+    <div id="error"></div>
+    ${body.count ? `<p class="row"><button id="redrive">Redrive all</button>
+      <button id="drop" class="secondary">Drop all</button></p>` : ""}
+    <table><thead><tr><th>Event</th><th>Stream</th><th>Why</th><th>Attempts</th><th>Dead since</th><th>Redriven</th><th>Data</th></tr></thead>
+    <tbody>${body.items.map((d) => `<tr><td>${esc(d.event?.type || d.routing_key || "?")}<br>
+        <span class="mono muted">${esc(d.message_id || "")}</span></td>
+      <td>${d.event ? `<a class="mono" href="#/streams/${esc(d.event.stream_id)}">${esc(d.event.stream_id.slice(0, 14))}…</a> #${d.event.version}
+        ${d.event.trace_id ? `<br><span class="muted">trace <span class="mono">${esc(d.event.trace_id)}</span></span>` : ""}` : "—"}</td>
+      <td><strong>${esc(d.reason || "")}</strong><br><span class="muted">${esc(d.last_error || "")}</span></td>
+      <td>${d.attempts ?? "—"}</td><td>${when(d.dead_at)}</td><td>${d.redriven}</td>
+      <td><pre>${esc(JSON.stringify(d.event?.data ?? null, null, 1))}</pre></td></tr>`).join("")}</tbody></table>
+    <p><a href="#/consumers">All consumers</a></p>`);
+  const act = (id, method, path, said) => document.getElementById(id)?.addEventListener("click", async () => {
+    if (id === "drop" && !confirm(`Drop all ${body.count} dead letters of ${consumer}? They cannot be recovered.`)) return;
+    try {
+      const { body: done } = await api(method, path);
+      await deadLetters(consumer);
+      document.getElementById("error").innerHTML = `<div class="alert ok" role="status">${esc(said(done))}</div>`;
+    } catch (error) { fail(error); }
+  });
+  const base = `/v1/admin/dead-letters/${encodeURIComponent(consumer)}`;
+  act("redrive", "POST", `${base}/redrive`, (d) => `${d.redriven} sent back to ${consumer}.`);
+  act("drop", "DELETE", base, (d) => `${d.dropped} dropped.`);
 }
 
 async function orders() {
@@ -171,6 +277,8 @@ async function route() {
     if (parts[0] === "orders" && parts[1]) return await order(parts[1]);
     if (parts[0] === "orders") return await orders();
     if (parts[0] === "products") return await products();
+    if (parts[0] === "consumers") return await consumers();
+    if (parts[0] === "dead-letters" && parts[1]) return await deadLetters(decodeURIComponent(parts[1]));
     return await projections();
   } catch (error) {
     if (error instanceof ApiError && error.status === 403) {

@@ -119,6 +119,47 @@ def admin_ships(browser, order):
     page.close()
 
 
+def admin_rebuilds_while_shoppers_shop(browser):
+    """A rebuild started from the console finishes while a shopper keeps using the shop."""
+    admin = browser.new_page()
+    sign_in(admin, "web-admin", admin=True)
+    admin.goto(f"{BASE}/console")
+    row = admin.locator("tr[data-projection=products]")
+    expect(row.locator("td").nth(1)).to_have_text("v1")
+    admin.get_by_label("Projection").select_option("products")
+    admin.get_by_role("button", name="Rebuild").click()
+    expect(row.locator("td.rebuild")).to_contain_text(re.compile("requested|running|rebuilt"))
+
+    shopper = browser.new_page()
+    sign_in(shopper, "web-shopper-2")
+    shopper.get_by_label("Search").fill(SKU)
+    shopper.get_by_role("button", name="Search").click()
+    shopper.get_by_role("link", name=SKU).click()
+    shopper.get_by_label("Quantity").fill("1")
+    shopper.get_by_role("button", name="Add to cart").click()
+    expect(shopper.get_by_label(f"Quantity of {SKU}")).to_have_value("1")
+
+    expect(row.locator("td.rebuild")).to_contain_text("rebuilt")
+    expect(row.locator("td").nth(1)).to_have_text("v2")
+    shot(admin, "console-rebuilt")
+    # The catalog the new version serves still has the product.
+    shopper.goto(f"{BASE}/#/")
+    shopper.get_by_label("Search").fill(SKU)
+    shopper.get_by_role("button", name="Search").click()
+    expect(shopper.get_by_role("link", name=SKU)).to_be_visible()
+    shopper.close()
+
+    # The relay and the consumers, and one consumer's (empty) dead letters.
+    admin.get_by_role("link", name="Consumers").click()
+    expect(admin.get_by_role("heading", name="Consumers", exact=True)).to_be_visible()
+    expect(admin.get_by_role("cell", name="process.orders")).to_be_visible()
+    shot(admin, "console-consumers")
+    admin.locator("tr[data-consumer='process.orders'] a").click()
+    expect(admin.get_by_role("heading", name="Dead letters of process.orders")).to_be_visible()
+    expect(admin.get_by_text("0 message(s)")).to_be_visible()
+    admin.close()
+
+
 def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -127,10 +168,12 @@ def main():
             order = shopper_buys(browser)
             customer_is_refused_the_console(browser)
             admin_ships(browser, order)
+            admin_rebuilds_while_shoppers_shop(browser)
         finally:
             browser.close()
     print("browser: shopper bought and paid, a customer was refused the console, an admin "
-          "shipped and read the order's events with their trace ids")
+          "shipped and read the order's events with their trace ids, and rebuilt the catalog "
+          "from the console while another shopper shopped")
 
 
 if __name__ == "__main__":
