@@ -330,3 +330,46 @@ async fn the_bus_routes_refuse_everyone_but_admins_and_bad_input() {
         assert_eq!(reply.problem_code(), code, "{method} {path}");
     }
 }
+
+/// A request outlives whoever could run it: it waits while no projectors replica runs and while
+/// another rebuild of the projection holds its lock (`till projections rebuild`, the carts
+/// healer), then runs.
+#[tokio::test]
+async fn a_requested_rebuild_waits_for_a_projectors_replica_and_for_a_running_rebuild() {
+    let system = TestSystem::start_without_projectors().await;
+    system.product("OPS-WAIT", 300, 2).await;
+    let asked = admin_send(
+        &system,
+        Method::POST,
+        "/v1/admin/projections/orders/rebuild",
+    )
+    .await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{asked:?}");
+    assert_eq!(asked.body["state"], "requested");
+
+    // Someone else's rebuild of orders holds the lock while the projectors start.
+    let mut cli = system.db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(projectors::rebuild::lock_key("orders"))
+        .execute(&mut *cli)
+        .await
+        .unwrap();
+    let _projectors = system.start_projectors().await;
+    // Several of the replica's looks (every 500 ms) find the lock taken.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let waiting = admin_send(&system, Method::GET, "/v1/admin/projections/orders").await;
+    assert_eq!(waiting.body["rebuild"]["state"], "requested", "{waiting:?}");
+    assert_eq!(waiting.body["serving_version"], 1);
+
+    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(projectors::rebuild::lock_key("orders"))
+        .execute(&mut *cli)
+        .await
+        .unwrap();
+    let done = admin_get_until(&system, "/v1/admin/projections/orders", |p| {
+        p["rebuild"]["state"] == "rebuilt"
+    })
+    .await;
+    assert_eq!(done["serving_version"], 2);
+    assert_eq!(done["rebuild"]["id"], asked.body["id"]);
+}
