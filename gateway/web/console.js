@@ -1,9 +1,9 @@
 // The operator console: projections (lag, events/s, rebuild and its progress), the event log
 // and its streams (with trace ids), consumers and the relay (backlog, rate) with each consumer's
 // dead letters (inspect, redrive, drop), orders (ship, deliver, refund) and products (create,
-// price, stock) — over the same public API as any client, with the admin's token. A token
-// without the admin role gets the API's 403, and this page says so. Rates are worked out here
-// from two samples of the counters the API reports.
+// edit, price, stock, discontinue) — over the same public API as any client, with the admin's
+// token. A token without the admin role gets the API's 403, and this page says so. Rates are
+// worked out here from two samples of the counters the API reports.
 import { api, ApiError, claims, esc, money, token, when } from "/assets/api.js";
 
 const view = document.getElementById("view");
@@ -184,6 +184,7 @@ async function waitFor(id, consistency) {
 
 async function eventLog(params) {
   const type = params.get("stream_type") || "", before = params.get("before") || "";
+  const follow = params.get("follow") === "1" && !before;
   const query = new URLSearchParams({ limit: "50" });
   if (type) query.set("stream_type", type);
   if (before) query.set("before", before);
@@ -192,7 +193,9 @@ async function eventLog(params) {
     <form id="filter" class="inline">
       <label>Stream type <select name="stream_type">
         ${["", "product", "cart", "order"].map((t) => `<option value="${t}" ${t === type ? "selected" : ""}>${t || "all"}</option>`).join("")}
-      </select></label><button>Show</button>
+      </select></label>
+      <label class="check"><input type="checkbox" name="follow" value="1" ${follow ? "checked" : ""}> Follow new events</label>
+      <button>Show</button>
     </form>
     <table><caption class="sr-only">Events, newest first</caption>
     <thead><tr><th>Position</th><th>Recorded</th><th>Stream</th><th>#</th><th>Event</th><th>Actor</th><th>Trace id</th></tr></thead>
@@ -203,9 +206,17 @@ async function eventLog(params) {
     ${body.next_before ? `<p><a href="#/events?${new URLSearchParams({ ...(type && { stream_type: type }), before: body.next_before })}">Older events</a></p>` : ""}`);
   document.getElementById("filter").addEventListener("submit", (e) => {
     e.preventDefault();
-    const t = new FormData(e.target).get("stream_type");
-    location.hash = t ? `#/events?stream_type=${t}` : "#/events";
+    const f = new FormData(e.target);
+    const query = new URLSearchParams();
+    if (f.get("stream_type")) query.set("stream_type", f.get("stream_type"));
+    if (f.get("follow")) query.set("follow", "1");
+    location.hash = `#/events${query.size ? `?${query}` : ""}`;
   });
+  // Following: the newest page again every 2 s while this view is shown (a tail).
+  if (follow) {
+    const shown = location.hash;
+    poll = setTimeout(() => location.hash === shown ? eventLog(params).catch(() => {}) : null, 2000);
+  }
 }
 
 async function stream(id) {
@@ -232,7 +243,7 @@ async function products() {
       <button>Create</button>
     </form><div id="error"></div>
     <table><thead><tr><th>SKU</th><th>Name</th><th>Price</th><th>Available</th><th>Set price (cents)</th><th>Add / remove stock</th></tr></thead>
-    <tbody>${body.items.map((p) => `<tr><td class="mono">${esc(p.sku)}</td><td>${esc(p.name)}</td>
+    <tbody>${body.items.map((p) => `<tr><td class="mono">${esc(p.sku)}</td><td><a href="#/products/${esc(p.product_id)}">${esc(p.name)}</a></td>
       <td>${money(p.price)}</td><td>${p.available}</td>
       <td><input type="number" min="0" aria-label="New price of ${esc(p.name)} in cents" data-price="${esc(p.product_id)}" data-currency="${esc(p.price.currency)}"></td>
       <td><input type="number" aria-label="Units of ${esc(p.name)} to add (negative: remove)" data-stock="${esc(p.product_id)}"></td></tr>`).join("")}</tbody></table>`);
@@ -260,6 +271,46 @@ async function products() {
   change("stock", (i) => ({ delta: Number(i.value) }));
 }
 
+async function product(id) {
+  const { body: p, headers } = await api("GET", `/v1/products/${id}`);
+  show(`<h1>Product <span class="mono">${esc(p.sku)}</span>
+      ${p.discontinued ? `<span class="status cancelled">discontinued</span>` : ""}</h1>
+    <p>${money(p.price)} · ${p.available} available · version ${p.version}</p>
+    <div id="error"></div>
+    <form id="details" class="card">
+      <p class="row"><label>Name <input name="name" required value="${esc(p.name)}"></label>
+      <label>Category <input name="category" required value="${esc(p.category)}"></label></p>
+      <p><label>Description <textarea name="description" rows="3" cols="60">${esc(p.description)}</textarea></label></p>
+      <p><label>Picture URLs (one per line) <textarea name="image_urls" rows="2" cols="60">${esc(p.image_urls.join("\n"))}</textarea></label></p>
+      <p class="row"><button>Save</button>
+      ${p.discontinued ? "" : `<button type="button" id="discontinue" class="secondary">Discontinue</button>`}
+      <a href="#/products">All products</a></p>
+    </form>`);
+  const etag = headers.get("etag");
+  const saved = async (call) => {
+    try {
+      const { headers: h } = await call();
+      await api("GET", `/v1/products/${id}`, undefined, { consistency: h.get("x-consistency-token") });
+      await product(id);
+      document.getElementById("error").innerHTML = `<div class="alert ok" role="status">Saved.</div>`;
+    } catch (error) { fail(error); }
+  };
+  document.getElementById("details").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    const urls = String(f.get("image_urls")).split("\n").map((u) => u.trim()).filter(Boolean);
+    // If-Match: an edit made on what this page showed, never over someone else's newer one.
+    saved(() => api("PATCH", `/v1/products/${id}`, {
+      name: f.get("name"), category: f.get("category"), description: f.get("description"), image_urls: urls,
+    }, { ifMatch: etag }));
+  });
+  document.getElementById("discontinue")?.addEventListener("click", () => {
+    if (confirm(`Discontinue ${p.name}? It leaves the catalog and can no longer be ordered.`)) {
+      saved(() => api("POST", `/v1/products/${id}/discontinue`));
+    }
+  });
+}
+
 async function route() {
   clearTimeout(poll);
   const c = claims();
@@ -276,6 +327,7 @@ async function route() {
     if (parts[0] === "streams" && parts[1]) return await stream(decodeURIComponent(parts[1]));
     if (parts[0] === "orders" && parts[1]) return await order(parts[1]);
     if (parts[0] === "orders") return await orders();
+    if (parts[0] === "products" && parts[1]) return await product(parts[1]);
     if (parts[0] === "products") return await products();
     if (parts[0] === "consumers") return await consumers();
     if (parts[0] === "dead-letters" && parts[1]) return await deadLetters(decodeURIComponent(parts[1]));

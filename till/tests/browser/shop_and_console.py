@@ -116,6 +116,16 @@ def admin_ships(browser, order):
     page.get_by_role("link", name="Products").click()
     expect(page.get_by_role("cell", name=SKU, exact=True)).to_be_visible()
     shot(page, "console-products")
+    # Edit a product's details (sent with If-Match: the version the page showed).
+    page.locator("tr", has_text=SKU).get_by_role("link").click()
+    page.get_by_label("Description").fill("Edited from the console")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_have_text("Saved.")
+    expect(page.get_by_label("Description")).to_have_value("Edited from the console")
+    # The event log follows new events: the edit is the newest product event.
+    page.goto(f"{BASE}/console#/events?stream_type=product&follow=1")
+    expect(page.get_by_label("Follow new events")).to_be_checked()
+    expect(page.get_by_role("cell", name="ProductDetailsChanged").first).to_be_visible()
     page.close()
 
 
