@@ -16,7 +16,8 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::error::{AppendError, StoreError};
-use crate::model::{ExpectedVersion, Metadata, NewEvent};
+use crate::group::AppendQueue;
+use crate::model::{ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 use crate::store::{EventStore, on_live_connection};
 
 /// How long a writer that lost a race waits before deciding again: a random time up to 1 ms,
@@ -109,7 +110,50 @@ impl EventStore {
     where
         A: Aggregate,
     {
-        on_live_connection!(self, |conn| self.load_on::<A>(conn, stream_id).await)
+        match self.grouped() {
+            Some(queue) => self.load_grouped::<A>(queue, stream_id).await,
+            None => on_live_connection!(self, |conn| self.load_on::<A>(conn, stream_id).await),
+        }
+    }
+
+    /// [`EventStore::load`] through the group-commit store's read queue (see [`crate::group`]).
+    #[instrument(
+        name = "eventstore.load",
+        skip(self, queue),
+        fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT"),
+        err(level = "debug")
+    )]
+    async fn load_grouped<A: Aggregate>(
+        &self,
+        queue: &AppendQueue,
+        stream_id: &str,
+    ) -> Result<(A, u64), StoreError> {
+        let (state, version) = self.cached_or_default::<A>(stream_id);
+        let newer = queue.read(stream_id, version).await?;
+        self.fold_newer(stream_id, state, version, &newer)
+    }
+
+    fn cached_or_default<A: Aggregate>(&self, stream_id: &str) -> (A, u64) {
+        let cached = self.cache.as_ref().and_then(|c| c.get::<A>(stream_id));
+        cached.unwrap_or_default()
+    }
+
+    /// `state` at `version`, with `newer` events applied (and cached).
+    fn fold_newer<A: Aggregate>(
+        &self,
+        stream_id: &str,
+        mut state: A,
+        mut version: u64,
+        newer: &[RecordedEvent],
+    ) -> Result<(A, u64), StoreError> {
+        for event in newer {
+            state = state.evolve(&event.decode::<A::Event>()?);
+            version = event.version;
+        }
+        if let Some(cache) = &self.cache {
+            cache.put(stream_id, &state, version);
+        }
+        Ok((state, version))
     }
 
     /// The cached state and version of an aggregate, if the cache holds it. Only to be trusted
@@ -146,17 +190,9 @@ impl EventStore {
     where
         A: Aggregate,
     {
-        let cached = self.cache.as_ref().and_then(|c| c.get::<A>(stream_id));
-        let (mut state, mut version) = cached.unwrap_or_default();
+        let (state, version) = self.cached_or_default::<A>(stream_id);
         let newer = self.read_stream_on(conn, stream_id, version).await?;
-        for event in &newer {
-            state = state.evolve(&event.decode::<A::Event>()?);
-            version = event.version;
-        }
-        if let Some(cache) = &self.cache {
-            cache.put(stream_id, &state, version);
-        }
-        Ok((state, version))
+        self.fold_newer(stream_id, state, version, &newer)
     }
 
     /// Runs `command` against the aggregate in `stream_id`: load, decide, append, retrying on

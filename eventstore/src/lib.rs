@@ -4,6 +4,8 @@
 //!   global log without ever skipping an event that commits late.
 //! - [`execute`]: load → decide → append for any [`domain::Aggregate`], with bounded retry.
 //! - [`multi`]: atomic appends to several streams in one statement.
+//! - [`group`]: group commit — concurrent appends to different streams share one statement and
+//!   one commit.
 //! - [`cache`]: in-process aggregate states, trusted only where an append proves them current.
 //! - [`checkpoint`]: named positions of global-log readers.
 //! - `connections`: the connections appends and stream reads run on (no round trip to hand
@@ -18,6 +20,7 @@ pub mod checkpoint;
 mod connections;
 pub mod error;
 pub mod execute;
+pub mod group;
 pub mod model;
 pub mod multi;
 pub mod store;
@@ -29,6 +32,7 @@ pub use error::{AppendError, StoreError};
 pub use execute::{
     CommandOptions, EventIds, ExecuteError, Executed, conflict_backoff, record_appended,
 };
+pub use group::{GroupCommit, GroupStats};
 pub use model::{
     Appended, EventData, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent,
 };

@@ -33,6 +33,16 @@ impl ExpectedVersion {
             Self::Exact(v) => current == v,
         }
     }
+
+    /// The expectation as the append statements take it: (mode, exact version).
+    pub(crate) fn as_columns(self) -> (i32, i64) {
+        match self {
+            Self::Any => (0, 0),
+            Self::NoStream => (1, 0),
+            Self::StreamExists => (2, 0),
+            Self::Exact(v) => (3, i64::try_from(v).unwrap_or(i64::MAX)),
+        }
+    }
 }
 
 impl fmt::Display for ExpectedVersion {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{AppendError, StoreError};
-use crate::model::{ExpectedVersion, NewEvent};
+use crate::model::{Appended, ExpectedVersion, NewEvent};
 use crate::store::EventStore;
 use sqlx::{Acquire, Postgres, Transaction};
 
@@ -81,6 +81,39 @@ impl EventStore {
                 .await?;
             return Ok(vec![appended.version]);
         }
+        if let Some(queue) = self.queue_for(writes) {
+            let appended = queue.append(writes.to_vec()).await?;
+            return Ok(appended.into_iter().map(|a| a.version).collect());
+        }
+        self.append_streams_ungrouped(writes).await
+    }
+
+    /// Any append of the group-commit queue, in a statement and transaction of its own.
+    pub(crate) async fn append_streams_alone(
+        &self,
+        writes: &[StreamAppend],
+    ) -> Result<Vec<Appended>, AppendError> {
+        if let [write] = writes {
+            let appended = self
+                .append_alone(&write.stream_id, write.expected, &write.events)
+                .await?;
+            return Ok(vec![appended]);
+        }
+        let versions = self.append_streams_ungrouped(writes).await?;
+        Ok(versions
+            .into_iter()
+            .map(|version| Appended {
+                version,
+                positions: Vec::new(),
+                already_stored: false,
+            })
+            .collect())
+    }
+
+    async fn append_streams_ungrouped(
+        &self,
+        writes: &[StreamAppend],
+    ) -> Result<Vec<u64>, AppendError> {
         if writes.iter().all(|w| w.events.is_empty()) {
             return self.check_streams(writes).await;
         }
@@ -175,12 +208,7 @@ impl EventStore {
                         }
                     })?);
             }
-            let (mode, exact) = match write.expected {
-                ExpectedVersion::Any => (0, 0),
-                ExpectedVersion::NoStream => (1, 0),
-                ExpectedVersion::StreamExists => (2, 0),
-                ExpectedVersion::Exact(v) => (3, i64::try_from(v).unwrap_or(i64::MAX)),
-            };
+            let (mode, exact) = write.expected.as_columns();
             columns.expected_streams.push(write.stream_id.as_str());
             columns.modes.push(mode);
             columns.exacts.push(exact);
@@ -189,7 +217,10 @@ impl EventStore {
     }
 
     /// Every expectation of an append that writes nothing, checked.
-    async fn check_streams(&self, writes: &[StreamAppend]) -> Result<Vec<u64>, AppendError> {
+    pub(crate) async fn check_streams(
+        &self,
+        writes: &[StreamAppend],
+    ) -> Result<Vec<u64>, AppendError> {
         let mut versions = Vec::with_capacity(writes.len());
         for write in writes {
             let actual = self.stream_version(&write.stream_id).await?;
@@ -206,7 +237,7 @@ impl EventStore {
     }
 
     /// Which stream made a multi-stream append fail, and where it is now.
-    async fn first_mismatch(&self, writes: &[StreamAppend]) -> AppendError {
+    pub(crate) async fn first_mismatch(&self, writes: &[StreamAppend]) -> AppendError {
         for write in writes {
             match self.stream_version(&write.stream_id).await {
                 Ok(actual) if !write.expected.admits(actual) => {

@@ -20,9 +20,11 @@ use uuid::Uuid;
 
 use crate::connections::{Connections, DatabaseFailure};
 use crate::error::{AppendError, StoreError};
+use crate::group::{AppendQueue, GroupCommit, GroupStats};
 use crate::model::{
     Appended, EventData, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent,
 };
+use crate::multi::StreamAppend;
 use crate::upcast::Upcasters;
 
 /// How often an append with [`ExpectedVersion::Any`] retries after losing a race.
@@ -40,6 +42,8 @@ pub struct EventStore {
     upcasters: Arc<Upcasters>,
     notifier: Option<Arc<AppendNotifier>>,
     pub(crate) cache: Option<Arc<crate::cache::AggregateCache>>,
+    /// Where appends queue for group commit, if it is on (see [`crate::group`]).
+    group: Option<Arc<AppendQueue>>,
 }
 
 /// Sends `NOTIFY eventstore_appended` after appends, coalescing bursts into one notification in
@@ -184,6 +188,7 @@ impl EventStore {
             upcasters: Arc::new(upcasters),
             notifier: None,
             cache: None,
+            group: None,
         }
     }
 
@@ -201,6 +206,33 @@ impl EventStore {
     pub fn with_append_notifications(mut self) -> Self {
         self.notifier = Some(AppendNotifier::start(self.connections.clone()));
         self
+    }
+
+    /// Groups concurrent appends into shared statements and commits (see [`crate::group`]).
+    /// Needs a Tokio runtime; call it last, after the other `with_…` settings, which the
+    /// writers it starts take along.
+    pub fn with_group_commit(mut self, settings: GroupCommit) -> Self {
+        self.group = None;
+        let queue = AppendQueue::start(self.clone(), settings);
+        self.group = Some(Arc::new(queue));
+        self
+    }
+
+    /// How much grouping happened, when group commit is on.
+    pub fn group_stats(&self) -> Option<&GroupStats> {
+        self.group.as_deref().map(|queue| queue.stats.as_ref())
+    }
+
+    /// The group-commit queues, if group commit is on.
+    pub(crate) fn grouped(&self) -> Option<&AppendQueue> {
+        self.group.as_deref()
+    }
+
+    /// Where appends go: the group-commit queue, if on, for appends that write something.
+    pub(crate) fn queue_for(&self, writes: &[StreamAppend]) -> Option<&AppendQueue> {
+        self.group
+            .as_deref()
+            .filter(|_| writes.iter().any(|w| !w.events.is_empty()))
     }
 
     /// Wakes global-log readers after a commit that appended events.
@@ -228,6 +260,25 @@ impl EventStore {
         err(level = "debug")
     )]
     pub async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, AppendError> {
+        if let Some(queue) = self.group.as_deref().filter(|_| !events.is_empty()) {
+            let write = StreamAppend {
+                stream_id: stream_id.to_owned(),
+                expected,
+                events: events.to_vec(),
+            };
+            let mut appended = queue.append(vec![write]).await?;
+            return Ok(appended.pop().expect("one stream, one outcome"));
+        }
+        self.append_alone(stream_id, expected, events).await
+    }
+
+    /// [`EventStore::append`] in a statement and transaction of its own.
+    pub(crate) async fn append_alone(
         &self,
         stream_id: &str,
         expected: ExpectedVersion,
@@ -333,12 +384,7 @@ impl EventStore {
                 Err(Missed::Expectation)
             });
         }
-        let (mode, exact) = match expected {
-            ExpectedVersion::Any => (0, 0),
-            ExpectedVersion::NoStream => (1, 0),
-            ExpectedVersion::StreamExists => (2, 0),
-            ExpectedVersion::Exact(v) => (3, i64::try_from(v).unwrap_or(i64::MAX)),
-        };
+        let (mode, exact) = expected.as_columns();
         let metadata = events
             .iter()
             .map(|e| serde_json::to_value(&e.metadata))
@@ -403,6 +449,30 @@ impl EventStore {
         on_live_connection!(self, |conn| self
             .read_stream_on(conn, stream_id, after_version)
             .await)
+    }
+
+    /// Every event of each of `stream_ids`, by stream, in version order: one statement.
+    pub async fn read_streams(
+        &self,
+        stream_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<RecordedEvent>>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM eventstore.events \
+             WHERE stream_id = ANY($1) ORDER BY stream_id, version"
+        );
+        let rows: Vec<EventRow> = on_live_connection!(self, |conn| sqlx::query_as(&sql)
+            .bind(stream_ids)
+            .fetch_all(&mut *conn)
+            .await)?;
+        let mut by_stream: std::collections::HashMap<String, Vec<RecordedEvent>> =
+            std::collections::HashMap::new();
+        for event in self.upcast_rows(rows)? {
+            by_stream
+                .entry(event.stream_id.clone())
+                .or_default()
+                .push(event);
+        }
+        Ok(by_stream)
     }
 
     /// Runs `f` on one of the connections the store's appends and stream reads use (see

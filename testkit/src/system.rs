@@ -120,6 +120,7 @@ pub fn settings_for_tests(database_url: &str, id: &str) -> SystemConfig {
     SystemConfig {
         database_url: database_url.to_owned(),
         database_connections: 24,
+        append_batch: eventstore::GroupCommit::default().max_batch,
         amqp_url: platform::settings::amqp_url(),
         redis_url: platform::settings::redis_url(),
         identity: identity(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use eventstore::EventStore;
+use eventstore::{EventStore, GroupCommit};
 use messaging::{
     ConsumerGroup, ConsumerSettings, Handler, Relay, RelaySettings, RelayState, Topology,
 };
@@ -300,9 +300,16 @@ pub async fn start(
     // One store per pool, cloned into each service: a store's own connections (see
     // `eventstore::connections`) and its append notifier are shared by its clones, not opened
     // again per service.
-    let write_store = write_pool
-        .clone()
-        .map(|pool| EventStore::new(pool).with_append_notifications());
+    let write_store = write_pool.clone().map(|pool| {
+        let store = EventStore::new(pool).with_append_notifications();
+        match config.append_batch {
+            1 => store,
+            max_batch => store.with_group_commit(GroupCommit {
+                max_batch,
+                ..GroupCommit::default()
+            }),
+        }
+    });
     let store = pool.clone().map(EventStore::new);
     let mut started: Vec<Started> = Vec::new();
     let mut gateway_settings = config.gateway.clone();

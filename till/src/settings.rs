@@ -27,6 +27,9 @@ pub const DEFAULT_DATABASE_CONNECTIONS: u32 = 4;
 pub struct SystemConfig {
     pub database_url: String,
     pub database_connections: u32,
+    /// Appends committed together at most (`TILL_APPEND_BATCH`; 1: each on its own). See
+    /// `eventstore::group`.
+    pub append_batch: usize,
     pub amqp_url: String,
     pub redis_url: String,
     pub identity: IdentitySettings,
@@ -91,6 +94,12 @@ impl SystemConfig {
             database_url: env.text("DATABASE_URL", DEFAULT_DATABASE_URL),
             database_connections: env
                 .positive("TILL_DATABASE_CONNECTIONS", DEFAULT_DATABASE_CONNECTIONS)?,
+            append_batch: env.parsed(
+                "TILL_APPEND_BATCH",
+                eventstore::GroupCommit::default().max_batch,
+                "a whole number from 1 (no grouping) to 1000",
+                |v| v.parse().ok().filter(|n| (1..=1000).contains(n)),
+            )?,
             amqp_url: env.text("AMQP_URL", DEFAULT_AMQP_URL),
             redis_url: env.text("REDIS_URL", DEFAULT_REDIS_URL),
             identity,
@@ -149,6 +158,7 @@ impl SystemConfig {
                 "TILL_DATABASE_CONNECTIONS",
                 self.database_connections.to_string(),
             ),
+            ("TILL_APPEND_BATCH", self.append_batch.to_string()),
             ("AMQP_URL", redact(&self.amqp_url)),
             ("REDIS_URL", redact(&self.redis_url)),
             ("TILL_REDIS_PREFIX", self.cart_keys.prefix.clone()),
