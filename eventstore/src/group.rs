@@ -16,11 +16,14 @@
 //!   alone: [`AppendError::WrongExpectedVersion`] with the stream's actual version, or, for a
 //!   retry of an append stored already, that append's outcome;
 //! - a multi-stream append is still all or nothing (its streams are one group);
-//! - anything that fails the statement as a whole — a writer outside the batch that won a race
-//!   on one of its streams, an event id stored already (an idempotent retry), an event Postgres
-//!   refuses, a lost connection — makes every append of the batch run again on its own, the
-//!   ungrouped way, which answers each exactly as without group commit (a retry finds its
-//!   events stored, a racer's loser sees the conflict, the bad event fails alone);
+//! - a writer outside the batch that took one of its streams' next version first fails the
+//!   statement as a whole; it runs once more, when the stream's new head fails that append's
+//!   expectation and leaves it out;
+//! - anything else that fails the statement as a whole — an event id stored already (an
+//!   idempotent retry), an event Postgres refuses, a lost connection, a second lost race — makes
+//!   every append of the batch run again on its own, the ungrouped way, which answers each
+//!   exactly as without group commit (a retry finds its events stored, a racer's loser sees the
+//!   conflict, the bad event fails alone);
 //! - appends inside a caller's transaction ([`EventStore::append_in`],
 //!   [`EventStore::append_streams_in`]: `Idempotency-Key` records) are never grouped: they
 //!   commit with the caller's other writes.
@@ -30,7 +33,8 @@
 //!
 //! Stream loads ([`EventStore::load`], the "load" of load → decide → append) are grouped the
 //! same way: a reader task takes every load waiting and reads all their streams with one
-//! statement (`stream_id = ANY(…)`, the stream index), then hands each its own events. A load
+//! statement (each stream on its index from the version its caller's state ends at), then
+//! hands each its own events. A load
 //! queued after an append was answered reads that append: the query starts later.
 
 use std::collections::{BTreeMap, HashSet};
@@ -72,6 +76,7 @@ impl Default for GroupCommit {
 pub struct GroupStats {
     batches: AtomicU64,
     appends: AtomicU64,
+    raced: AtomicU64,
     rerun: AtomicU64,
 }
 
@@ -83,6 +88,10 @@ impl GroupStats {
     /// Appends that went through the queue.
     pub fn appends(&self) -> u64 {
         self.appends.load(Relaxed)
+    }
+    /// Batches whose statement lost a race to a writer outside the batch, and ran again.
+    pub fn raced(&self) -> u64 {
+        self.raced.load(Relaxed)
     }
     /// Batches whose statement failed as a whole, so each append ran again alone.
     pub fn rerun(&self) -> u64 {
@@ -233,7 +242,10 @@ async fn read_batches(
             let _ = read.reply.send(events);
             continue;
         }
-        let streams: Vec<&str> = batch.iter().map(|r| r.stream_id.as_str()).collect();
+        let streams: Vec<(&str, u64)> = batch
+            .iter()
+            .map(|r| (r.stream_id.as_str(), r.after_version))
+            .collect();
         match store.read_streams(&streams).await {
             Ok(mut by_stream) => {
                 for read in batch {
@@ -279,7 +291,15 @@ async fn commit_batch(store: &EventStore, batch: Vec<Job>, stats: &GroupStats) {
         return;
     }
     let writes: Vec<&[StreamAppend]> = batch.iter().map(|j| j.writes.as_slice()).collect();
-    match store.append_groups(&writes).await {
+    let mut grouped = store.append_groups(&writes).await;
+    if grouped.as_ref().is_err_and(lost_a_race) {
+        // A writer outside the batch (another replica, a command with an `Idempotency-Key`)
+        // took a version first. Once more: the stream's new head fails that append's
+        // expectation, which leaves it out, and the rest commit together.
+        stats.raced.fetch_add(1, Relaxed);
+        grouped = store.append_groups(&writes).await;
+    }
+    match grouped {
         Ok(outcomes) => {
             for (job, outcome) in batch.into_iter().zip(outcomes) {
                 let _ = job.reply.send(outcome);
@@ -295,6 +315,16 @@ async fn commit_batch(store: &EventStore, batch: Vec<Job>, stats: &GroupStats) {
             futures::future::join_all(alone).await;
         }
     }
+}
+
+/// Whether a grouped statement failed because a stream's next version was taken meanwhile
+/// (not because an event id is stored already).
+fn lost_a_race(e: &AppendError) -> bool {
+    matches!(
+        e,
+        AppendError::Store(StoreError::Database(sqlx::Error::Database(db)))
+            if db.is_unique_violation() && db.constraint() != Some("events_event_id_unique")
+    )
 }
 
 /// Appends of several independent groups, each group's streams checked and written together,

@@ -451,17 +451,33 @@ impl EventStore {
             .await)
     }
 
-    /// Every event of each of `stream_ids`, by stream, in version order: one statement.
+    /// The events of each stream in `reads` after its version (`(stream id, after version)`),
+    /// by stream, in version order: one statement, each stream read on its index from where
+    /// its caller's state ends (a hot stream's cached state needs only its newest events).
     pub async fn read_streams(
         &self,
-        stream_ids: &[&str],
+        reads: &[(&str, u64)],
     ) -> Result<std::collections::HashMap<String, Vec<RecordedEvent>>, StoreError> {
+        // One range per stream: from the lowest version any read of it asked after.
+        let mut from: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for &(stream_id, after) in reads {
+            let lowest = from.entry(stream_id).or_insert(after);
+            *lowest = (*lowest).min(after);
+        }
+        let stream_ids: Vec<&str> = from.keys().copied().collect();
+        let afters: Vec<i64> = from
+            .values()
+            .map(|&v| i64::try_from(v).unwrap_or(i64::MAX))
+            .collect();
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM eventstore.events \
-             WHERE stream_id = ANY($1) ORDER BY stream_id, version"
+            "SELECT e.* FROM unnest($1::text[], $2::int8[]) AS q(sid, after) \
+             CROSS JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM eventstore.events \
+                                 WHERE stream_id = q.sid AND version > q.after \
+                                 ORDER BY version) e"
         );
         let rows: Vec<EventRow> = on_live_connection!(self, |conn| sqlx::query_as(&sql)
-            .bind(stream_ids)
+            .bind(&stream_ids)
+            .bind(&afters)
             .fetch_all(&mut *conn)
             .await)?;
         let mut by_stream: std::collections::HashMap<String, Vec<RecordedEvent>> =

@@ -72,6 +72,19 @@ async fn concurrent_appends_share_commits_and_each_gets_its_own_versions_and_pos
         400,
         "every event has a position of its own"
     );
+    // A grouped read of several streams, each from where its reader's state ends.
+    let (first, second) = (&appends[0].0, &appends[1].0);
+    let read = store
+        .read_streams(&[
+            (first.as_str(), 1),
+            (second.as_str(), 0),
+            (first.as_str(), 1),
+        ])
+        .await
+        .unwrap();
+    let versions = |s: &str| read[s].iter().map(|e| e.version).collect::<Vec<_>>();
+    assert_eq!(versions(first), vec![2]);
+    assert_eq!(versions(second), vec![1, 2]);
     let stats = store.group_stats().unwrap();
     assert_eq!(stats.appends(), 200);
     assert!(
