@@ -3,9 +3,9 @@
 //! Alone, every append is its own statement and its own transaction, and this Postgres commits a
 //! few single-row transactions per millisecond; a 100-row statement commits many times more rows
 //! in the same time. With [`EventStore::with_group_commit`], [`EventStore::append`] and
-//! [`EventStore::append_streams`] hand their append to a queue instead. A few writer tasks each
-//! take whatever is waiting — up to [`GroupCommit::max_batch`] appends, never two on one stream
-//! (the second waits for the next batch) — and insert all of it with one statement in one
+//! [`EventStore::append_streams`] hand their append to a queue instead. A writer task takes
+//! whatever is waiting — up to [`GroupCommit::max_batch`] appends, never two on one stream (the
+//! second waits for the next batch) — and inserts all of it with one statement in one
 //! transaction ([`GROUP_SQL`]). Nothing waits for a batch to fill: an append that arrives alone
 //! goes alone, so light load pays one channel hop; under load the batches grow by themselves,
 //! because appends queue while the previous batch commits.
@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use sqlx::postgres::PgConnection;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{AppendError, StoreError};
 use crate::model::{Appended, ExpectedVersion, RecordedEvent};
@@ -54,20 +54,15 @@ use crate::store::EventStore;
 pub struct GroupCommit {
     /// Appends per batch at most.
     pub max_batch: usize,
-    /// Batches committing at once (each on a connection of its own); while some commit, the
-    /// next batch gathers.
-    pub writers: usize,
 }
 
-/// One writer by default: on this project's 2-core reference machine `till bench commands`
-/// measured 10.4k commands/s with one writer (15 appends per commit), 9.9k with two and 9.0k
-/// with four (batches of 8.5 and 4.7): a second writer mostly splits the batches.
+/// One writer commits the batches: on this project's 2-core reference machine
+/// `till bench commands` measured 10.4k commands/s with one writer (15 appends per commit),
+/// 9.9k with two and 9.0k with four (batches of 8.5 and 4.7) — a second writer mostly split the
+/// batches — and two writers could have two appends on one stream in flight at once.
 impl Default for GroupCommit {
     fn default() -> Self {
-        Self {
-            max_batch: 64,
-            writers: 1,
-        }
+        Self { max_batch: 64 }
     }
 }
 
@@ -121,20 +116,17 @@ pub(crate) struct AppendQueue {
 }
 
 impl AppendQueue {
-    /// Starts `settings.writers` writer tasks appending through `store` (ungrouped). They end
-    /// when the queue's last sender — the last grouped store clone — is dropped.
+    /// Starts the writer and the reader, appending and reading through `store` (ungrouped).
+    /// They end when the queues' senders — the last grouped store clone — are dropped.
     pub(crate) fn start(store: EventStore, settings: GroupCommit) -> Self {
         let (jobs, waiting) = mpsc::unbounded_channel();
-        let waiting = Arc::new(Mutex::new(waiting));
         let stats = Arc::new(GroupStats::default());
-        for _ in 0..settings.writers.max(1) {
-            tokio::spawn(write_batches(
-                store.clone(),
-                Arc::clone(&waiting),
-                settings.max_batch.max(1),
-                Arc::clone(&stats),
-            ));
-        }
+        tokio::spawn(write_batches(
+            store.clone(),
+            waiting,
+            settings.max_batch.max(1),
+            Arc::clone(&stats),
+        ));
         let (reads, to_read) = mpsc::unbounded_channel();
         tokio::spawn(read_batches(store, to_read, settings.max_batch.max(1)));
         Self { jobs, reads, stats }
@@ -178,46 +170,36 @@ fn closed() -> AppendError {
     AppendError::Store(StoreError::Database(sqlx::Error::PoolClosed))
 }
 
-/// One writer: gathers a batch from the queue, commits it, answers, again.
+/// The writer: gathers a batch from the queue, commits it, answers, again. One writer, so
+/// batches commit one after the other and no two appends on one stream are ever in flight from
+/// the queue at once (within a batch the gathering keeps them apart).
 async fn write_batches(
     store: EventStore,
-    waiting: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    mut waiting: mpsc::UnboundedReceiver<Job>,
     max_batch: usize,
     stats: Arc<GroupStats>,
 ) {
     // An append on a stream the batch already had, kept for the start of the next one.
     let mut held: Option<Job> = None;
     loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match waiting.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
         let mut batch = Vec::new();
         let mut streams: HashSet<String> = HashSet::new();
-        // One writer gathers at a time, while the others commit. A writer with a held append
-        // has its batch already: it gathers more only if no other writer is waiting on the
-        // queue (which would otherwise keep it from its held append until the next arrives).
-        let mut queue = match held.take() {
-            Some(job) => {
-                add(job, &mut batch, &mut streams);
-                waiting.try_lock().ok()
+        add(first, &mut batch, &mut streams);
+        while batch.len() < max_batch {
+            let Ok(job) = waiting.try_recv() else { break };
+            if job.writes.iter().any(|w| streams.contains(&w.stream_id)) {
+                held = Some(job);
+                break;
             }
-            None => {
-                let mut queue = waiting.lock().await;
-                match queue.recv().await {
-                    Some(job) => add(job, &mut batch, &mut streams),
-                    None => return,
-                }
-                Some(queue)
-            }
-        };
-        if let Some(queue) = queue.as_mut() {
-            while batch.len() < max_batch {
-                let Ok(job) = queue.try_recv() else { break };
-                if job.writes.iter().any(|w| streams.contains(&w.stream_id)) {
-                    held = Some(job);
-                    break;
-                }
-                add(job, &mut batch, &mut streams);
-            }
+            add(job, &mut batch, &mut streams);
         }
-        drop(queue);
         stats.batches.fetch_add(1, Relaxed);
         commit_batch(&store, batch, &stats).await;
     }
@@ -359,20 +341,55 @@ FROM numbered ORDER BY ord
 RETURNING stream_id, version, position
 "#;
 
-/// The grouped statement's arguments, column by column.
+/// The append statements' arguments, column by column: the events, and each stream's
+/// expectation, each tagged with the group (the append) it belongs to. The multi-stream
+/// statement ([`crate::multi`]) takes them without the groups.
 #[derive(Default)]
-struct GroupColumns<'a> {
-    groups: Vec<i32>,
-    stream_ids: Vec<&'a str>,
-    event_ids: Vec<uuid::Uuid>,
-    event_types: Vec<&'a str>,
-    schema_versions: Vec<i32>,
-    data: Vec<serde_json::Value>,
-    metadata: Vec<serde_json::Value>,
-    expected_groups: Vec<i32>,
-    expected_streams: Vec<&'a str>,
-    modes: Vec<i32>,
-    exacts: Vec<i64>,
+pub(crate) struct AppendColumns<'a> {
+    pub(crate) groups: Vec<i32>,
+    pub(crate) stream_ids: Vec<&'a str>,
+    pub(crate) event_ids: Vec<uuid::Uuid>,
+    pub(crate) event_types: Vec<&'a str>,
+    pub(crate) schema_versions: Vec<i32>,
+    pub(crate) data: Vec<serde_json::Value>,
+    pub(crate) metadata: Vec<serde_json::Value>,
+    pub(crate) expected_groups: Vec<i32>,
+    pub(crate) expected_streams: Vec<&'a str>,
+    pub(crate) modes: Vec<i32>,
+    pub(crate) exacts: Vec<i64>,
+}
+
+impl<'a> AppendColumns<'a> {
+    /// Adds `write`'s events and expectation, as part of append number `group`.
+    pub(crate) fn push(
+        &mut self,
+        store: &EventStore,
+        group: i32,
+        write: &'a StreamAppend,
+    ) -> Result<(), StoreError> {
+        for event in &write.events {
+            self.groups.push(group);
+            self.stream_ids.push(&write.stream_id);
+            self.event_ids.push(event.event_id);
+            self.event_types.push(&event.event_type);
+            self.schema_versions
+                .push(store.schema_version_of(&event.event_type));
+            self.data.push(event.data.clone());
+            self.metadata
+                .push(
+                    serde_json::to_value(&event.metadata).map_err(|e| StoreError::Encode {
+                        event_type: "metadata".into(),
+                        reason: e.to_string(),
+                    })?,
+                );
+        }
+        let (mode, exact) = write.expected.as_columns();
+        self.expected_groups.push(group);
+        self.expected_streams.push(&write.stream_id);
+        self.modes.push(mode);
+        self.exacts.push(exact);
+        Ok(())
+    }
 }
 
 impl EventStore {
@@ -384,33 +401,11 @@ impl EventStore {
         &self,
         groups: &[&[StreamAppend]],
     ) -> Result<Vec<Result<Vec<Appended>, AppendError>>, AppendError> {
-        let mut columns = GroupColumns::default();
+        let mut columns = AppendColumns::default();
         for (group, writes) in groups.iter().enumerate() {
             let group = i32::try_from(group).unwrap_or(i32::MAX);
             for write in *writes {
-                for event in &write.events {
-                    columns.groups.push(group);
-                    columns.stream_ids.push(&write.stream_id);
-                    columns.event_ids.push(event.event_id);
-                    columns.event_types.push(&event.event_type);
-                    columns
-                        .schema_versions
-                        .push(self.schema_version_of(&event.event_type));
-                    columns.data.push(event.data.clone());
-                    columns
-                        .metadata
-                        .push(serde_json::to_value(&event.metadata).map_err(|e| {
-                            StoreError::Encode {
-                                event_type: "metadata".into(),
-                                reason: e.to_string(),
-                            }
-                        })?);
-                }
-                let (mode, exact) = write.expected.as_columns();
-                columns.expected_groups.push(group);
-                columns.expected_streams.push(&write.stream_id);
-                columns.modes.push(mode);
-                columns.exacts.push(exact);
+                columns.push(self, group, write)?;
             }
         }
         let rows: Vec<(String, i64, i64)> = self

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{AppendError, StoreError};
+use crate::group::AppendColumns;
 use crate::model::{Appended, ExpectedVersion, NewEvent};
 use crate::store::EventStore;
 use sqlx::{Acquire, Postgres, Transaction};
@@ -48,19 +49,6 @@ WHERE NOT EXISTS (
 )
 RETURNING stream_id, version
 "#;
-
-/// The multi-stream statement's arguments, column by column.
-struct Columns<'a> {
-    stream_ids: Vec<&'a str>,
-    event_ids: Vec<uuid::Uuid>,
-    event_types: Vec<&'a str>,
-    schema_versions: Vec<i32>,
-    data: Vec<serde_json::Value>,
-    metadata: Vec<serde_json::Value>,
-    expected_streams: Vec<&'a str>,
-    modes: Vec<i32>,
-    exacts: Vec<i64>,
-}
 
 impl EventStore {
     /// Appends to every stream in `writes` atomically, each at its expected version. Returns
@@ -178,40 +166,10 @@ impl EventStore {
         Ok(new_versions(writes, rows))
     }
 
-    fn columns<'a>(&self, writes: &'a [StreamAppend]) -> Result<Columns<'a>, StoreError> {
-        let mut columns = Columns {
-            stream_ids: Vec::new(),
-            event_ids: Vec::new(),
-            event_types: Vec::new(),
-            schema_versions: Vec::new(),
-            data: Vec::new(),
-            metadata: Vec::new(),
-            expected_streams: Vec::with_capacity(writes.len()),
-            modes: Vec::with_capacity(writes.len()),
-            exacts: Vec::with_capacity(writes.len()),
-        };
+    fn columns<'a>(&self, writes: &'a [StreamAppend]) -> Result<AppendColumns<'a>, StoreError> {
+        let mut columns = AppendColumns::default();
         for write in writes {
-            for event in &write.events {
-                columns.stream_ids.push(write.stream_id.as_str());
-                columns.event_ids.push(event.event_id);
-                columns.event_types.push(event.event_type.as_str());
-                columns
-                    .schema_versions
-                    .push(self.schema_version_of(&event.event_type));
-                columns.data.push(event.data.clone());
-                columns
-                    .metadata
-                    .push(serde_json::to_value(&event.metadata).map_err(|e| {
-                        StoreError::Encode {
-                            event_type: "metadata".into(),
-                            reason: e.to_string(),
-                        }
-                    })?);
-            }
-            let (mode, exact) = write.expected.as_columns();
-            columns.expected_streams.push(write.stream_id.as_str());
-            columns.modes.push(mode);
-            columns.exacts.push(exact);
+            columns.push(self, 0, write)?;
         }
         Ok(columns)
     }
@@ -266,7 +224,7 @@ impl EventStore {
 }
 
 fn multi_statement<'q>(
-    columns: &'q Columns<'q>,
+    columns: &'q AppendColumns<'q>,
 ) -> sqlx::query::QueryAs<'q, Postgres, (String, i64), sqlx::postgres::PgArguments> {
     sqlx::query_as(APPEND_STREAMS_SQL)
         .bind(&columns.stream_ids)

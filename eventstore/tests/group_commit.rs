@@ -27,10 +27,7 @@ fn stream() -> String {
 }
 
 fn grouped(db: &TestDatabase) -> EventStore {
-    EventStore::new(db.pool.clone()).with_group_commit(GroupCommit {
-        max_batch: 64,
-        writers: 2,
-    })
+    EventStore::new(db.pool.clone()).with_group_commit(GroupCommit { max_batch: 64 })
 }
 
 async fn stored_ids(store: &EventStore, stream_id: &str) -> Vec<Uuid> {

@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -70,22 +68,16 @@ pub async fn backlog(
 }
 
 async fn depth(channel: &Channel, queue: &str) -> Result<QueueDepth, MessagingError> {
-    let declared = channel
-        .queue_declare(
-            queue,
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let declared = crate::dead_letters::passive_declare(channel, queue).await?;
     Ok(QueueDepth {
         queue: queue.to_owned(),
         ready: declared.message_count(),
         consumers: declared.consumer_count(),
     })
 }
+
+/// A connection [`BrokerLink`] hands out, shared by its callers.
+pub type SharedConnection = Arc<Connection>;
 
 /// A broker connection opened on first use and again after it broke: for services that only
 /// need the broker when an operator asks (the query API's dead-letter and consumer routes), so
@@ -107,7 +99,7 @@ impl BrokerLink {
     }
 
     /// The open connection, or a new one.
-    pub async fn connection(&self) -> Result<Arc<Connection>, MessagingError> {
+    pub async fn connection(&self) -> Result<SharedConnection, MessagingError> {
         let mut held = self.connection.lock().await;
         if let Some(connection) = held.as_ref()
             && connection.status().connected()

@@ -123,7 +123,12 @@ pub async fn count(
     Ok(queue.message_count())
 }
 
-async fn passive_declare(channel: &lapin::Channel, queue: &str) -> Result<Queue, lapin::Error> {
+/// Declares `queue` passively: its counts, and an answer only after what this channel sent
+/// before it reached the queue.
+pub(crate) async fn passive_declare(
+    channel: &lapin::Channel,
+    queue: &str,
+) -> Result<Queue, lapin::Error> {
     channel
         .queue_declare(
             queue,

@@ -10,7 +10,7 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use messaging::backlog::{BrokerLink, backlog};
+use messaging::backlog::{BrokerLink, SharedConnection, backlog};
 use messaging::{DeadLetter, MessagingError, Topology};
 use platform::identity::Admin;
 use platform::problem::Problem;
@@ -37,6 +37,21 @@ fn broker_problem(e: MessagingError) -> Problem {
         "broker-unavailable",
         format!("RabbitMQ could not be asked: {e}"),
     )
+}
+
+/// The consumer named in the path (see [`consumer`]) and a connection to the broker.
+async fn consumer_on_broker<'a>(
+    state: &'a AppState,
+    name: &str,
+) -> Result<(&'a str, SharedConnection), Problem> {
+    let consumer = consumer(state, name)?;
+    let connection = state
+        .operations
+        .broker
+        .connection()
+        .await
+        .map_err(broker_problem)?;
+    Ok((consumer, connection))
 }
 
 /// A consumer named in the path, or 404 with the names there are.
@@ -140,14 +155,9 @@ pub async fn dead_letters(
     Path(name): Path<String>,
     params: Params,
 ) -> Result<Response, Problem> {
-    let consumer = consumer(&state, &name)?;
     let limit = pagination::limit(params.get("limit"))?;
+    let (consumer, connection) = consumer_on_broker(&state, &name).await?;
     let operations = &state.operations;
-    let connection = operations
-        .broker
-        .connection()
-        .await
-        .map_err(broker_problem)?;
     let letters = messaging::dead_letters::list(
         &connection,
         &operations.topology,
@@ -210,13 +220,8 @@ pub async fn redrive(
     Admin(admin): Admin,
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
-    let consumer = consumer(&state, &name)?;
+    let (consumer, connection) = consumer_on_broker(&state, &name).await?;
     let operations = &state.operations;
-    let connection = operations
-        .broker
-        .connection()
-        .await
-        .map_err(broker_problem)?;
     let moved = messaging::dead_letters::redrive(&connection, &operations.topology, consumer)
         .await
         .map_err(broker_problem)?;
@@ -242,13 +247,8 @@ pub async fn drop_dead_letters(
     Admin(admin): Admin,
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
-    let consumer = consumer(&state, &name)?;
+    let (consumer, connection) = consumer_on_broker(&state, &name).await?;
     let operations = &state.operations;
-    let connection = operations
-        .broker
-        .connection()
-        .await
-        .map_err(broker_problem)?;
     let dropped = messaging::dead_letters::drop_all(&connection, &operations.topology, consumer)
         .await
         .map_err(broker_problem)?;

@@ -31,17 +31,15 @@ pub struct CommandsBenchArgs {
     /// Appends per batch at most, with group commit.
     #[arg(long, default_value_t = GroupCommit::default().max_batch)]
     pub max_batch: usize,
-    /// Batches committing at once, with group commit.
-    #[arg(long, default_value_t = GroupCommit::default().writers)]
-    pub writers: usize,
 }
 
 pub async fn run(args: CommandsBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.workers > 0 && args.seconds > 0 && args.max_batch > 0 && args.writers > 0,
-        "workers, seconds, max-batch and writers must be positive"
+        args.workers > 0 && args.seconds > 0 && args.max_batch > 0,
+        "workers, seconds and max-batch must be positive"
     );
-    let connections = u32::try_from(args.workers + args.writers).unwrap_or(u32::MAX);
+    // The workers', and the group-commit writer's and reader's.
+    let connections = u32::try_from(args.workers + 2).unwrap_or(u32::MAX);
     let scratch = ScratchDatabase::create(connections).await?;
     println!(
         "till bench commands: {} workers, each a cart and 5 adds (load → decide → append), \
@@ -68,7 +66,6 @@ pub async fn run(args: CommandsBenchArgs) -> anyhow::Result<()> {
     .await?;
     let grouped = EventStore::new(scratch.pool.clone()).with_group_commit(GroupCommit {
         max_batch: args.max_batch,
-        writers: args.writers,
     });
     let group_commit = load::run("commands, group commit", load, |n, recorder| {
         cart_worker(grouped.clone(), n, recorder)
@@ -98,9 +95,9 @@ pub async fn run(args: CommandsBenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "group commit (both phases): {per_batch:.1} appends per commit on average ({} writers, at most {} \
-         per batch); {rerun} batch(es) ran again one by one",
-        args.writers, args.max_batch
+        "group commit (both phases): {per_batch:.1} appends per commit on average (at most {} per \
+         batch); {rerun} batch(es) ran again one by one",
+        args.max_batch
     );
     let met = |phase: &Phase| {
         let ratio = phase.per_second() / baseline.per_second().max(f64::EPSILON);
