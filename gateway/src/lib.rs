@@ -110,6 +110,26 @@ struct Gateway {
     verifier: Arc<JwtVerifier>,
     http: Upstream,
     limits: RateLimits,
+    local: LocalUpstreams,
+}
+
+/// The APIs that run in the gateway's own process (`till up`), called as routers — no socket,
+/// no HTTP encoding — instead of over their URLs. Everything the gateway does to a request
+/// happens as before (limits, token, body limit, headers, the hop's span and its
+/// `traceparent`, the deadline), and each API still checks the token itself.
+#[derive(Clone, Default)]
+pub struct LocalUpstreams {
+    pub command_api: Option<Router>,
+    pub query_api: Option<Router>,
+}
+
+impl std::fmt::Debug for LocalUpstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalUpstreams")
+            .field("command_api", &self.command_api.is_some())
+            .field("query_api", &self.query_api.is_some())
+            .finish()
+    }
 }
 
 /// What an upstream URL must be.
@@ -155,6 +175,16 @@ pub fn router(
     verifier: Arc<JwtVerifier>,
     limits: RateLimits,
 ) -> Result<Routers, InvalidUpstream> {
+    router_with(settings, verifier, limits, LocalUpstreams::default())
+}
+
+/// [`router`], handing requests for the APIs in `local` to them in process.
+pub fn router_with(
+    settings: GatewaySettings,
+    verifier: Arc<JwtVerifier>,
+    limits: RateLimits,
+    local: LocalUpstreams,
+) -> Result<Routers, InvalidUpstream> {
     upstream_base("TILL_COMMAND_API_URL", &settings.command_api)?;
     for scope in ["ip", "user"] {
         metrics::counter!("gateway_rate_limited_total", "scope" => scope).increment(0);
@@ -175,6 +205,7 @@ pub fn router(
         verifier,
         http,
         limits,
+        local,
     };
     let readiness = upstream_readiness(&gateway);
     let cors = cors_layer(&gateway.settings.cors_origins);
@@ -361,19 +392,23 @@ async fn forward_inner(
         .await
         .map_err(|_| Problem::payload_too_large(MAX_BODY_BYTES))?;
 
-    let (upstream, name) = if goes_to_query_api(&parts.method, &path) {
-        (&gateway.settings.query_api, "query-api")
+    let (upstream, local, name) = if goes_to_query_api(&parts.method, &path) {
+        let local = gateway.local.query_api.clone();
+        (&gateway.settings.query_api, local, "query-api")
     } else {
-        (&gateway.settings.command_api, "command-api")
+        let local = gateway.local.command_api.clone();
+        (&gateway.settings.command_api, local, "command-api")
     };
     let path_and_query = parts
         .uri
         .path_and_query()
         .map_or(path.as_str(), |pq| pq.as_str());
     // The base was checked at start-up and the path came parsed from the request.
-    let uri: Uri = format!("{upstream}{path_and_query}")
-        .parse()
-        .map_err(|e| Problem::internal(&e))?;
+    let uri: Uri = match local {
+        Some(_) => path_and_query.parse(),
+        None => format!("{upstream}{path_and_query}").parse(),
+    }
+    .map_err(|e| Problem::internal(&e))?;
     let mut headers = forwardable(&parts.headers);
     let forwarded_for = match parts
         .headers
@@ -402,15 +437,27 @@ async fn forward_inner(
     {
         headers.insert(HeaderName::from_static("traceparent"), value);
     }
-    let mut upstream_request = http::Request::new(Full::new(body));
-    *upstream_request.method_mut() = parts.method.clone();
-    *upstream_request.uri_mut() = uri;
-    *upstream_request.headers_mut() = headers;
-
     // One deadline for the whole exchange: answers are small JSON documents (lists are capped
     // at 100 items), so reading them whole is cheaper than streaming them through.
     let exchange = async {
-        let response = gateway.http.request(upstream_request).await.map_err(|e| {
+        if let Some(api) = local {
+            let mut request = http::Request::new(Body::from(body));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers;
+            let Ok(response) = tower::ServiceExt::oneshot(api, request).await;
+            let (head, body) = response.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
+                tracing::warn!(upstream = name, error = %e, "upstream answer broken off");
+                unavailable(name)
+            })?;
+            return Ok::<_, Problem>((head, body));
+        }
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let response = gateway.http.request(request).await.map_err(|e| {
             tracing::warn!(upstream = name, error = %e, "upstream unreachable");
             unavailable(name)
         })?;

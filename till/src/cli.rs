@@ -31,10 +31,12 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         gateway: String,
     },
-    /// Run one service alone (as docker-compose or Kubernetes would).
+    /// Run one service alone (as docker-compose or Kubernetes would), or several in one process.
     Serve {
-        #[arg(value_enum)]
-        service: till::services::Service,
+        /// One service, or several to run in one process (the gateway then calls those APIs
+        /// without a socket).
+        #[arg(value_enum, required = true, num_args = 1..)]
+        services: Vec<till::services::Service>,
     },
     /// Create the database if it is missing and apply every migration (safe to repeat).
     Migrate,
@@ -77,7 +79,10 @@ impl Command {
     /// The name this process has in traces (`OTEL_SERVICE_NAME` overrides it).
     pub fn service_name(&self) -> String {
         match self {
-            Self::Serve { service } => format!("tillstream-{}", service.slug()),
+            Self::Serve { services } => match services.as_slice() {
+                [service] => format!("tillstream-{}", service.slug()),
+                _ => "tillstream".to_owned(),
+            },
             Self::Up { .. } => "tillstream".to_owned(),
             _ => "till".to_owned(),
         }

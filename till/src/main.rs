@@ -46,7 +46,7 @@ async fn run(command: Command, exporting_traces: bool) -> anyhow::Result<()> {
     match command {
         Command::Up { demo } => up::run(demo, &settings()?, exporting_traces).await,
         Command::Demo { gateway } => demo::run(&gateway).await,
-        Command::Serve { service } => serve::run(service, &settings()?).await,
+        Command::Serve { services } => serve::run(&services, &settings()?).await,
         Command::Migrate => migrate::run(&settings()?).await,
         Command::Probe => probe::run(&settings()?).await,
         Command::Config => {

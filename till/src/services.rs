@@ -304,15 +304,13 @@ pub async fn start(
         let store = EventStore::new(pool).with_append_notifications();
         match config.append_batch {
             1 => store,
-            max_batch => store.with_group_commit(GroupCommit {
-                max_batch,
-                ..GroupCommit::default()
-            }),
+            max_batch => store.with_group_commit(GroupCommit { max_batch }),
         }
     });
     let store = pool.clone().map(EventStore::new);
     let mut started: Vec<Started> = Vec::new();
     let mut gateway_settings = config.gateway.clone();
+    let mut local_apis = gateway::LocalUpstreams::default();
 
     for &service in services {
         match service {
@@ -340,7 +338,9 @@ pub async fn start(
                     stripe_webhook_secrets: Arc::new(config.payments.stripe_webhook_secrets()),
                 };
                 let (listener, addr) = bind("the command API", config.command_api_addr).await?;
-                spawn_http(tasks, listener, command_api::router(state), shutdown);
+                let api = command_api::router(state);
+                local_apis.command_api = Some(api.clone());
+                spawn_http(tasks, listener, api, shutdown);
                 if config.link_gateway {
                     gateway_settings.command_api = format!("http://{addr}");
                 }
@@ -381,7 +381,9 @@ pub async fn start(
                     }),
                 };
                 let (listener, addr) = bind("the query API", config.query_api_addr).await?;
-                spawn_http(tasks, listener, query_api::router(state), shutdown);
+                let api = query_api::router(state);
+                local_apis.query_api = Some(api.clone());
+                spawn_http(tasks, listener, api, shutdown);
                 if config.link_gateway {
                     gateway_settings.query_api = format!("http://{addr}");
                 }
@@ -577,8 +579,13 @@ pub async fn start(
                     gateway_settings.per_ip,
                     gateway_settings.per_user,
                 );
-                let routers =
-                    gateway::router(gateway_settings.clone(), Arc::clone(&verifier), limits)?;
+                // The APIs started above, in this process, are called without a socket.
+                let routers = gateway::router_with(
+                    gateway_settings.clone(),
+                    Arc::clone(&verifier),
+                    limits,
+                    local_apis.clone(),
+                )?;
                 let (listener, addr) = bind("the gateway", gateway_settings.listen).await?;
                 spawn_http(tasks, listener, routers.public, shutdown);
                 started.push(Started {

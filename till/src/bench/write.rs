@@ -1,7 +1,8 @@
 //! `till bench write`: M simulated shoppers through the gateway for T seconds — open a cart, add
 //! three products, change a quantity, remove one, check out, again — with real tokens. The
 //! gateway and the command API run as separate processes of this binary (`till serve …`), so
-//! each one's peak memory can be read from the kernel. The same run measures the raw-INSERT
+//! each one's peak memory can be read from the kernel; then again both in one process, where
+//! the gateway hands requests to the API without a socket (as under `till up`). The same run measures the raw-INSERT
 //! baseline of this machine's Postgres at the same concurrency. With `--tracing`, the same load
 //! runs again with every span exported over OTLP to a receiver in this process, and the report
 //! says what exporting costs.
@@ -70,13 +71,14 @@ impl ServiceProcess {
 
 async fn spawn_service(
     name: &'static str,
-    service: &str,
+    services: &[&str],
     env: &[(&str, String)],
 ) -> anyhow::Result<ServiceProcess> {
-    let log = std::env::temp_dir().join(format!("till-bench-{service}.log"));
+    let log = std::env::temp_dir().join(format!("till-bench-{}.log", services.join("+")));
     let file = std::fs::File::create(&log)?;
     let child = Command::new(std::env::current_exe()?)
-        .args(["serve", service])
+        .arg("serve")
+        .args(services)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
         .stdout(file.try_clone()?)
@@ -167,7 +169,20 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
         load,
     };
     let (shoppers, rss) = gateway
-        .measure("commands through the gateway", "BENCH", &[])
+        .measure(
+            "commands through the gateway",
+            "BENCH",
+            Layout::Separate,
+            &[],
+        )
+        .await?;
+    let (together, together_rss) = gateway
+        .measure(
+            "… gateway + API in one process",
+            "TOGETHER",
+            Layout::Together,
+            &[],
+        )
         .await?;
     // The same load with every span exported, to a receiver in this process.
     let traced = match args.tracing {
@@ -175,7 +190,12 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
             let receiver = till::otlp_receiver::OtlpReceiver::start().await?;
             let exporting = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone())];
             let (traced, _) = gateway
-                .measure("… with traces exported (OTLP)", "TRACED", &exporting)
+                .measure(
+                    "… with traces exported (OTLP)",
+                    "TRACED",
+                    Layout::Separate,
+                    &exporting,
+                )
                 .await?;
             Some((traced, receiver.count()))
         }
@@ -190,6 +210,7 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
     scratch.drop_database().await;
 
     report(&shoppers, &baseline, &rss);
+    report_together(&together, &baseline, &together_rss);
     if let Some((traced, spans)) = traced {
         println!("{}", traced.line());
         let overhead = 1.0 - traced.per_second() / shoppers.per_second().max(f64::EPSILON);
@@ -202,6 +223,16 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How the gateway and the command API run.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// Each in a process of its own, the gateway forwarding over HTTP (compose, Kubernetes).
+    Separate,
+    /// Both in one process (`till serve command-api gateway`, as `till up` runs them): the
+    /// gateway hands requests to the command API without a socket.
+    Together,
 }
 
 /// The gateway and the command API as processes, and the load driven through them.
@@ -222,6 +253,7 @@ impl Gateway<'_> {
         &self,
         label: &'static str,
         sku: &str,
+        layout: Layout,
         extra: &[(&str, String)],
     ) -> anyhow::Result<(Phase, Vec<(&'static str, Option<f64>)>)> {
         let env: Vec<(&str, String)> = self
@@ -231,18 +263,26 @@ impl Gateway<'_> {
             .chain(extra.iter().cloned())
             .collect();
         let http = self.http;
-        let mut command_api = spawn_service("command API", "command-api", &env).await?;
-        let mut gateway = spawn_service("gateway", "gateway", &env).await?;
+        let mut processes = match layout {
+            Layout::Separate => vec![
+                spawn_service("command API", &["command-api"], &env).await?,
+                spawn_service("gateway", &["gateway"], &env).await?,
+            ],
+            Layout::Together => {
+                vec![spawn_service("both, one process", &["command-api", "gateway"], &env).await?]
+            }
+        };
         wait_ready(
             http,
             &format!("http://{}/readyz", self.command_addr),
-            &mut command_api,
+            &mut processes[0],
         )
         .await?;
+        let gateway = processes.len() - 1;
         wait_ready(
             http,
             &format!("http://{}/readyz", self.gateway_ops_addr),
-            &mut gateway,
+            &mut processes[gateway],
         )
         .await?;
         let base = format!("http://{}", self.gateway_addr);
@@ -284,7 +324,7 @@ impl Gateway<'_> {
             )
         })
         .await?;
-        let rss = [&command_api, &gateway]
+        let rss = processes
             .iter()
             .map(|s| (s.name, s.peak_rss_mib()))
             .collect();
@@ -319,6 +359,21 @@ fn report(shoppers: &Phase, baseline: &Phase, rss: &[(&str, Option<f64>)]) {
         verdict(shoppers.ms(0.99) <= 30.0),
         verdict(unexpected == 0),
     );
+}
+
+/// The one-process layout, against the same baseline.
+fn report_together(phase: &Phase, baseline: &Phase, rss: &[(&str, Option<f64>)]) {
+    println!("{}", phase.line());
+    let ratio = phase.per_second() / baseline.per_second().max(f64::EPSILON);
+    println!(
+        "ratio in one process (commands / raw INSERTs): {:.0}%",
+        ratio * 100.0
+    );
+    for (name, mib) in rss {
+        if let Some(mib) = mib {
+            println!("peak RSS {name:<12} {mib:>6.1} MiB");
+        }
+    }
 }
 
 fn verdict(met: bool) -> &'static str {
