@@ -438,26 +438,33 @@ impl EventStore {
                 .or_default()
                 .push((version, position));
         }
-        let mut outcomes = Vec::with_capacity(groups.len());
-        for writes in groups {
-            let outcome = if writes.iter().all(|w| w.events.is_empty()) {
-                // Nothing to write, so no rows to tell: its expectations checked on their own.
-                self.check_streams(writes)
-                    .await
-                    .map(|versions| versions.into_iter().map(only_checked).collect())
-            } else if writes.iter().any(|w| written.contains_key(&w.stream_id)) {
-                Ok(writes
-                    .iter()
-                    .map(|w| appended(w, written.remove(&w.stream_id)))
-                    .collect())
-            } else {
-                // Left out for an expectation that failed. Its answer is the one appending it
-                // alone gives: that tells a retry of a stored append (its event ids are there:
-                // success) from a real conflict.
-                self.append_streams_alone(writes).await
-            };
-            outcomes.push(outcome);
-        }
+        // The groups the statement wrote are answered from its rows; the others (nothing to
+        // write, or left out for an expectation that failed) all at once, each the way it
+        // would be alone — which tells a retry of a stored append (its event ids are there:
+        // success) from a real conflict — so the writer is not held up one by one.
+        let outcomes = groups.iter().map(|writes| {
+            let wrote = writes.iter().any(|w| written.contains_key(&w.stream_id));
+            let rows: Vec<_> = writes
+                .iter()
+                .map(|w| written.get(&w.stream_id).cloned())
+                .collect();
+            async move {
+                if wrote {
+                    Ok(writes
+                        .iter()
+                        .zip(rows)
+                        .map(|(w, rows)| appended(w, rows))
+                        .collect())
+                } else if writes.iter().all(|w| w.events.is_empty()) {
+                    self.check_streams(writes)
+                        .await
+                        .map(|versions| versions.into_iter().map(only_checked).collect())
+                } else {
+                    self.append_streams_alone(writes).await
+                }
+            }
+        });
+        let outcomes = futures::future::join_all(outcomes).await;
         Ok(outcomes)
     }
 }

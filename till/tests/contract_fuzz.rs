@@ -46,7 +46,10 @@ async fn fuzz_as(system: &TestSystem, who: &str, roles: &[&str]) {
         .args(["--max-examples", EXAMPLES_PER_OPERATION])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--seed", "20261130"])
-        .args(["--workers", "2"])
+        // One worker: with two threads, Hypothesis (6.x, Python 3.11) sometimes fails inside
+        // its own lambda-source parsing ("AST constructor recursion depth mismatch"), a crash of
+        // the tool that says nothing about the API.
+        .args(["--workers", "1"])
         .args(["--generation-database", "none"])
         .args(["--request-timeout", "10"])
         .args(["--no-color", "--warnings", "off"])
