@@ -30,14 +30,4 @@ pub enum MessagingError {
     LockLost(#[source] sqlx::Error),
 }
 
-/// An error and its causes on one line, for logs and status.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use platform::problem::error_chain;

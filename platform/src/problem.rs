@@ -150,7 +150,7 @@ impl Problem {
         if is_outage(cause) {
             return Self::unavailable(cause);
         }
-        tracing::error!(error = %chain(cause), "internal error");
+        tracing::error!(error = %error_chain(cause), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -163,7 +163,7 @@ impl Problem {
     /// Nothing was changed that a retry would repeat: commands append in one transaction, and a
     /// retry with the same `Idempotency-Key` completes once.
     pub fn unavailable(cause: &(dyn std::error::Error + 'static)) -> Self {
-        tracing::warn!(error = %chain(cause), "dependency unavailable");
+        tracing::warn!(error = %error_chain(cause), "dependency unavailable");
         metrics::counter!("http_dependency_unavailable_total").increment(1);
         Self::service_unavailable(
             "dependency-unavailable",
@@ -176,10 +176,11 @@ impl Problem {
 /// What an outage answer tells clients to wait before retrying, in seconds.
 pub const OUTAGE_RETRY_AFTER_SECS: &str = "2";
 
-/// An error and its sources, as one line.
-fn chain(cause: &(dyn std::error::Error + 'static)) -> String {
-    let mut chain = cause.to_string();
-    let mut source = cause.source();
+/// An error and its sources, as one line (`outer: inner: innermost`), for logs and for
+/// operators reading a failure.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
     while let Some(next) = source {
         chain.push_str(": ");
         chain.push_str(&next.to_string());

@@ -231,7 +231,7 @@ impl RebuildRequests {
             Err(e) if e.is_transient() && shutdown.is_cancelled() => Ok(()),
             Err(e) => {
                 tracing::warn!(projection, error = %e, "requested rebuild failed");
-                finish_failed(&pool, id, &error_chain(&e)).await
+                finish_failed(&pool, id, &platform::problem::error_chain(&e)).await
             }
         }
     }
@@ -286,16 +286,4 @@ async fn finish_failed(pool: &PgPool, id: Uuid, error: &str) -> Result<(), Proje
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// An error with its causes, for an operator reading the request.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
