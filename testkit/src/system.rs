@@ -184,6 +184,13 @@ impl TestSystem {
         Self::launch(&services, configure).await
     }
 
+    /// The gateway and both APIs, nothing on the bus: for what the APIs do when RabbitMQ is
+    /// away (they start without it).
+    pub async fn start_apis_with(configure: impl FnOnce(&mut SystemConfig)) -> Self {
+        let apis = [Service::CommandApi, Service::QueryApi, Service::Gateway];
+        Self::launch(&apis, configure).await
+    }
+
     /// Starts the projectors; cancelling the returned token stops them (like a killed process:
     /// whatever they had not acked is redelivered to the next ones).
     pub async fn start_projectors(&self) -> CancellationToken {

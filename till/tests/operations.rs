@@ -373,3 +373,45 @@ async fn a_requested_rebuild_waits_for_a_projectors_replica_and_for_a_running_re
     assert_eq!(done["serving_version"], 2);
     assert_eq!(done["rebuild"]["id"], asked.body["id"]);
 }
+
+/// Reads never need the broker, so the query API starts and serves without it; the routes that
+/// ask the broker say it cannot be reached (503), and a rebuild request still records.
+#[tokio::test]
+async fn without_the_broker_the_bus_routes_answer_503_and_the_rest_works() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("amqp://guest:guest@{}/%2f", closed.local_addr().unwrap());
+    drop(closed);
+    let system = TestSystem::start_apis_with(|config| config.amqp_url = nowhere).await;
+    let consumer = carts_consumer();
+    for (method, path) in [
+        (Method::GET, "/v1/admin/consumers".to_owned()),
+        (Method::GET, format!("/v1/admin/dead-letters/{consumer}")),
+        (
+            Method::POST,
+            format!("/v1/admin/dead-letters/{consumer}/redrive"),
+        ),
+        (Method::DELETE, format!("/v1/admin/dead-letters/{consumer}")),
+    ] {
+        let reply = admin_send(&system, method.clone(), &path).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {path}: {reply:?}"
+        );
+        assert_eq!(
+            reply.problem_code(),
+            "broker-unavailable",
+            "{method} {path}"
+        );
+    }
+    let projections = admin_send(&system, Method::GET, "/v1/admin/projections").await;
+    assert_eq!(projections.status, StatusCode::OK, "{projections:?}");
+    let asked = admin_send(
+        &system,
+        Method::POST,
+        "/v1/admin/projections/orders/rebuild",
+    )
+    .await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{asked:?}");
+}
