@@ -183,6 +183,20 @@ async fn every_projection_rebuilds_over_http_and_the_list_shows_each_ones_newest
     assert_eq!(read.body["items"].as_array().unwrap().len(), 1);
 }
 
+/// The routes that ask the broker, with a consumer that exists.
+fn bus_routes() -> Vec<(Method, String)> {
+    let consumer = carts_consumer();
+    vec![
+        (Method::GET, "/v1/admin/consumers".to_owned()),
+        (Method::GET, format!("/v1/admin/dead-letters/{consumer}")),
+        (
+            Method::POST,
+            format!("/v1/admin/dead-letters/{consumer}/redrive"),
+        ),
+        (Method::DELETE, format!("/v1/admin/dead-letters/{consumer}")),
+    ]
+}
+
 fn carts_consumer() -> &'static str {
     platform::read_models::projection(platform::read_models::CARTS)
         .expect("carts is a projection")
@@ -272,16 +286,9 @@ async fn the_bus_routes_refuse_everyone_but_admins_and_bad_input() {
     let system = TestSystem::start_full().await;
     let consumer = carts_consumer();
     let customer = token("alice", &[]);
-    for (method, path) in [
-        (Method::GET, "/v1/admin/consumers".to_owned()),
-        (Method::GET, format!("/v1/admin/dead-letters/{consumer}")),
-        (
-            Method::POST,
-            format!("/v1/admin/dead-letters/{consumer}/redrive"),
-        ),
-        (Method::DELETE, format!("/v1/admin/dead-letters/{consumer}")),
-        (Method::GET, "/v1/admin/projections/products".to_owned()),
-    ] {
+    let mut routes = bus_routes();
+    routes.push((Method::GET, "/v1/admin/projections/products".to_owned()));
+    for (method, path) in routes {
         let reply = system
             .send(method.clone(), &path, Some(&customer), None)
             .await;
@@ -383,16 +390,7 @@ async fn without_the_broker_the_bus_routes_answer_503_and_the_rest_works() {
     let nowhere = format!("amqp://guest:guest@{}/%2f", closed.local_addr().unwrap());
     drop(closed);
     let system = TestSystem::start_apis_with(|config| config.amqp_url = nowhere).await;
-    let consumer = carts_consumer();
-    for (method, path) in [
-        (Method::GET, "/v1/admin/consumers".to_owned()),
-        (Method::GET, format!("/v1/admin/dead-letters/{consumer}")),
-        (
-            Method::POST,
-            format!("/v1/admin/dead-letters/{consumer}/redrive"),
-        ),
-        (Method::DELETE, format!("/v1/admin/dead-letters/{consumer}")),
-    ] {
+    for (method, path) in bus_routes() {
         let reply = admin_send(&system, method.clone(), &path).await;
         assert_eq!(
             reply.status,
