@@ -451,6 +451,26 @@ impl EventStore {
             .await)
     }
 
+    /// The stream's first event (upcast), if the stream has reached `version`; `None` if it has
+    /// not or does not exist. Two index lookups, however long the stream: for checks that need
+    /// a stream's opening (who it belongs to) and its existence at a version, not its history.
+    pub async fn first_event_if_reached(
+        &self,
+        stream_id: &str,
+        version: u64,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM eventstore.events WHERE stream_id = $1 AND version = 1 \
+             AND EXISTS (SELECT 1 FROM eventstore.events WHERE stream_id = $1 AND version >= $2)"
+        );
+        let rows: Vec<EventRow> = on_live_connection!(self, |conn| sqlx::query_as(&sql)
+            .bind(stream_id)
+            .bind(i64::try_from(version).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await)?;
+        Ok(self.upcast_rows(rows)?.into_iter().next())
+    }
+
     /// The events of each stream in `reads` after its version (`(stream id, after version)`),
     /// by stream, in version order: one statement, each stream read on its index from where
     /// its caller's state ends (a hot stream's cached state needs only its newest events).

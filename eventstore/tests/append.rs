@@ -659,3 +659,38 @@ async fn appends_to_several_streams_commit_together_or_not_at_all() {
     assert_eq!(wins, 1);
     assert_eq!(store.stream_version(&cart).await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn a_streams_first_event_is_read_only_once_the_stream_reached_the_version_asked() {
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let s = stream();
+    assert!(store.first_event_if_reached(&s, 1).await.unwrap().is_none());
+    store
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            &[event(1), event(2), event(3)],
+        )
+        .await
+        .unwrap();
+    for reached in [1, 3] {
+        let first = store
+            .first_event_if_reached(&s, reached)
+            .await
+            .unwrap()
+            .expect("the stream is at version 3");
+        assert_eq!(
+            (first.version, first.data.to_value()["n"].clone()),
+            (1, json!(1))
+        );
+    }
+    assert!(store.first_event_if_reached(&s, 4).await.unwrap().is_none());
+    assert!(
+        store
+            .first_event_if_reached(&stream(), 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
