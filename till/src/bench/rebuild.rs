@@ -82,22 +82,27 @@ pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
         let done = rebuild(&store, &mut redis, &keys, name, BATCH, |_| {}, || false)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the rebuild was interrupted"))?;
-        let target = if name == "carts" {
-            150_000.0
-        } else {
-            100_000.0
+        // Issue 20 asks the orders rebuild for 200k events/s and 60% of its raw scan; the
+        // others keep their first targets.
+        let (target, share) = match name {
+            "carts" => (150_000.0, None),
+            "orders" => (200_000.0, Some(0.60)),
+            _ => (100_000.0, None),
         };
+        let of_scan = done.per_second() / scan_rate.max(f64::EPSILON);
+        let verdict = |met: bool| if met { "MET" } else { "NOT MET" };
         println!(
-            "{name:<9} rebuilt {:>8} events in {:>6.2} s = {:>8.0} events/s   raw scan {scan_rate:>8.0} rows/s ({:.0}%)   target >= {target:.0} {}",
+            "{name:<9} rebuilt {:>8} events in {:>6.2} s = {:>8.0} events/s   raw scan {scan_rate:>8.0} rows/s ({:.0}%)   target >= {target:.0} {}{}",
             done.events,
             done.elapsed.as_secs_f64(),
             done.per_second(),
-            100.0 * done.per_second() / scan_rate.max(f64::EPSILON),
-            if done.per_second() >= target {
-                "MET"
-            } else {
-                "NOT MET"
-            }
+            100.0 * of_scan,
+            verdict(done.per_second() >= target),
+            share.map_or(String::new(), |share| format!(
+                "   >= {:.0}% of the scan {}",
+                share * 100.0,
+                verdict(of_scan >= share)
+            )),
         );
     }
     let keys_left: Vec<String> = redis::cmd("KEYS")
