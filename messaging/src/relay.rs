@@ -13,8 +13,8 @@
 //! 3. **Batches.** `read_log(checkpoint, batch_size)` (gap-safe), every event published in log
 //!    order on a channel in confirm mode, then every confirm awaited. Only when all are acks is
 //!    the checkpoint saved (alongside the next read, or the wait when idle: off the path from an
-//!    append to its publication). A nack republishes the batch; an error ends the session (the batch is
-//!    republished by the next one). Delivery is therefore at least once: a crash between the
+//!    append to its publication). A nack republishes the batch; an error ends the session (the
+//!    batch is republished by the next one). Delivery is therefore at least once: a crash between the
 //!    confirms and the checkpoint publishes the batch again, and consumers are idempotent.
 //! 4. **Waiting.** A full batch loops at once. Otherwise the relay sleeps until a
 //!    `NOTIFY eventstore_appended` (a background `LISTEN` task turns notifications into a wake-up)

@@ -11,7 +11,7 @@ use eventstore::{EventStore, ExpectedVersion, NewEvent};
 use uuid::Uuid;
 
 use super::load::{self, Load, Recorder};
-use super::report::Phase;
+use super::report::{Phase, verdict};
 use super::scratch::{ScratchDatabase, baseline_worker, metadata, payload};
 
 #[derive(Debug, Clone, Args)]
@@ -63,7 +63,7 @@ pub async fn run(args: AppendBenchArgs) -> anyhow::Result<()> {
     println!(
         "ratio (append / baseline): {:.0}%   target at 32 writers: >= 60%   {}",
         ratio * 100.0,
-        if ratio >= 0.6 { "MET" } else { "NOT MET" }
+        verdict(ratio >= 0.6)
     );
     Ok(())
 }

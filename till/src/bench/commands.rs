@@ -14,7 +14,7 @@ use eventstore::{CommandOptions, EventStore, GroupCommit};
 use uuid::Uuid;
 
 use super::load::{self, Load, Recorder};
-use super::report::Phase;
+use super::report::{Phase, verdict};
 use super::scratch::{ScratchDatabase, baseline_worker};
 
 #[derive(Debug, Clone, Args)]
@@ -102,12 +102,8 @@ pub async fn run(args: CommandsBenchArgs) -> anyhow::Result<()> {
     let met = |phase: &Phase| {
         let ratio = phase.per_second() / baseline.per_second().max(f64::EPSILON);
         let p99 = phase.ms(0.99);
-        let verdict = if ratio >= 1.0 && p99 <= 10.0 {
-            "MET"
-        } else {
-            "NOT MET"
-        };
-        format!("{ratio:.2} ×, p99 {p99:.2} ms   {verdict}")
+        let met = verdict(ratio >= 1.0 && p99 <= 10.0);
+        format!("{ratio:.2} ×, p99 {p99:.2} ms   {met}")
     };
     println!(
         "target at 32 workers, >= 1.0 × the INSERT rate with p99 <= 10 ms:\n  \

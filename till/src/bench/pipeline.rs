@@ -42,6 +42,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::report::verdict;
 use super::scratch::ScratchDatabase;
 
 #[derive(Debug, Clone, Args)]
@@ -136,11 +137,7 @@ pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
     println!(
         "throughput: {seeded} events through relay and projectors in {:.2} s = {throughput:>8.0} events/s   target >= 5000 {}",
         elapsed.as_secs_f64(),
-        if caught_up && throughput >= 5000.0 {
-            "MET"
-        } else {
-            "NOT MET"
-        }
+        verdict(caught_up && throughput >= 5000.0)
     );
 
     // Freshness: the rest of the system joins, then commands at a fixed rate.
@@ -164,11 +161,7 @@ pub async fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
         p(0.99),
         freshness.max() as f64 / 1000.0,
         freshness.len(),
-        if p(0.99) <= 30.0 && failures == 0 {
-            "MET"
-        } else {
-            "NOT MET"
-        }
+        verdict(p(0.99) <= 30.0 && failures == 0)
     );
 
     shutdown.cancel();

@@ -11,6 +11,7 @@ use platform::read_models::{CartKeys, PROJECTIONS, projection, projection_names}
 use projectors::rebuild::{BATCH, rebuild};
 use sqlx::{ConnectOptions, Connection};
 
+use super::report::verdict;
 use super::scratch::ScratchDatabase;
 
 #[derive(Debug, Clone, Args)]
@@ -90,7 +91,6 @@ pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
             _ => (100_000.0, None),
         };
         let of_scan = done.per_second() / scan_rate.max(f64::EPSILON);
-        let verdict = |met: bool| if met { "MET" } else { "NOT MET" };
         println!(
             "{name:<9} rebuilt {:>8} events in {:>6.2} s = {:>8.0} events/s   raw scan {scan_rate:>8.0} rows/s ({:.0}%)   target >= {target:.0} {}{}",
             done.events,

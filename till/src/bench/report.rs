@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+/// How every bench prints whether a figure meets its target.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "MET" } else { "NOT MET" }
+}
+
 /// Latencies of one phase, in microseconds, with the operation count and elapsed time.
 #[derive(Debug)]
 pub struct Phase {

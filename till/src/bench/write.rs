@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use super::load::{self, Load, Recorder, outcomes_line};
-use super::report::Phase;
+use super::report::{Phase, verdict};
 use super::scratch::{ScratchDatabase, baseline_worker};
 
 #[derive(Debug, Clone, Args)]
@@ -385,10 +385,6 @@ fn report_together(phase: &Phase, baseline: &Phase, rss: &[(&str, Option<f64>)])
             println!("peak RSS {name:<12} {mib:>6.1} MiB");
         }
     }
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "MET" } else { "NOT MET" }
 }
 
 /// One shopper's loop: cart, three adds, a change, a removal, a checkout; again.
