@@ -268,6 +268,11 @@ impl<H: Handler> ConsumerRunner<H> {
         self
     }
 
+    /// The partition it consumes, if its consumer is partitioned.
+    pub fn partition(&self) -> Option<&Arc<Partition>> {
+        self.partition.as_ref()
+    }
+
     /// The queue it consumes.
     pub fn queue(&self) -> &str {
         &self.queue
@@ -363,12 +368,22 @@ impl<H: Handler> ConsumerRunner<H> {
             }
             std::future::pending().await
         };
+        // The subscription outlives the session's work and is dropped only after its channel
+        // closed: dropping a live lapin consumer sends basic.cancel. On a single-active-consumer
+        // queue with messages ready, a cancel makes the next worker in line active without
+        // delivering to it, and the next message published then crashes RabbitMQ 3.10's queue
+        // process (a badmatch in attempt_delivery): every consumer of the partition is cancelled,
+        // the queue restarts — or fails to — and a stream reaches the handler out of order. A
+        // channel close instead requeues what the channel held and hands the queue to the next
+        // consumer in one step. (Found by the hand-over test in tests/partitions.rs.)
+        let mut subscription = None;
         let result = tokio::select! {
-            result = self.consume_on(&channel, &publisher, shutdown, failures) => result,
+            result = self.consume_on(&channel, &publisher, &mut subscription, shutdown, failures) => result,
             error = connection_lost => Err(MessagingError::Amqp(error)),
         };
         close_channel(&publisher, "consumer stopping").await;
         close_channel(&channel, "consumer stopping").await;
+        drop(subscription);
         result
     }
 
@@ -376,6 +391,7 @@ impl<H: Handler> ConsumerRunner<H> {
         &self,
         channel: &Channel,
         publisher: &Channel,
+        subscription: &mut Option<lapin::Consumer>,
         shutdown: &CancellationToken,
         failures: &mut u32,
     ) -> Result<Ended, MessagingError> {
@@ -387,14 +403,16 @@ impl<H: Handler> ConsumerRunner<H> {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let tag = format!("{name}.{}", uuid::Uuid::new_v4().simple());
-        let mut deliveries = channel
-            .basic_consume(
-                &self.queue,
-                &tag,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let deliveries = subscription.insert(
+            channel
+                .basic_consume(
+                    &self.queue,
+                    &tag,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?,
+        );
         info!(queue = %self.queue, "consuming");
         self.status.send_modify(|s| s.connected = true);
         // The session works: the next failure starts the backoff from the beginning.

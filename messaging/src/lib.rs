@@ -40,6 +40,6 @@ pub use consumer::{
 pub use dead_letters::DeadLetter;
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::MessagingError;
-pub use partitions::ConsumerGroup;
+pub use partitions::{ConsumerGroup, Partition};
 pub use relay::{Relay, RelayHandle, RelaySettings, RelayState, RelayStatus};
 pub use topology::Topology;
