@@ -6,13 +6,16 @@
 //! the stream the command is about (its `If-Match`, its `ETag`). [`execute`] does the rest, in
 //! one loop:
 //!
+//! - Commands on one stream take turns in this process ([`crate::turns`]), so they queue
+//!   rather than race one another.
 //! - `If-Match` is checked against the command's own stream before anything is decided, for
 //!   every command (412 on a mismatch).
 //! - The first attempt may decide on cached aggregate states: the append's version checks prove
 //!   them current. A refusal, a mismatch or a command that changes nothing is only answered
 //!   from fresh reads.
 //! - Every stream of a plan is appended (or, without events, checked) atomically at the version
-//!   it was decided on; if any moved meanwhile the command is decided again on the new states,
+//!   it was decided on; if any moved meanwhile (another replica, a process manager, another
+//!   stream of a multi-stream plan) the command is decided again on the new states,
 //!   after a short random pause, up to [`MAX_ATTEMPTS`] times, then answers 409.
 //! - With an `Idempotency-Key`, the append runs in a transaction that also records the answer;
 //!   a deterministic refusal is recorded too, so a retry gets the same answer.
@@ -280,30 +283,39 @@ where
     A::Command: Clone,
 {
     let (stream_id, command, reply) = (&stream_id, &command, &reply);
-    execute(state, ctx, request_hash, move |reads| async move {
-        let (aggregate, version) = reads.target::<A>(stream_id).await?;
-        let events = aggregate
-            .decide(command.clone())
-            .map_err(|r| rejection_problem(&r))?;
-        let write = Write::new(stream_id.clone(), version, &events, &ctx.metadata)?;
-        let after = write.version_after();
-        let aggregate = events.iter().fold(aggregate, |a, e| a.evolve(e));
-        Ok(Plan::new(write, reply(&aggregate)).remember(stream_id.clone(), aggregate, after))
-    })
+    execute(
+        state,
+        ctx,
+        request_hash,
+        stream_id,
+        move |reads| async move {
+            let (aggregate, version) = reads.target::<A>(stream_id).await?;
+            let events = aggregate
+                .decide(command.clone())
+                .map_err(|r| rejection_problem(&r))?;
+            let write = Write::new(stream_id.clone(), version, &events, &ctx.metadata)?;
+            let after = write.version_after();
+            let aggregate = events.iter().fold(aggregate, |a, e| a.evolve(e));
+            Ok(Plan::new(write, reply(&aggregate)).remember(stream_id.clone(), aggregate, after))
+        },
+    )
     .await
 }
 
-/// Executes the command that `decide` plans (see the module docs).
+/// Executes the command that `decide` plans (see the module docs); `stream_id` is the
+/// command's own stream, the plan's first write.
 pub async fn execute<'s, F, Fut>(
     state: &'s AppState,
     ctx: &CommandContext,
     request_hash: &[u8],
+    stream_id: &str,
     decide: F,
 ) -> Response
 where
     F: Fn(Reads<'s>) -> Fut,
     Fut: Future<Output = Result<Plan, Problem>>,
 {
+    let _turn = state.turns.take(stream_id).await;
     match attempts(state, ctx, request_hash, decide).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),

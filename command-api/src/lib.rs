@@ -8,7 +8,8 @@
 //! - [`routes`]: the handlers, one module per resource.
 //! - [`body`], [`context`]: extractors for the JSON body and the command's context.
 //! - [`driver`]: executing a command and shaping its response; [`idempotency`]: stored
-//!   responses for repeated keys; [`error`]: failures as problem+json.
+//!   responses for repeated keys; [`error`]: failures as problem+json; [`turns`]: commands on
+//!   one stream queue in-process instead of racing.
 //! - [`docs`]: what the OpenAPI document says beyond each handler's `#[utoipa::path]`;
 //!   [`openapi`] is the write side's part of the document, made from the same route list that
 //!   [`router`] serves.
@@ -20,6 +21,7 @@ pub mod driver;
 pub mod error;
 pub mod idempotency;
 pub mod routes;
+pub mod turns;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub struct AppState {
     /// Stripe's webhook signing secrets; none when Stripe is not the provider (its webhook
     /// route then answers 404).
     pub stripe_webhook_secrets: Arc<Vec<String>>,
+    /// Commands on one stream take turns (see [`turns`]).
+    pub turns: Arc<turns::StreamTurns>,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {

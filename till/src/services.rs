@@ -336,6 +336,7 @@ pub async fn start(
                         .with_aggregate_cache(COMMAND_CACHE_CAPACITY),
                     verifier: Arc::clone(&verifier),
                     stripe_webhook_secrets: Arc::new(config.payments.stripe_webhook_secrets()),
+                    turns: Arc::default(),
                 };
                 let (listener, addr) = bind("the command API", config.command_api_addr).await?;
                 let api = command_api::router(state);

@@ -106,9 +106,13 @@ pub async fn add_item(
         Err(problem) => return problem.into_response(),
     };
     let product_id = ProductId(body.value.product_id);
-    execute(&state, &ctx, &body.request_hash, |reads| {
-        add_item_plan(&ctx, reads, cart_id, product_id, quantity)
-    })
+    execute(
+        &state,
+        &ctx,
+        &body.request_hash,
+        &cart_id.stream_id(),
+        |reads| add_item_plan(&ctx, reads, cart_id, product_id, quantity),
+    )
     .await
 }
 
@@ -250,9 +254,13 @@ pub async fn checkout(
         Err(p) => return p.into_response(),
     };
     let order_id = OrderId(Uuid::now_v7());
-    execute(&state, &ctx, &ctx.bodiless_request_hash, |reads| {
-        checkout_plan(&ctx, reads, cart_id, order_id)
-    })
+    execute(
+        &state,
+        &ctx,
+        &ctx.bodiless_request_hash,
+        &cart_id.stream_id(),
+        |reads| checkout_plan(&ctx, reads, cart_id, order_id),
+    )
     .await
 }
 
