@@ -18,7 +18,7 @@ use std::hash::BuildHasher;
 use tokio::sync::{Mutex, MutexGuard};
 
 /// How many streams can be written at once without sharing a turn.
-pub const STRIPES: usize = 1024;
+pub const STRIPES: usize = 4096;
 
 /// The striped turns of one process; see the module docs.
 #[derive(Debug)]
