@@ -161,7 +161,7 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     /// Most deliveries handed to [`Handler::handle_batch`] at once; 1 = one at a time.
     pub batch_size: usize,
-    /// How long a batch waits for more deliveries after its first one.
+    /// How long after its first delivery a batch closes, full or not.
     pub batch_linger: std::time::Duration,
     /// Handler calls per message before a transient failure dead-letters it.
     pub max_attempts: u32,
@@ -432,8 +432,12 @@ impl<H: Handler> ConsumerRunner<H> {
                 partition.delivered();
             }
             let mut batch = vec![delivery];
+            // What arrives within the linger of the batch's first delivery joins it (what is
+            // already here joins at once): a steady trickle, one message just inside the linger
+            // after another, once kept a batch open until it was full.
+            let close_at = tokio::time::Instant::now() + self.settings.batch_linger;
             while batch.len() < self.settings.batch_size {
-                match tokio::time::timeout(self.settings.batch_linger, deliveries.next()).await {
+                match tokio::time::timeout_at(close_at, deliveries.next()).await {
                     Ok(Some(delivery)) => batch.push(delivery?),
                     Ok(None) => return Err(MessagingError::ConsumerCancelled),
                     Err(_) => break,

@@ -573,3 +573,74 @@ async fn a_handled_batch_is_acked_whole_and_nothing_is_left_to_redeliver() {
         assert_eq!(handler.applied(*id), 1, "applied exactly once");
     }
 }
+
+/// Records the size of every batch it is handed.
+#[derive(Debug, Clone, Default)]
+struct BatchSizes(Arc<Mutex<Vec<usize>>>);
+
+impl Handler for BatchSizes {
+    async fn handle(&self, _envelope: Envelope) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push(1);
+        Ok(())
+    }
+
+    async fn handle_batch(&self, envelopes: Vec<Envelope>) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push(envelopes.len());
+        Ok(())
+    }
+}
+
+/// A batch closes at its linger after its first delivery, however steadily messages keep
+/// coming: a trickle of one event every 10 ms under a 100 ms linger is handled in batches of
+/// about ten, not held back until 256 have gathered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_trickle_is_handled_at_the_linger_not_when_the_batch_is_full() {
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let bus = TestBus::new();
+    let sizes = BatchSizes::default();
+    let runner = ConsumerRunner::new(
+        bus.topology.clone(),
+        ConsumerSettings {
+            prefetch: 512,
+            batch_size: 256,
+            batch_linger: Duration::from_millis(100),
+            ..consumer_settings(&bus, "trickle")
+        },
+        sizes.clone(),
+    );
+    let handle = runner.handle();
+    let shutdown = CancellationToken::new();
+    let task = AbortOnDropHandle::new(tokio::spawn(runner.run(shutdown.clone())));
+    within("the consumer to connect", handle.wait_for(|s| s.connected)).await;
+    // A relay that looks every 2 ms, so the events reach the queue one by one as they come.
+    let relay = Relay::new(
+        store.clone(),
+        bus.topology.clone(),
+        RelaySettings {
+            poll_interval: Duration::from_millis(2),
+            ..RelaySettings::new(amqp_url())
+        },
+    );
+    let stop_relay = CancellationToken::new();
+    let relay = AbortOnDropHandle::new(tokio::spawn(relay.run(stop_relay.clone())));
+    let events = 150;
+    let stream_id = stream();
+    for _ in 0..events {
+        append_to(&store, &stream_id, 1, "Noted").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    within_explained(
+        &db.pool,
+        "every event to be handled",
+        handle.wait_for(|s| s.acked >= events),
+    )
+    .await;
+    stop(stop_relay, relay).await;
+    stop(shutdown, task).await;
+    let sizes = sizes.0.lock().unwrap();
+    assert_eq!(sizes.iter().sum::<usize>(), events as usize);
+    // 1.5 s of events under a 100 ms linger: about fifteen batches; one batch held open while
+    // the trickle lasted would be one or two.
+    assert!(sizes.len() >= 8, "batches: {sizes:?}");
+}
