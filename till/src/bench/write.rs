@@ -2,8 +2,9 @@
 //! three products, change a quantity, remove one, check out, again — with real tokens. The
 //! gateway and the command API run as separate processes of this binary (`till serve …`), so
 //! each one's peak memory can be read from the kernel; then again both in one process, where
-//! the gateway hands requests to the API without a socket (as under `till up`). The same run measures the raw-INSERT
-//! baseline of this machine's Postgres at the same concurrency. With `--tracing`, the same load
+//! the gateway hands requests to the API without a socket (as under `till up`). The same run
+//! measures the raw-INSERT baseline of this machine's Postgres at the same concurrency, before
+//! and after the shoppers, and compares with the mean of the two. With `--tracing`, the same load
 //! runs again with every span exported over OTLP to a receiver in this process, and the report
 //! says what exporting costs.
 
@@ -168,6 +169,16 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
         gateway_ops_addr,
         load,
     };
+    // The baseline brackets the measured phases (before and after, their mean is the reference):
+    // a machine that drifts while the bench runs moves both sides of the ratio alike.
+    let pool = scratch.pool.clone();
+    let insert = |label| {
+        let pool = pool.clone();
+        load::run(label, load, move |_, recorder| {
+            baseline_worker(pool.clone(), recorder)
+        })
+    };
+    let before = insert("baseline: single-row INSERT, before").await?;
     let (shoppers, rss) = gateway
         .measure(
             "commands through the gateway",
@@ -202,15 +213,15 @@ pub async fn run(args: WriteBenchArgs) -> anyhow::Result<()> {
         false => None,
     };
 
-    let pool = scratch.pool.clone();
-    let baseline = load::run("baseline: single-row INSERT", load, |_, recorder| {
-        baseline_worker(pool.clone(), recorder)
-    })
-    .await?;
+    let after = insert("baseline: single-row INSERT, after").await?;
     scratch.drop_database().await;
 
-    report(&shoppers, &baseline, &rss);
-    report_together(&together, &baseline, &together_rss);
+    println!("{}", before.line());
+    println!("{}", after.line());
+    let baseline = (before.per_second() + after.per_second()) / 2.0;
+    println!("baseline: {baseline:.0} INSERTs/s, the mean of before and after");
+    report(&shoppers, baseline, &rss);
+    report_together(&together, baseline, &together_rss);
     if let Some((traced, spans)) = traced {
         println!("{}", traced.line());
         let overhead = 1.0 - traced.per_second() / shoppers.per_second().max(f64::EPSILON);
@@ -332,11 +343,11 @@ impl Gateway<'_> {
     }
 }
 
-fn report(shoppers: &Phase, baseline: &Phase, rss: &[(&str, Option<f64>)]) {
+/// The services-as-processes phase against `baseline` INSERTs/s.
+fn report(shoppers: &Phase, baseline: f64, rss: &[(&str, Option<f64>)]) {
     println!("{}", shoppers.line());
     println!("  by status: {}", outcomes_line(&shoppers.outcomes));
-    println!("{}", baseline.line());
-    let ratio = shoppers.per_second() / baseline.per_second().max(f64::EPSILON);
+    let ratio = shoppers.per_second() / baseline.max(f64::EPSILON);
     println!(
         "ratio (commands / raw INSERTs): {:.0}%   target >= 40% {}",
         ratio * 100.0,
@@ -370,9 +381,9 @@ fn print_rss(rss: &[(&str, Option<f64>)]) {
 }
 
 /// The one-process layout, against the same baseline.
-fn report_together(phase: &Phase, baseline: &Phase, rss: &[(&str, Option<f64>)]) {
+fn report_together(phase: &Phase, baseline: f64, rss: &[(&str, Option<f64>)]) {
     println!("{}", phase.line());
-    let ratio = phase.per_second() / baseline.per_second().max(f64::EPSILON);
+    let ratio = phase.per_second() / baseline.max(f64::EPSILON);
     println!(
         "ratio in one process (commands / raw INSERTs): {:.0}%   target >= 50% {}   p99 <= 15 ms {}",
         ratio * 100.0,
