@@ -316,7 +316,7 @@ where
     Fut: Future<Output = Result<Plan, Problem>>,
 {
     let _turn = state.turns.take(stream_id).await;
-    match attempts(state, ctx, request_hash, decide).await {
+    match attempts(state, ctx, request_hash, stream_id, decide).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     }
@@ -326,6 +326,7 @@ async fn attempts<'s, F, Fut>(
     state: &'s AppState,
     ctx: &CommandContext,
     request_hash: &[u8],
+    stream_id: &str,
     decide: F,
 ) -> Result<Response, Problem>
 where
@@ -348,6 +349,8 @@ where
             Err(refusal) => return refuse(state, ctx, request_hash, refusal).await,
         };
         // Reads::target checks If-Match; this holds every plan to it, whatever it read.
+        // The turn taken is the plan's own stream's, or it serialises nothing.
+        debug_assert_eq!(plan.target().stream_id, stream_id);
         let target_version = plan.target().version;
         let mismatch = ctx.expected_version.filter(|v| *v != target_version);
         if (mismatch.is_some() || !plan.appends_anything()) && !fresh {
