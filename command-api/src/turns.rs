@@ -85,4 +85,18 @@ mod tests {
         assert!(other_turn.is_ok(), "another stream is not blocked");
         drop(held);
     }
+
+    #[tokio::test]
+    async fn a_command_dropped_while_it_waits_or_runs_leaves_the_turn_free() {
+        // A client that goes away drops its request's future, waiting for a turn or holding one.
+        let turns = StreamTurns::default();
+        let held = turns.take("cart-1").await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), turns.take("cart-1")).await;
+        assert!(gave_up.is_err(), "the turn is held");
+        drop(held);
+        let running = turns.take("cart-1").await;
+        drop(running);
+        let next = tokio::time::timeout(Duration::from_secs(1), turns.take("cart-1")).await;
+        assert!(next.is_ok(), "the stream's turn came round again");
+    }
 }

@@ -14,8 +14,9 @@
 //!    order on a channel in confirm mode, then every confirm awaited. Only when all are acks is
 //!    the checkpoint saved (alongside the next read, or the wait when idle: off the path from an
 //!    append to its publication). A nack republishes the batch; an error ends the session (the
-//!    batch is republished by the next one). Delivery is therefore at least once: a crash between the
-//!    confirms and the checkpoint publishes the batch again, and consumers are idempotent.
+//!    batch is republished by the next one). Delivery is therefore at least once: a crash
+//!    between the confirms and the checkpoint publishes the batch again, and consumers are
+//!    idempotent.
 //! 4. **Waiting.** A full batch loops at once. Otherwise the relay sleeps until a
 //!    `NOTIFY eventstore_appended` (a background `LISTEN` task turns notifications into a wake-up)
 //!    or the poll interval, whichever comes first; polling alone is correct, LISTEN only makes it

@@ -150,9 +150,7 @@ async fn two_workers_share_the_partitions_in_stream_order_and_one_takes_over_fro
     init_tracing();
     let db = TestDatabase::new().await;
     let store = EventStore::new(db.pool.clone());
-    let bus = TestBus::with_topology(
-        Topology::new(format!("test-{}", uuid::Uuid::new_v4().simple())).with_partitions(4),
-    );
+    let bus = TestBus::partitioned(4);
     let name = bus.consumer("partitioned");
     let log: Log = Arc::default();
 
@@ -227,9 +225,7 @@ async fn partitions_handed_back_and_forth_under_load_keep_the_stream_in_order() 
     init_tracing();
     let db = TestDatabase::new().await;
     let store = EventStore::new(db.pool.clone());
-    let bus = TestBus::with_topology(
-        Topology::new(format!("test-{}", uuid::Uuid::new_v4().simple())).with_partitions(2),
-    );
+    let bus = TestBus::partitioned(2);
     let name = bus.consumer("handover");
     let log: Log = Arc::default();
     let url = amqp_url();

@@ -19,6 +19,11 @@ pub async fn amqp() -> Connection {
     })
 }
 
+/// A topology with a random prefix: no other test's exchange or queues share its names.
+fn unique_topology() -> Topology {
+    Topology::new(format!("test-{}", uuid::Uuid::new_v4().simple()))
+}
+
 /// A topology with a random prefix, whose exchange and the named consumers' queues are deleted
 /// when this is dropped.
 #[derive(Debug)]
@@ -35,10 +40,12 @@ impl Default for TestBus {
 
 impl TestBus {
     pub fn new() -> Self {
-        Self::with_topology(Topology::new(format!(
-            "test-{}",
-            uuid::Uuid::new_v4().simple()
-        )))
+        Self::with_topology(unique_topology())
+    }
+
+    /// A bus of its own whose consumers' work is split into `partitions` partitions.
+    pub fn partitioned(partitions: u16) -> Self {
+        Self::with_topology(unique_topology().with_partitions(partitions))
     }
 
     /// Cleans up after `topology` (the test chose its name).
