@@ -206,9 +206,32 @@ impl From<Quantity> for u32 {
 }
 
 /// An ISO 4217 currency code (active codes only), e.g. `EUR`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Currency([u8; 3]);
+
+// By hand rather than through `String`: every amount in every event and view is one of these,
+// and a rebuild decodes and writes millions; borrowing the text allocates nothing.
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Code;
+        impl serde::de::Visitor<'_> for Code {
+            type Value = Currency;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an ISO 4217 currency code")
+            }
+            fn visit_str<E: serde::de::Error>(self, code: &str) -> Result<Currency, E> {
+                Currency::parse(code).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Code)
+    }
+}
 
 /// Active ISO 4217 codes. Funds codes and precious metals are left out: nobody sells for them.
 const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB \
@@ -572,6 +595,16 @@ mod tests {
         for bad in ["eur", "EURO", "", "XYZ", "E1R"] {
             assert!(Currency::parse(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn currency_is_json_text_and_stored_codes_are_checked_again() {
+        let eur = Currency::parse("EUR").unwrap();
+        assert_eq!(serde_json::to_string(&eur).unwrap(), r#""EUR""#);
+        assert_eq!(serde_json::from_str::<Currency>(r#""EUR""#).unwrap(), eur);
+        let refused = serde_json::from_str::<Currency>(r#""XYZ""#).unwrap_err();
+        assert!(refused.to_string().contains("ISO 4217"), "{refused}");
+        assert!(serde_json::from_str::<Currency>("7").is_err());
     }
 
     #[test]

@@ -586,9 +586,11 @@ impl EventStore {
     }
 
     /// Every event of the streams of `stream_type` in stream order (by stream id, then
-    /// version), read with one statement and handed to `deliver` in batches of up to
-    /// `batch_size` as the rows arrive, so Postgres produces the next rows while `deliver`
-    /// works. `deliver` returns false to stop early.
+    /// version), read with one statement and handed to `deliver` in batches as the rows
+    /// arrive, so Postgres produces the next rows while `deliver` works. A batch holds whole
+    /// streams: it closes at the first stream's end after `batch_size` events, so no stream is
+    /// split between two batches (and a consumer never needs what an earlier batch made of a
+    /// stream). `deliver` returns false to stop early.
     ///
     /// For rebuilds: a projection needs each stream's events in order but no order across
     /// streams, and this walks the type's own range of the `(stream_id, version)` index, where
@@ -614,10 +616,14 @@ impl EventStore {
             .bind(first)
             .bind(last)
             .fetch(&mut scan);
-        let mut batch = Vec::with_capacity(batch_size);
+        let mut batch: Vec<RecordedEvent> = Vec::with_capacity(batch_size);
         while let Some(row) = rows.try_next().await? {
-            batch.push(self.upcasters.upcast(row.into())?);
-            if batch.len() >= batch_size
+            let event = self.upcasters.upcast(row.into())?;
+            let full = batch.len() >= batch_size
+                && batch
+                    .last()
+                    .is_some_and(|last| last.stream_id != event.stream_id);
+            if full
                 && !deliver(std::mem::replace(
                     &mut batch,
                     Vec::with_capacity(batch_size),
@@ -628,6 +634,7 @@ impl EventStore {
                 // scan; dropped, its socket closes and the server stops sending.
                 return Ok(());
             }
+            batch.push(event);
         }
         drop(rows);
         scan.close().await?;

@@ -47,16 +47,38 @@ async fn reading_one_stream_type_in_stream_order_returns_exactly_its_events() {
     expected.sort();
 
     for batch_size in [1, 3, 100] {
-        let mut read: Vec<(String, u64)> = Vec::new();
+        let mut batches: Vec<Vec<(String, u64)>> = Vec::new();
         store
             .scan_streams_of_type("order", batch_size, |batch| {
-                assert!(!batch.is_empty() && batch.len() <= batch_size);
-                read.extend(batch.into_iter().map(|e| (e.stream_id, e.version)));
+                batches.push(
+                    batch
+                        .into_iter()
+                        .map(|e| (e.stream_id, e.version))
+                        .collect(),
+                );
                 std::future::ready(true)
             })
             .await
             .unwrap();
+        let read: Vec<(String, u64)> = batches.concat();
         assert_eq!(read, expected, "batch size {batch_size}");
+        // Whole streams per batch: every batch starts a stream at its first version, and
+        // every batch but the last holds at least the size asked for.
+        for (i, batch) in batches.iter().enumerate() {
+            assert_eq!(
+                batch[0].1, 1,
+                "batch {i} of size {batch_size} starts mid-stream"
+            );
+            if i + 1 < batches.len() {
+                assert!(
+                    batch.len() >= batch_size,
+                    "batch {i}: {} events",
+                    batch.len()
+                );
+            }
+        }
+        // Streams of up to four events, so a batch closes within three events of its size.
+        assert!(batches.iter().all(|b| b.len() < batch_size + 4));
     }
 
     // A consumer that has had enough stops the read.

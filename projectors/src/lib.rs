@@ -13,7 +13,8 @@
 //! compare-and-set on the stored version.
 //!
 //! [`tables`] knows where each projection's current version lives (`read.projections`);
-//! [`rebuild`] builds a new version from the event store and switches to it without downtime;
+//! [`rebuild`] builds a new version from the event store and switches to it without downtime
+//! (inserting its Postgres rows with a binary COPY, [`copy`]);
 //! [`requests`] runs the rebuilds an admin asked for over HTTP and reports their progress;
 //! [`heal`] notices when Redis lost the carts view and rebuilds it without an operator.
 //!
@@ -21,6 +22,7 @@
 //! deadlines) are in the `processes` crate: they are never replayed.
 
 pub mod carts;
+pub mod copy;
 pub mod error;
 pub mod heal;
 pub mod live;

@@ -143,6 +143,38 @@ pub async fn new_events_by_stream<'a>(
     Ok(plan)
 }
 
+/// A rebuild's batch as whole streams, for [`fold_streams`]: each stream of `stream_type` with
+/// all its events from version 1, in one linear pass (a rebuild folds millions of events, and the
+/// batch is in stream order already). `None` unless the batch is exactly that — streams in
+/// ascending id order, each starting at version 1 with no hole — so that a caller can take the
+/// general path ([`new_events_by_stream`]) instead.
+pub fn whole_streams<'a>(
+    events: &'a [RecordedEvent],
+    stream_type: &str,
+) -> Option<Vec<(uuid::Uuid, Vec<Cow<'a, RecordedEvent>>)>> {
+    let mut streams: Vec<(uuid::Uuid, Vec<Cow<'a, RecordedEvent>>)> = Vec::new();
+    let mut current: Option<&str> = None;
+    for event in events.iter().filter(|e| e.stream_type() == stream_type) {
+        match (current, streams.last_mut()) {
+            (Some(stream_id), Some((_, stream))) if stream_id == event.stream_id => {
+                if event.version != stream.len() as u64 + 1 {
+                    return None;
+                }
+                stream.push(Cow::Borrowed(event));
+            }
+            _ => {
+                let ascending = current.is_none_or(|previous| previous < event.stream_id.as_str());
+                if !ascending || event.version != 1 {
+                    return None;
+                }
+                streams.push((stream_uuid(&event.stream_id)?, vec![Cow::Borrowed(event)]));
+                current = Some(&event.stream_id);
+            }
+        }
+    }
+    Some(streams)
+}
+
 /// The UUID part of a stream id (`cart-<uuid>`).
 pub fn stream_uuid(stream_id: &str) -> Option<uuid::Uuid> {
     stream_id

@@ -13,6 +13,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::MoneyView;
+use crate::copy::CopyRows;
 use crate::error::ProjectionError;
 use crate::tables::{ORDERS, PgProjection};
 
@@ -434,6 +435,33 @@ impl PgProjection for Orders {
         .fetch_all(&mut **tx)
         .await?;
         Ok(rows.into_iter().map(|r| (r.order_id, r)).collect())
+    }
+
+    const TABLE: &'static str = "orders";
+    const COLUMNS: &'static str = COLUMNS;
+    const COPY_FIELDS: i16 = 14;
+    const ROW_BYTES: usize = 1536;
+
+    fn id(row: &OrderRow) -> Uuid {
+        row.order_id
+    }
+
+    fn copy_row(row: &OrderRow, rows: &mut CopyRows) -> Result<(), serde_json::Error> {
+        rows.uuid(row.order_id)
+            .text(&row.customer_id)
+            .uuid(row.cart_id)
+            .text(&row.status)
+            .int8(row.total_amount)
+            .text(&row.currency)
+            .optional_timestamptz(row.pay_by)
+            .optional_uuid(row.payment_id)
+            .timestamptz(row.placed_at)
+            .timestamptz(row.updated_at)
+            .int8(row.version)
+            .json(&row.lines.0)?
+            .json(&row.history.0)?
+            .json(&row.fulfilment.0)?;
+        Ok(())
     }
 
     async fn upsert(

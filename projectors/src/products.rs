@@ -9,6 +9,7 @@ use eventstore::RecordedEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::copy::CopyRows;
 use crate::error::ProjectionError;
 use crate::tables::{PRODUCTS, PgProjection};
 
@@ -157,6 +158,33 @@ impl PgProjection for Products {
         .fetch_all(&mut **tx)
         .await?;
         Ok(rows.into_iter().map(|r| (r.product_id, r)).collect())
+    }
+
+    const TABLE: &'static str = "products";
+    const COLUMNS: &'static str = COLUMNS;
+    const COPY_FIELDS: i16 = 14;
+    const ROW_BYTES: usize = 512;
+
+    fn id(row: &ProductRow) -> Uuid {
+        row.product_id
+    }
+
+    fn copy_row(row: &ProductRow, rows: &mut CopyRows) -> Result<(), serde_json::Error> {
+        rows.uuid(row.product_id)
+            .text(&row.sku)
+            .text(&row.name)
+            .text(&row.description)
+            .text(&row.category)
+            .int8(row.price_amount)
+            .text(&row.currency)
+            .int8(row.available)
+            .int8(row.reserved)
+            .bool(row.discontinued)
+            .int8(row.version)
+            .timestamptz(row.created_at)
+            .timestamptz(row.updated_at)
+            .text(&row.image_urls);
+        Ok(())
     }
 
     async fn upsert(

@@ -6,9 +6,12 @@
 //! 2. **Fill**: the event store is read directly (not the bus), the projection's stream type
 //!    only, stream by stream in large batches (a projection needs each stream's events in order,
 //!    not the global order, and the stream index holds a type's rows together); the next batch
-//!    is read while this one is folded in memory and written in bulk (UNNEST for Postgres, one
-//!    pipeline for Redis). Rows only ever move to a higher stream version, so the rebuild and
-//!    the live projector can write the same rows in any order.
+//!    is read while this one is folded in memory and written in bulk (one pipeline for Redis).
+//!    A batch holds whole streams, so each view is folded from its stream's first event in one
+//!    batch, and a Postgres batch goes in with one binary COPY ([`crate::tables::fill`]); should
+//!    the live projector have stored one of its views already, the batch is written with the
+//!    version-checked upsert instead. Rows only ever move to a higher stream version, so the
+//!    rebuild and the live projector can write the same rows in any order.
 //!
 //!    Nothing falls between the two: an event committed before the fill reads its stream is
 //!    read by the fill, and one committed later reaches the live projector after step 1, which
@@ -37,7 +40,7 @@ use sqlx::PgPool;
 use crate::error::ProjectionError;
 use crate::orders::Orders;
 use crate::products::Products;
-use crate::tables::{apply_to, record_progress};
+use crate::tables::{fill, record_progress};
 
 /// Events read from the store per batch, unless the caller says otherwise.
 pub const BATCH: i64 = 10_000;
@@ -189,7 +192,16 @@ async fn rebuild_alone(
     if halted.load(Relaxed) {
         return Ok(None); // stopped
     }
+    let filled = started.elapsed();
     build_indexes(pool, &deferred_indexes).await?;
+    tracing::info!(
+        projection = name,
+        version,
+        events = done,
+        fill_ms = filled.as_millis() as u64,
+        indexes_ms = (started.elapsed() - filled).as_millis() as u64,
+        "filled; switching"
+    );
     let old = switch(pool, name, version).await?;
     if let (Storage::Redis, Some(old)) = (projection.storage, old) {
         take_over_cart_position(redis, keys, old, version).await?;
@@ -230,8 +242,8 @@ async fn apply_batch(
                 .execute(&mut *tx)
                 .await?;
             let n = match *projection {
-                PRODUCTS => apply_to::<Products>(&mut tx, schema, store, &batch).await?,
-                _ => apply_to::<Orders>(&mut tx, schema, store, &batch).await?,
+                PRODUCTS => fill::<Products>(&mut tx, schema, store, &batch).await?,
+                _ => fill::<Orders>(&mut tx, schema, store, &batch).await?,
             };
             // Counted only: the version's place in the global log is the live projector's to
             // record (and the old version's, at the switch); START never moves it.

@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 
 use eventstore::{EventStore, RecordedEvent};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::copy::CopyRows;
 use crate::error::ProjectionError;
-use crate::ordering::{fold_streams, new_events_by_stream, streams_to_load};
+use crate::ordering::{fold_streams, new_events_by_stream, streams_to_load, whole_streams};
 
 /// A projection's name as in `read.projections`.
 pub type ProjectionName = &'static str;
@@ -102,6 +103,21 @@ pub trait PgProjection {
         schema: &str,
         views: &[Self::View],
     ) -> impl Future<Output = Result<Vec<Uuid>, sqlx::Error>> + Send;
+
+    /// The table views are kept in.
+    const TABLE: &'static str;
+    /// Its columns [`PgProjection::copy_row`] writes, in that order.
+    const COLUMNS: &'static str;
+    /// How many columns that is.
+    const COPY_FIELDS: i16;
+    /// About how many bytes a view takes as a row, to size a COPY's buffer once.
+    const ROW_BYTES: usize;
+
+    /// The id of a view's stream.
+    fn id(view: &Self::View) -> Uuid;
+
+    /// Appends a view as a row of [`PgProjection::COLUMNS`].
+    fn copy_row(view: &Self::View, rows: &mut CopyRows) -> Result<(), serde_json::Error>;
 }
 
 /// Applies events to one version of `P`'s tables: loads the views the batch continues, folds
@@ -122,6 +138,46 @@ pub async fn apply_to<P: PgProjection>(
     let folded = fold_streams(plan, views, P::apply)?;
     let written = P::upsert(tx, schema, &folded.views).await?;
     Ok(folded.applied(written))
+}
+
+/// Applies a rebuild's batch (whole streams, from [`EventStore::scan_streams_of_type`]) to the
+/// version being built: folds each stream from its first event and inserts the views with one
+/// binary COPY ([`crate::copy`]). The live projector writes to the same version meanwhile, so a
+/// view may be stored already; then the COPY fails on its primary key and the batch is written
+/// with the checked upsert instead, which keeps whichever view is newer. Returns how many events
+/// took effect.
+pub async fn fill<P: PgProjection>(
+    tx: &mut Transaction<'_, Postgres>,
+    schema: &str,
+    store: &EventStore,
+    events: &[RecordedEvent],
+) -> Result<u64, ProjectionError> {
+    let Some(plan) = whole_streams(events, P::STREAM_TYPE) else {
+        // Not whole streams: only the checked path can continue a stored view.
+        return apply_to::<P>(tx, schema, store, events).await;
+    };
+    let folded = fold_streams(plan, HashMap::new(), P::apply)?;
+    let mut rows = CopyRows::with_capacity(P::COPY_FIELDS, folded.views.len() * P::ROW_BYTES);
+    for view in &folded.views {
+        P::copy_row(view, rows.row()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    }
+    // A savepoint, so that a failed COPY leaves the transaction usable for the fallback.
+    let mut attempt = tx.begin().await?;
+    let target = format!("\"{schema}\".{} ({})", P::TABLE, P::COLUMNS);
+    match rows.send(&mut attempt, &target).await {
+        Ok(_) => {
+            attempt.commit().await?;
+            Ok(folded.applied(folded.views.iter().map(P::id)))
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            attempt.rollback().await?;
+            metrics::counter!("projection_rebuild_copy_fallbacks_total", "projection" => P::NAME)
+                .increment(1);
+            let written = P::upsert(tx, schema, &folded.views).await?;
+            Ok(folded.applied(written))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Applies a live batch to the serving version (and a building one, if a rebuild runs), with

@@ -116,3 +116,48 @@ async fn the_store_is_the_truth_for_a_version_it_does_not_hold() {
     phantom.version = 9;
     assert!(to_apply(&store, &[phantom], 5).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_rebuild_batch_is_taken_as_whole_streams_only_when_it_is_one() {
+    use projectors::ordering::whole_streams;
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let (a, mut first) = stream_of(&store, 3).await;
+    let (b, mut second) = stream_of(&store, 2).await;
+    if a > b {
+        std::mem::swap(&mut first, &mut second);
+    }
+    let (low, high) = (a.min(b), a.max(b));
+    let batch: Vec<RecordedEvent> = first.iter().chain(&second).cloned().collect();
+    let streams = whole_streams(&batch, STREAM_TYPE).expect("whole streams in order");
+    let versions: Vec<(Uuid, Vec<u64>)> = streams
+        .into_iter()
+        .map(|(id, events)| (id, events.iter().map(|e| e.version).collect()))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            (low, (1..=first.len() as u64).collect::<Vec<_>>()),
+            (high, (1..=second.len() as u64).collect())
+        ]
+    );
+    // Events of other types are not its business.
+    assert_eq!(whole_streams(&batch, "order").map(|s| s.len()), Some(0));
+
+    // Anything else goes the general way: a stream starting mid-way, a hole, a repeat, streams
+    // out of order.
+    let mid_way: Vec<RecordedEvent> = batch[1..].to_vec();
+    let mut hole = batch.clone();
+    hole.remove(1);
+    let mut repeat = batch.clone();
+    repeat.insert(1, batch[0].clone());
+    let backwards: Vec<RecordedEvent> = second.iter().chain(&first).cloned().collect();
+    for (case, events) in [
+        ("mid-way", mid_way),
+        ("hole", hole),
+        ("repeat", repeat),
+        ("backwards", backwards),
+    ] {
+        assert!(whole_streams(&events, STREAM_TYPE).is_none(), "{case}");
+    }
+}
