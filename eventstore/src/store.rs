@@ -588,9 +588,10 @@ impl EventStore {
     /// Every event of the streams of `stream_type` in stream order (by stream id, then
     /// version), read with one statement and handed to `deliver` in batches as the rows
     /// arrive, so Postgres produces the next rows while `deliver` works. A batch holds whole
-    /// streams: it closes at the first stream's end after `batch_size` events, so no stream is
-    /// split between two batches (and a consumer never needs what an earlier batch made of a
-    /// stream). `deliver` returns false to stop early.
+    /// streams: it closes at the first stream's end after `batch_size` events, so a stream is
+    /// not split between two batches (and a consumer does not need what an earlier batch made of
+    /// it) — unless the batch reaches [`SCAN_BATCH_CAP`] × `batch_size` events first, which
+    /// bounds a batch's memory whatever a stream's length. `deliver` returns false to stop early.
     ///
     /// For rebuilds: a projection needs each stream's events in order but no order across
     /// streams, and this walks the type's own range of the `(stream_id, version)` index, where
@@ -620,9 +621,10 @@ impl EventStore {
         while let Some(row) = rows.try_next().await? {
             let event = self.upcasters.upcast(row.into())?;
             let full = batch.len() >= batch_size
-                && batch
+                && (batch
                     .last()
-                    .is_some_and(|last| last.stream_id != event.stream_id);
+                    .is_some_and(|last| last.stream_id != event.stream_id)
+                    || batch.len() >= batch_size.saturating_mul(SCAN_BATCH_CAP));
             if full
                 && !deliver(std::mem::replace(
                     &mut batch,
@@ -697,6 +699,10 @@ pub fn global_log_sql() -> String {
          ORDER BY e.transaction_id, e.position LIMIT $3"
     )
 }
+
+/// How many times its asked size a batch of [`EventStore::scan_streams_of_type`] grows, at
+/// most, to end at a stream's end.
+pub const SCAN_BATCH_CAP: usize = 4;
 
 /// The statement behind [`EventStore::scan_streams_of_type`] (`$1` and `$2` the start and end
 /// of the type's range of stream ids); public so that a test can check its plan.

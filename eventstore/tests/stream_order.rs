@@ -81,6 +81,33 @@ async fn reading_one_stream_type_in_stream_order_returns_exactly_its_events() {
         assert!(batches.iter().all(|b| b.len() < batch_size + 4));
     }
 
+    // A stream longer than a batch may grow to is split: the batch closes at its cap, and the
+    // next one continues the stream.
+    let long = format!("order-{}", Uuid::new_v4());
+    let cap = 2 * eventstore::store::SCAN_BATCH_CAP;
+    store
+        .append(&long, ExpectedVersion::NoStream, &events(cap + 1))
+        .await
+        .unwrap();
+    let mut of_long: Vec<Vec<u64>> = Vec::new();
+    store
+        .scan_streams_of_type("order", 2, |batch| {
+            let versions: Vec<u64> = batch
+                .iter()
+                .filter(|e| e.stream_id == long)
+                .map(|e| e.version)
+                .collect();
+            if !versions.is_empty() {
+                of_long.push(versions);
+            }
+            assert!(batch.len() <= cap);
+            std::future::ready(true)
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_long.concat(), (1..=cap as u64 + 1).collect::<Vec<_>>());
+    assert!(of_long.len() >= 2, "{of_long:?}");
+
     // A consumer that has had enough stops the read.
     let mut batches = 0;
     store
