@@ -136,7 +136,7 @@ RETURNING position, version
 const EVENT_COLUMNS: &str = "position, transaction_id::text::int8 AS transaction_id, stream_id, \
 version, event_id, event_type, schema_version, data, metadata, recorded_at";
 
-#[derive(sqlx::FromRow)]
+/// A row of [`EVENT_COLUMNS`].
 struct EventRow {
     position: i64,
     transaction_id: i64,
@@ -148,6 +148,27 @@ struct EventRow {
     data: Json<EventData>,
     metadata: Json<Metadata>,
     recorded_at: DateTime<Utc>,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for EventRow {
+    /// By position, in [`EVENT_COLUMNS`]' order (every statement reading events selects
+    /// exactly those): looking each column up by name, as the derive does, cost a rebuild's
+    /// scan a few percent.
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Self {
+            position: row.try_get(0)?,
+            transaction_id: row.try_get(1)?,
+            stream_id: row.try_get(2)?,
+            version: row.try_get(3)?,
+            event_id: row.try_get(4)?,
+            event_type: row.try_get(5)?,
+            schema_version: row.try_get(6)?,
+            data: row.try_get(7)?,
+            metadata: row.try_get(8)?,
+            recorded_at: row.try_get(9)?,
+        })
+    }
 }
 
 impl From<EventRow> for RecordedEvent {
