@@ -116,7 +116,7 @@ impl CopyRows {
         let mut copy = conn
             .copy_in_raw(&format!("COPY {table} FROM STDIN WITH (FORMAT binary)"))
             .await?;
-        // `finish` must follow a failed `send` too, or the connection is left mid-COPY.
+        // A failed `send` is followed by `abort`, so the connection is not left mid-COPY.
         let sent = copy.send(self.buffer).await.map(|_| ());
         match sent {
             Ok(()) => copy.finish().await,
