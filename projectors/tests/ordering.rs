@@ -122,8 +122,9 @@ async fn a_rebuild_batch_is_taken_as_whole_streams_only_when_it_is_one() {
     use projectors::ordering::whole_streams;
     let db = TestDatabase::new().await;
     let store = EventStore::new(db.pool.clone());
+    // Three events each, so that the hole below is inside a stream whichever id sorts first.
     let (a, mut first) = stream_of(&store, 3).await;
-    let (b, mut second) = stream_of(&store, 2).await;
+    let (b, mut second) = stream_of(&store, 3).await;
     if a > b {
         std::mem::swap(&mut first, &mut second);
     }
@@ -148,7 +149,7 @@ async fn a_rebuild_batch_is_taken_as_whole_streams_only_when_it_is_one() {
     // out of order.
     let mid_way: Vec<RecordedEvent> = batch[1..].to_vec();
     let mut hole = batch.clone();
-    hole.remove(1);
+    hole.remove(1); // the first stream's version 2
     let mut repeat = batch.clone();
     repeat.insert(1, batch[0].clone());
     let backwards: Vec<RecordedEvent> = second.iter().chain(&first).cloned().collect();
