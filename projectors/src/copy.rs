@@ -18,38 +18,26 @@ const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 pub struct CopyRows {
     buffer: Vec<u8>,
     fields: i16,
-    rows: usize,
 }
 
 impl CopyRows {
-    /// An empty set of rows of `fields` columns each.
-    pub fn new(fields: i16) -> Self {
-        Self::with_capacity(fields, 0)
-    }
-
-    /// [`CopyRows::new`] with room for about `bytes` of rows: growing a buffer of megabytes
-    /// copies it each time.
-    pub fn with_capacity(fields: i16, bytes: usize) -> Self {
+    /// An empty set of rows of `fields` columns each, with room for about `bytes` of them
+    /// (growing a buffer of megabytes copies it each time).
+    pub fn new(fields: usize, bytes: usize) -> Self {
         let mut buffer = Vec::with_capacity(bytes + 32);
         buffer.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buffer.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
         buffer.extend_from_slice(&0i32.to_be_bytes()); // no header extension
         Self {
             buffer,
-            fields,
-            rows: 0,
+            fields: i16::try_from(fields).expect("a table has at most 1,600 columns"),
         }
     }
 
     /// Starts the next row; its columns follow, in the statement's order.
     pub fn row(&mut self) -> &mut Self {
         self.buffer.extend_from_slice(&self.fields.to_be_bytes());
-        self.rows += 1;
         self
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
     }
 
     fn field(&mut self, bytes: &[u8]) -> &mut Self {
@@ -134,9 +122,8 @@ mod tests {
 
     #[test]
     fn a_row_is_its_field_count_then_each_field_with_its_length() {
-        let mut rows = CopyRows::new(3);
+        let mut rows = CopyRows::new(3, 0);
         rows.row().int8(7).null().text("é");
-        assert_eq!(rows.rows(), 1);
         let body = &rows.buffer[19..];
         assert_eq!(
             body,
@@ -154,7 +141,7 @@ mod tests {
 
     #[test]
     fn timestamps_count_microseconds_from_2000() {
-        let mut rows = CopyRows::new(1);
+        let mut rows = CopyRows::new(1, 0);
         let at = DateTime::parse_from_rfc3339("2000-01-01T00:00:01.000002Z")
             .unwrap()
             .to_utc();
@@ -167,7 +154,7 @@ mod tests {
 
     #[test]
     fn json_is_written_in_place_with_its_length() {
-        let mut rows = CopyRows::new(1);
+        let mut rows = CopyRows::new(1, 0);
         rows.row()
             .json(&serde_json::json!({ "a": [1, 2] }))
             .unwrap();

@@ -48,7 +48,7 @@ pub fn streams_to_load(events: &[RecordedEvent], stream_type: &str) -> Vec<uuid:
 #[derive(Debug)]
 pub struct Folded<V> {
     pub views: Vec<V>,
-    /// Per stream: how many events were folded, and the last one.
+    /// Per stream that has a view: how many events were folded, and the last one.
     events: HashMap<uuid::Uuid, (u64, uuid::Uuid)>,
 }
 
@@ -60,6 +60,11 @@ impl<V> Folded<V> {
             .into_iter()
             .filter_map(|id| self.events.get(&id).map(|(n, _)| n))
             .sum()
+    }
+
+    /// How many events took effect when every view was written (a COPY into new rows).
+    pub fn applied_to_every_view(&self) -> u64 {
+        self.events.values().map(|(n, _)| n).sum()
     }
 
     /// The last event folded into a stream's view (to name in an error).
@@ -86,10 +91,10 @@ pub fn fold_streams<V>(
         for event in &new {
             view = apply(view, event)?;
         }
-        if let Some(last) = new.last() {
+        if let (Some(view), Some(last)) = (view, new.last()) {
             folded.events.insert(id, (new.len() as u64, last.event_id));
+            folded.views.push(view);
         }
-        folded.views.extend(view);
     }
     Ok(folded)
 }

@@ -439,12 +439,7 @@ impl PgProjection for Orders {
 
     const TABLE: &'static str = "orders";
     const COLUMNS: &'static str = COLUMNS;
-    const COPY_FIELDS: i16 = 14;
     const ROW_BYTES: usize = 1536;
-
-    fn id(row: &OrderRow) -> Uuid {
-        row.order_id
-    }
 
     fn copy_row(row: &OrderRow, rows: &mut CopyRows) -> Result<(), serde_json::Error> {
         rows.uuid(row.order_id)

@@ -162,12 +162,7 @@ impl PgProjection for Products {
 
     const TABLE: &'static str = "products";
     const COLUMNS: &'static str = COLUMNS;
-    const COPY_FIELDS: i16 = 14;
     const ROW_BYTES: usize = 512;
-
-    fn id(row: &ProductRow) -> Uuid {
-        row.product_id
-    }
 
     fn copy_row(row: &ProductRow, rows: &mut CopyRows) -> Result<(), serde_json::Error> {
         rows.uuid(row.product_id)

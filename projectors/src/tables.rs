@@ -106,15 +106,10 @@ pub trait PgProjection {
 
     /// The table views are kept in.
     const TABLE: &'static str;
-    /// Its columns [`PgProjection::copy_row`] writes, in that order.
+    /// Its columns, comma-separated, in the order [`PgProjection::copy_row`] writes them.
     const COLUMNS: &'static str;
-    /// How many columns that is.
-    const COPY_FIELDS: i16;
     /// About how many bytes a view takes as a row, to size a COPY's buffer once.
     const ROW_BYTES: usize;
-
-    /// The id of a view's stream.
-    fn id(view: &Self::View) -> Uuid;
 
     /// Appends a view as a row of [`PgProjection::COLUMNS`].
     fn copy_row(view: &Self::View, rows: &mut CopyRows) -> Result<(), serde_json::Error>;
@@ -157,7 +152,10 @@ pub async fn fill<P: PgProjection>(
         return apply_to::<P>(tx, schema, store, events).await;
     };
     let folded = fold_streams(plan, HashMap::new(), P::apply)?;
-    let mut rows = CopyRows::with_capacity(P::COPY_FIELDS, folded.views.len() * P::ROW_BYTES);
+    let mut rows = CopyRows::new(
+        P::COLUMNS.split(',').count(),
+        folded.views.len() * P::ROW_BYTES,
+    );
     for view in &folded.views {
         P::copy_row(view, rows.row()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     }
@@ -167,7 +165,7 @@ pub async fn fill<P: PgProjection>(
     match rows.send(&mut attempt, &target).await {
         Ok(_) => {
             attempt.commit().await?;
-            Ok(folded.applied(folded.views.iter().map(P::id)))
+            Ok(folded.applied_to_every_view())
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             attempt.rollback().await?;

@@ -579,9 +579,11 @@ async fn a_replay_from_scratch_builds_the_same_views_as_the_live_run() {
     f.cleanup().await;
 }
 
-/// A rebuild's fill: whole streams read in stream order, inserted with a binary COPY.
-async fn fill_version(f: &Fixture, version: i32, batch_size: usize) -> u64 {
-    let mut applied = 0;
+/// A rebuild's fill: whole streams read in stream order, inserted with a binary COPY. Returns
+/// the events that took effect, and whether a batch continued a stream split by the scan's cap
+/// (which takes the checked path).
+async fn fill_version(f: &Fixture, version: i32, batch_size: usize) -> (u64, bool) {
+    let (mut applied, mut split) = (0, false);
     for stream_type in [
         projectors::products::STREAM_TYPE,
         projectors::orders::STREAM_TYPE,
@@ -595,6 +597,7 @@ async fn fill_version(f: &Fixture, version: i32, batch_size: usize) -> u64 {
             .await
             .unwrap();
         for batch in batches {
+            split |= batch[0].version > 1;
             let mut tx = f.db.pool.begin().await.unwrap();
             applied += projectors::tables::fill::<Products>(
                 &mut tx,
@@ -615,7 +618,7 @@ async fn fill_version(f: &Fixture, version: i32, batch_size: usize) -> u64 {
             tx.commit().await.unwrap();
         }
     }
-    applied
+    (applied, split)
 }
 
 async fn create_tables(f: &Fixture, version: i32) {
@@ -643,8 +646,13 @@ async fn a_rebuild_fill_copies_the_views_the_live_run_built_and_never_overwrites
 
     // Into empty tables: every row by COPY, every event counted, every view as built live.
     create_tables(&f, 2).await;
-    assert_eq!(fill_version(&f, 2, 3).await, postgres_events);
+    assert_eq!(fill_version(&f, 2, 3).await.0, postgres_events);
     assert_eq!(f.snapshot(2, 2).await, live, "filled by COPY");
+    // Batches of one, capped at a few events: the long product streams are split, and their
+    // later batches continue what the earlier ones stored.
+    create_tables(&f, 4).await;
+    assert_eq!(fill_version(&f, 4, 1).await, (postgres_events, true));
+    assert_eq!(f.snapshot(4, 4).await, live, "long streams split");
 
     // Into tables the live projector has written to meanwhile: one order stored as it is now,
     // another only as far as its first event. The COPY meets them, the batch is written with
@@ -674,7 +682,7 @@ async fn a_rebuild_fill_copies_the_views_the_live_run_built_and_never_overwrites
         .count() as u64;
     assert!(current_events > 1);
     assert_eq!(
-        fill_version(&f, 3, 1_000).await,
+        fill_version(&f, 3, 1_000).await.0,
         postgres_events - current_events,
         "the stored current view took none of its events again"
     );
