@@ -133,8 +133,10 @@ WHERE CASE $7::int4
 RETURNING position, version
 "#;
 
+/// `data` as text: decoded as the string it is, not parsed again (see [`EventData`]); Postgres
+/// turns `jsonb` into text for the wire either way.
 const EVENT_COLUMNS: &str = "position, transaction_id::text::int8 AS transaction_id, stream_id, \
-version, event_id, event_type, schema_version, data, metadata, recorded_at";
+version, event_id, event_type, schema_version, data::text AS data, metadata, recorded_at";
 
 /// A row of [`EVENT_COLUMNS`].
 struct EventRow {
@@ -145,7 +147,7 @@ struct EventRow {
     event_id: Uuid,
     event_type: String,
     schema_version: i32,
-    data: Json<EventData>,
+    data: String,
     metadata: Json<Metadata>,
     recorded_at: DateTime<Utc>,
 }
@@ -181,7 +183,7 @@ impl From<EventRow> for RecordedEvent {
             event_id: row.event_id,
             event_type: row.event_type,
             schema_version: row.schema_version,
-            data: row.data.0,
+            data: EventData::from_jsonb_text(row.data),
             metadata: row.metadata.0,
             recorded_at: row.recorded_at,
         }
