@@ -13,7 +13,10 @@ use uuid::Uuid;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Rows in the binary copy format, built in memory and sent with [`CopyRows::send`].
+/// Bytes of rows gathered before they are sent.
+const CHUNK: usize = 128 * 1024;
+
+/// Rows in the binary copy format, sent by [`CopyRows::copy`] as they are written.
 #[derive(Debug)]
 pub struct CopyRows {
     buffer: Vec<u8>,
@@ -21,9 +24,8 @@ pub struct CopyRows {
 }
 
 impl CopyRows {
-    /// An empty set of rows of `fields` columns each, with room for about `bytes` of them
-    /// (growing a buffer of megabytes copies it each time).
-    pub fn new(fields: usize, bytes: usize) -> Self {
+    /// An empty set of rows of `fields` columns each, with room for about `bytes` of them.
+    fn new(fields: usize, bytes: usize) -> Self {
         let mut buffer = Vec::with_capacity(bytes + 32);
         buffer.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buffer.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
@@ -97,18 +99,40 @@ impl CopyRows {
         Ok(self)
     }
 
-    /// Copies the rows into `table` (`"schema".table (columns…)`) and returns how many went
-    /// in. Fails as a whole on any row (a unique violation, say), like any statement.
-    pub async fn send(mut self, conn: &mut PgConnection, table: &str) -> Result<u64, sqlx::Error> {
-        self.buffer.extend_from_slice(&(-1i16).to_be_bytes()); // the trailer
+    /// Copies `items` into `table` (`"schema".table (columns…)`), each written as one row of
+    /// `fields` columns by `encode`, and returns how many went in. The rows go out in chunks of
+    /// [`CHUNK`] bytes as they are encoded, so Postgres inserts one chunk while the next is
+    /// encoded, and one small buffer is reused (a batch's rows built whole were megabytes of
+    /// freshly mapped memory each time). Fails as a whole on any row (a unique violation, say),
+    /// like any statement.
+    pub async fn copy<T>(
+        conn: &mut PgConnection,
+        table: &str,
+        fields: usize,
+        items: &[T],
+        mut encode: impl FnMut(&T, &mut CopyRows) -> Result<(), serde_json::Error>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut rows = Self::new(fields, CHUNK + CHUNK / 4);
         let mut copy = conn
             .copy_in_raw(&format!("COPY {table} FROM STDIN WITH (FORMAT binary)"))
             .await?;
-        // A failed `send` is followed by `abort`, so the connection is not left mid-COPY.
-        let sent = copy.send(self.buffer).await.map(|_| ());
+        let sent = async {
+            for item in items {
+                encode(item, rows.row()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                if rows.buffer.len() >= CHUNK {
+                    copy.send(rows.buffer.as_slice()).await?;
+                    rows.buffer.clear();
+                }
+            }
+            rows.buffer.extend_from_slice(&(-1i16).to_be_bytes()); // the trailer
+            copy.send(rows.buffer.as_slice()).await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
         match sent {
             Ok(()) => copy.finish().await,
             Err(e) => {
+                // So the connection is not left mid-COPY.
                 let _ = copy.abort("the rows could not be sent").await;
                 Err(e)
             }

@@ -439,7 +439,6 @@ impl PgProjection for Orders {
 
     const TABLE: &'static str = "orders";
     const COLUMNS: &'static str = COLUMNS;
-    const ROW_BYTES: usize = 1536;
 
     fn copy_row(row: &OrderRow, rows: &mut CopyRows) -> Result<(), serde_json::Error> {
         rows.uuid(row.order_id)

@@ -162,7 +162,6 @@ impl PgProjection for Products {
 
     const TABLE: &'static str = "products";
     const COLUMNS: &'static str = COLUMNS;
-    const ROW_BYTES: usize = 512;
 
     fn copy_row(row: &ProductRow, rows: &mut CopyRows) -> Result<(), serde_json::Error> {
         rows.uuid(row.product_id)

@@ -108,8 +108,6 @@ pub trait PgProjection {
     const TABLE: &'static str;
     /// Its columns, comma-separated, in the order [`PgProjection::copy_row`] writes them.
     const COLUMNS: &'static str;
-    /// About how many bytes a view takes as a row, to size a COPY's buffer once.
-    const ROW_BYTES: usize;
 
     /// Appends a view as a row of [`PgProjection::COLUMNS`].
     fn copy_row(view: &Self::View, rows: &mut CopyRows) -> Result<(), serde_json::Error>;
@@ -152,17 +150,11 @@ pub async fn fill<P: PgProjection>(
         return apply_to::<P>(tx, schema, store, events).await;
     };
     let folded = fold_streams(plan, HashMap::new(), P::apply)?;
-    let mut rows = CopyRows::new(
-        P::COLUMNS.split(',').count(),
-        folded.views.len() * P::ROW_BYTES,
-    );
-    for view in &folded.views {
-        P::copy_row(view, rows.row()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    }
     // A savepoint, so that a failed COPY leaves the transaction usable for the fallback.
     let mut attempt = tx.begin().await?;
     let target = format!("\"{schema}\".{} ({})", P::TABLE, P::COLUMNS);
-    match rows.send(&mut attempt, &target).await {
+    let fields = P::COLUMNS.split(',').count();
+    match CopyRows::copy(&mut attempt, &target, fields, &folded.views, P::copy_row).await {
         Ok(_) => {
             attempt.commit().await?;
             Ok(folded.applied_to_every_view())
