@@ -158,22 +158,21 @@ pub fn whole_streams<'a>(
     stream_type: &str,
 ) -> Option<Vec<(uuid::Uuid, Vec<Cow<'a, RecordedEvent>>)>> {
     let mut streams: Vec<(uuid::Uuid, Vec<Cow<'a, RecordedEvent>>)> = Vec::new();
-    let mut current: Option<&str> = None;
     for event in events.iter().filter(|e| e.stream_type() == stream_type) {
-        match (current, streams.last_mut()) {
-            (Some(stream_id), Some((_, stream))) if stream_id == event.stream_id => {
+        match streams.last_mut() {
+            Some((_, stream)) if stream[0].stream_id == event.stream_id => {
                 if event.version != stream.len() as u64 + 1 {
                     return None;
                 }
                 stream.push(Cow::Borrowed(event));
             }
-            _ => {
-                let ascending = current.is_none_or(|previous| previous < event.stream_id.as_str());
+            last => {
+                let ascending =
+                    last.is_none_or(|(_, stream)| stream[0].stream_id < event.stream_id);
                 if !ascending || event.version != 1 {
                     return None;
                 }
                 streams.push((stream_uuid(&event.stream_id)?, vec![Cow::Borrowed(event)]));
-                current = Some(&event.stream_id);
             }
         }
     }

@@ -599,21 +599,13 @@ async fn fill_version(f: &Fixture, version: i32, batch_size: usize) -> (u64, boo
         for batch in batches {
             split |= batch[0].version > 1;
             let mut tx = f.db.pool.begin().await.unwrap();
-            applied += projectors::tables::fill::<Products>(
-                &mut tx,
-                &schema(PRODUCTS, version),
-                &f.store,
-                &batch,
-            )
-            .await
-            .unwrap();
-            applied += projectors::tables::fill::<Orders>(
-                &mut tx,
-                &schema(ORDERS, version),
-                &f.store,
-                &batch,
-            )
-            .await
+            applied += if stream_type == projectors::products::STREAM_TYPE {
+                let schema = schema(PRODUCTS, version);
+                projectors::tables::fill::<Products>(&mut tx, &schema, &f.store, &batch).await
+            } else {
+                let schema = schema(ORDERS, version);
+                projectors::tables::fill::<Orders>(&mut tx, &schema, &f.store, &batch).await
+            }
             .unwrap();
             tx.commit().await.unwrap();
         }
