@@ -11,12 +11,15 @@
 //! 2. **Checkpoint.** Loaded only after the lock is held, so a new holder starts exactly where the
 //!    previous one confirmed.
 //! 3. **Batches.** `read_log(checkpoint, batch_size)` (gap-safe), every event published in log
-//!    order on a channel in confirm mode, then every confirm awaited. Only when all are acks is
-//!    the checkpoint saved (alongside the next read, or the wait when idle: off the path from an
-//!    append to its publication). A nack republishes the batch; an error ends the session (the
-//!    batch is republished by the next one). Delivery is therefore at least once: a crash
-//!    between the confirms and the checkpoint publishes the batch again, and consumers are
-//!    idempotent.
+//!    order on a channel in confirm mode, then every confirm awaited. Only when all are acks may
+//!    the checkpoint move there. It is saved at most once per
+//!    [`RelaySettings::checkpoint_interval`] (alongside the next read, or during the wait when
+//!    idle: off the path from an append to its publication), and on shutdown: under light load
+//!    the batches are a few events each, and a committed write per batch was most of the relay's
+//!    cost to Postgres. A nack republishes the batch; an error ends the session (the batches
+//!    since the last save are republished by the next one). Delivery is therefore at least
+//!    once: a crash between the confirms and the checkpoint publishes those batches again, and
+//!    consumers are idempotent.
 //! 4. **Waiting.** A full batch loops at once. Otherwise the relay sleeps until a
 //!    `NOTIFY eventstore_appended` (a background `LISTEN` task turns notifications into a wake-up)
 //!    or the poll interval, whichever comes first; polling alone is correct, LISTEN only makes it
@@ -70,6 +73,9 @@ pub struct RelaySettings {
     pub batch_size: i64,
     /// The fallback when no notification arrives.
     pub poll_interval: Duration,
+    /// The least time between two checkpoint saves (zero: after every batch). What a crash
+    /// republishes is at most this much of the log.
+    pub checkpoint_interval: Duration,
     /// Between two sessions after a failure.
     pub reconnect: Backoff,
 }
@@ -82,6 +88,7 @@ impl RelaySettings {
             amqp_url: amqp_url.into(),
             batch_size: 500,
             poll_interval: Duration::from_millis(200),
+            checkpoint_interval: Duration::from_millis(100),
             reconnect: Backoff::default(),
         }
     }
@@ -310,11 +317,11 @@ impl Relay {
             s.amqp_connected = true;
         });
         let mut lag_refreshed: Option<Instant> = None;
-        // A confirmed batch whose checkpoint is not saved yet. Its save runs alongside the next
-        // read (or the wait when idle) instead of before it: one round trip fewer between an
-        // append and its publication. Until saved, a crash republishes the batch, as it would
-        // between the confirms and the save anyway.
-        let mut unsaved: Option<LogPosition> = None;
+        // The end of the confirmed batches whose checkpoint is not saved yet. The save runs
+        // alongside the next read (or the wait when idle) instead of before it: one round trip
+        // fewer between an append and its publication. Until saved, a crash republishes those
+        // batches, as it would between the confirms and the save anyway.
+        let mut unsaved = Unsaved::new(self.settings.checkpoint_interval);
 
         loop {
             if shutdown.is_cancelled() {
@@ -330,7 +337,7 @@ impl Relay {
             let (alive, batch, saved) = tokio::join!(
                 sqlx::query("SELECT 1").execute(&mut *lock),
                 self.store.read_log(at, self.settings.batch_size),
-                self.save(unsaved.take()),
+                self.save(unsaved.take_due()),
             );
             alive.map_err(MessagingError::LockLost)?;
             saved?;
@@ -343,10 +350,10 @@ impl Relay {
                     .run_until_cancelled(self.publish_confirmed(channel, &batch))
                     .await
                 else {
-                    return Ok(());
+                    return self.save(unsaved.take()).await;
                 };
                 published?;
-                unsaved = Some(last);
+                unsaved.confirmed(last);
                 at = last;
                 metrics::counter!("relay_events_published_total", "relay" => self.settings.name.clone())
                     .increment(batch.len() as u64);
@@ -363,22 +370,21 @@ impl Relay {
             if batch.len() as i64 >= self.settings.batch_size {
                 continue;
             }
-            // Idle: the checkpoint is saved while waiting.
-            let (saved, stopping) = tokio::join!(self.save(unsaved.take()), async {
+            // Idle: the checkpoint is saved while waiting, once it is due.
+            let poll = tokio::time::sleep(self.settings.poll_interval);
+            tokio::pin!(poll);
+            loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => true,
-                    _ = wake.notified() => false,
-                    _ = tokio::time::sleep(self.settings.poll_interval) => false,
+                    _ = shutdown.cancelled() => return self.save(unsaved.take()).await,
+                    _ = wake.notified() => break,
+                    _ = &mut poll => break,
+                    Some(()) = unsaved.due() => self.save(unsaved.take()).await?,
                 }
-            });
-            saved?;
-            if stopping {
-                return Ok(());
             }
         }
     }
 
-    /// Saves the checkpoint of a confirmed batch (if there is one) and reports it published.
+    /// Saves the checkpoint of confirmed batches (if there are any) and reports it published.
     async fn save(&self, confirmed: Option<LogPosition>) -> Result<(), MessagingError> {
         let Some(last) = confirmed else {
             return Ok(());
@@ -433,6 +439,53 @@ impl Relay {
 
 /// Ends the lock session, which releases the advisory lock for the next relay. Bounded: a
 /// database that went away does not answer, and dropping the connection ends the session too.
+/// The confirmed position the checkpoint has not been saved at yet, and when it may be.
+#[derive(Debug)]
+struct Unsaved {
+    position: Option<LogPosition>,
+    every: Duration,
+    saved_at: tokio::time::Instant,
+}
+
+impl Unsaved {
+    fn new(every: Duration) -> Self {
+        Self {
+            position: None,
+            every,
+            saved_at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn confirmed(&mut self, position: LogPosition) {
+        self.position = Some(position);
+    }
+
+    /// The position to save now, whatever the interval (on shutdown, or when it is due).
+    fn take(&mut self) -> Option<LogPosition> {
+        let position = self.position.take();
+        if position.is_some() {
+            self.saved_at = tokio::time::Instant::now();
+        }
+        position
+    }
+
+    /// The position to save if its interval has passed.
+    fn take_due(&mut self) -> Option<LogPosition> {
+        if self.saved_at.elapsed() >= self.every {
+            self.take()
+        } else {
+            None
+        }
+    }
+
+    /// Resolves when a position is waiting and its interval has passed; never if none waits.
+    async fn due(&self) -> Option<()> {
+        self.position?;
+        tokio::time::sleep_until(self.saved_at + self.every).await;
+        Some(())
+    }
+}
+
 async fn release(lock: PgConnection) {
     let _ = tokio::time::timeout(Duration::from_secs(5), lock.close()).await;
 }

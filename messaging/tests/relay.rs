@@ -410,3 +410,83 @@ async fn the_relay_survives_the_broker_and_the_database_going_away() {
     proxy.stop.cancel();
     conn.close(200, "done").await.unwrap();
 }
+
+/// Under light load every batch is an event or two; the checkpoint is saved once per interval,
+/// not once per batch, and a relay that stops saves where it got to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_batches_save_the_checkpoint_once_per_interval_and_on_shutdown() {
+    init_tracing();
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let bus = TestBus::new();
+    let conn = amqp().await;
+    let mut probe = Probe::start(&conn, &bus).await;
+    let interval = Duration::from_millis(500);
+    let (handle, shutdown, task) = spawn_relay(
+        &store,
+        &bus,
+        RelaySettings {
+            checkpoint_interval: interval,
+            ..settings(500)
+        },
+    );
+    wait_active(&handle).await;
+
+    // One event at a time for three seconds, noting when the saved checkpoint moves.
+    let stream_id = stream();
+    let started = Instant::now();
+    let mut ids = HashSet::new();
+    let mut moves = Vec::new();
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(3) {
+        ids.extend(append_to(&store, &stream_id, 1, "Noted").await);
+        let checkpoint = load_checkpoint(&db.pool, "relay").await.unwrap();
+        if checkpoint != last {
+            moves.push(Instant::now());
+            last = checkpoint;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        probe
+            .until(Duration::from_secs(10), |p| ids
+                .iter()
+                .all(|id| p.seen.contains_key(id)))
+            .await,
+        "every event published"
+    );
+    assert!(
+        moves.len() >= 3,
+        "the checkpoint moved {} times",
+        moves.len()
+    );
+    // Each move is seen up to one watch round late, so a gap may look that much shorter.
+    let slack = Duration::from_millis(100);
+    for gap in moves.windows(2).map(|w| w[1] - w[0]) {
+        assert!(
+            gap + slack >= interval,
+            "saved {gap:?} after the previous save ({} events, {} saves)",
+            ids.len(),
+            moves.len()
+        );
+    }
+
+    // Stopped (most likely before the next save was due) once everything is confirmed: it
+    // saves on the way out.
+    let events = ids.len() as u64;
+    within(
+        "the relay to have every event confirmed",
+        handle.wait_for(|s| s.published_total >= events),
+    )
+    .await;
+    let newest = probe
+        .messages
+        .iter()
+        .map(|m| m.envelope.log_position())
+        .max();
+    shutdown.cancel();
+    within("the relay to stop", task).await.unwrap();
+    assert_eq!(load_checkpoint(&db.pool, "relay").await.unwrap(), newest);
+    assert_eq!(handle.status().last_published, newest);
+    conn.close(200, "done").await.unwrap();
+}

@@ -8,6 +8,11 @@
 //! Announcements are only hints (the view is always what is checked), so a lost one costs at
 //! most [`ANNOUNCED_RECHECK`]; while the subscription is down, and for the Postgres views,
 //! reads poll with a short backoff.
+//!
+//! A token entry is only waited for if it is genuine (see [`genuine`]): a question to the event
+//! store. When the view already holds the stream and names the caller as a reader, that is
+//! asked only if the wait outlasts [`OWN_STREAM_GRACE`]: the usual read-your-writes wait (the
+//! caller's own cart one event behind) then costs the store nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +30,11 @@ use tokio_util::sync::CancellationToken;
 /// How long a read that relies on announcements waits before it checks again anyway (the
 /// default of [`CartWakeups`]).
 pub const ANNOUNCED_RECHECK: Duration = Duration::from_millis(100);
+/// How long a read waits for a stream its view holds and the caller may read before asking
+/// the event store whether the awaited version exists. Only the caller's own token can name
+/// such a stream, so a version from the future costs that caller this much, and nobody else
+/// anything.
+pub const OWN_STREAM_GRACE: Duration = Duration::from_millis(20);
 /// Polling backoff without announcements: from the first to the last pause.
 const POLL_PAUSES: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(10));
 
@@ -46,6 +56,37 @@ pub enum Readers<'a> {
     OwnerOrAdmin(&'a Principal),
 }
 
+impl Readers<'_> {
+    /// Whether these readers may read a stream whose customer is `customer` (`None`: a stream
+    /// with no customer, such as a product).
+    pub fn may_read(self, customer: Option<&str>) -> bool {
+        let owns = |principal: &Principal| customer == Some(principal.user_id.as_str());
+        match self {
+            Readers::Anyone => true,
+            Readers::Owner(principal) => owns(principal),
+            Readers::OwnerOrAdmin(principal) => principal.is_admin() || owns(principal),
+        }
+    }
+}
+
+/// What a view holds of an awaited stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The stream's version in the view (0: not there yet).
+    pub version: u64,
+    /// Whether the caller may read the stream, as far as the view knows (`None`: the view does
+    /// not hold it).
+    pub readable: Option<bool>,
+}
+
+impl Held {
+    /// A stream the view does not hold.
+    pub const NOTHING: Held = Held {
+        version: 0,
+        readable: None,
+    };
+}
+
 /// Whether a token entry is worth waiting for: it names a stream that exists at least at that
 /// version, and `readers` may read it (its first event names its customer). Anything else —
 /// another user's cart, a stream that does not exist, a version from the future — is ignored,
@@ -64,21 +105,15 @@ pub async fn genuine(
     else {
         return Ok(false);
     };
-    let owned_by = |principal: &Principal| {
-        first.data.to_value()["customer_id"].as_str() == Some(principal.user_id.as_str())
-    };
-    Ok(match readers {
-        Readers::Anyone => true,
-        Readers::Owner(principal) => owned_by(principal),
-        Readers::OwnerOrAdmin(principal) => principal.is_admin() || owned_by(principal),
-    })
+    Ok(readers.may_read(first.data.to_value()["customer_id"].as_str()))
 }
 
 /// Waits until `current(awaited)` reports a version at or past each awaited one, until
-/// `limit`. `current` returns the version the view holds (0 = not there yet). An entry the view
-/// does not hold yet is waited for only if `genuine` says so (see [`genuine`]). With `wakeups`
-/// (announcements of the projection version the read serves), a check waits for the stream to
-/// be announced; without, it polls.
+/// `limit`. `current` says what the view holds of the stream ([`Held`]). An entry the view
+/// does not hold yet is waited for only if `genuine` says so (see [`genuine`]); for a stream the
+/// view holds and the caller may read, that is asked only once the wait has lasted
+/// [`OWN_STREAM_GRACE`]. With `wakeups` (announcements of the projection version the read
+/// serves), a check waits for the stream to be announced; without, it polls.
 #[tracing::instrument(
     name = "consistency.wait",
     skip_all,
@@ -94,7 +129,7 @@ pub async fn wait_for<F, Fut, G, GFut>(
 ) -> Result<(), Problem>
 where
     F: FnMut(uuid::Uuid) -> Fut,
-    Fut: Future<Output = Result<u64, Problem>>,
+    Fut: Future<Output = Result<Held, Problem>>,
     G: FnMut(Awaited) -> GFut,
     GFut: Future<Output = Result<bool, Problem>>,
 {
@@ -105,21 +140,28 @@ where
         let mut announcements = wakeups.map(|(w, version)| (w, w.subscribe(), version));
         let mut pause = POLL_PAUSES.0;
         let mut checked = false;
+        let waiting = Instant::now();
         loop {
-            if current(wanted.id).await? >= wanted.version {
+            let held = current(wanted.id).await?;
+            if held.version >= wanted.version {
                 break;
             }
-            if !checked {
+            let left = limit.saturating_sub(started.elapsed());
+            let grace = OWN_STREAM_GRACE.saturating_sub(waiting.elapsed());
+            // Someone else's stream, or one the view does not hold, is checked at once; the
+            // caller's own only if the wait goes on (or is about to end).
+            let ask = held.readable != Some(true) || grace.is_zero() || left.is_zero();
+            if !checked && ask {
                 if !genuine(wanted.clone()).await? {
                     metrics::counter!("consistency_tokens_ignored_total").increment(1);
                     continue 'streams;
                 }
                 checked = true;
             }
-            let left = limit.saturating_sub(started.elapsed());
             if left.is_zero() {
                 return Err(timed_out(wanted, limit));
             }
+            let left = if checked { left } else { left.min(grace) };
             match &mut announcements {
                 Some((wakeups, feed, version)) if wakeups.is_listening() => {
                     let wait = left.min(wakeups.recheck);
@@ -253,43 +295,173 @@ impl CartWakeups {
     }
 }
 
-/// The serving schema of a Postgres projection, after waiting for the request's consistency
-/// token on it: `table` holds one row per stream, keyed by `id_column`, with its `version`.
+/// A Postgres projection's table of views: one row per stream, keyed by `id_column`, with its
+/// `version` and, for streams of a customer, the customer in `customer_column`.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewTable {
+    pub projection: &'static str,
+    pub stream_type: &'static str,
+    pub table: &'static str,
+    pub id_column: &'static str,
+    pub customer_column: Option<&'static str>,
+}
+
+/// The serving schema of `view`'s projection, after waiting for the request's consistency
+/// token on it.
 pub async fn serving_schema(
     state: &crate::AppState,
     headers: &HeaderMap,
     readers: Readers<'_>,
-    projection: &str,
-    stream_type: &str,
-    table: &str,
-    id_column: &str,
+    view: ViewTable,
 ) -> Result<String, Problem> {
     let awaited = parse(headers)?;
-    let version = platform::read_models::serving_version(&state.pool, projection)
+    let version = platform::read_models::serving_version(&state.pool, view.projection)
         .await
         .map_err(crate::db_problem)?;
-    let schema = platform::read_models::schema(projection, version);
-    let sql = format!("SELECT version FROM \"{schema}\".{table} WHERE {id_column} = $1");
+    let schema = platform::read_models::schema(view.projection, version);
+    let sql = format!(
+        "SELECT version, {} FROM \"{schema}\".{} WHERE {} = $1",
+        view.customer_column.unwrap_or("NULL::text"),
+        view.table,
+        view.id_column
+    );
     let store = &state.store;
     let genuine = move |wanted| genuine(store, wanted, readers);
     wait_for(
         &awaited,
-        stream_type,
+        view.stream_type,
         state.consistency_wait,
         None,
         genuine,
         |id| {
             let (pool, sql) = (state.pool.clone(), sql.clone());
             async move {
-                let version: Option<i64> = sqlx::query_scalar(&sql)
+                let row: Option<(i64, Option<String>)> = sqlx::query_as(&sql)
                     .bind(id)
                     .fetch_optional(&pool)
                     .await
                     .map_err(crate::db_problem)?;
-                Ok(version.unwrap_or(0) as u64)
+                Ok(row.map_or(Held::NOTHING, |(version, customer)| Held {
+                    version: version as u64,
+                    readable: Some(readers.may_read(customer.as_deref())),
+                }))
             }
         },
     )
     .await?;
     Ok(schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    const LIMIT: Duration = Duration::from_secs(3);
+
+    /// Waits for `cart-…@2` (polling, no announcements) with the view reporting `held(n)` at
+    /// its n-th check and the store saying `genuine`: the outcome, how often the store was
+    /// asked, and how long it took.
+    async fn wait(
+        held: impl Fn(u32) -> Held,
+        genuine: bool,
+        limit: Duration,
+    ) -> (Result<(), Problem>, u32, Duration) {
+        let awaited = [Awaited {
+            stream_type: "cart".into(),
+            id: uuid::Uuid::new_v4(),
+            version: 2,
+        }];
+        let (checks, asked) = (AtomicU32::new(0), AtomicU32::new(0));
+        let started = Instant::now();
+        let outcome = wait_for(
+            &awaited,
+            "cart",
+            limit,
+            None,
+            |_| {
+                asked.fetch_add(1, Ordering::SeqCst);
+                async move { Ok(genuine) }
+            },
+            |_| {
+                let held = held(checks.fetch_add(1, Ordering::SeqCst));
+                async move { Ok(held) }
+            },
+        )
+        .await;
+        (outcome, asked.load(Ordering::SeqCst), started.elapsed())
+    }
+
+    fn own(version: u64) -> Held {
+        Held {
+            version,
+            readable: Some(true),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_callers_own_stream_catching_up_costs_the_store_nothing() {
+        let (outcome, asked, _) = wait(|n| own(if n < 2 { 1 } else { 2 }), true, LIMIT).await;
+        assert!(outcome.is_ok());
+        assert_eq!(
+            asked, 0,
+            "the store was asked about a stream the view vouches for"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_of_the_callers_own_stream_from_the_future_is_ignored_after_the_grace() {
+        let (outcome, asked, took) = wait(|_| own(1), false, LIMIT).await;
+        assert!(outcome.is_ok(), "ignored, not timed out: {outcome:?}");
+        assert_eq!(asked, 1);
+        assert!(took >= OWN_STREAM_GRACE, "asked before the grace: {took:?}");
+        assert!(took < LIMIT / 2, "waited out the limit: {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_genuine_version_the_view_never_reaches_times_out() {
+        let limit = Duration::from_millis(200);
+        let (outcome, asked, took) = wait(|_| own(1), true, limit).await;
+        let problem = outcome.expect_err("the view never caught up");
+        assert_eq!(problem.code(), "consistency-timeout");
+        assert_eq!(asked, 1);
+        assert!(took >= limit);
+    }
+
+    #[tokio::test]
+    async fn a_limit_shorter_than_the_grace_still_asks_the_store_before_timing_out() {
+        let (outcome, asked, _) = wait(|_| own(1), false, Duration::from_millis(5)).await;
+        assert!(outcome.is_ok(), "a made-up version is ignored: {outcome:?}");
+        assert_eq!(asked, 1);
+    }
+
+    #[tokio::test]
+    async fn someone_elses_stream_or_one_the_view_lacks_is_checked_before_any_wait() {
+        let others = Held {
+            version: 1,
+            readable: Some(false),
+        };
+        for held in [others, Held::NOTHING] {
+            let (outcome, asked, took) = wait(|_| held, false, LIMIT).await;
+            assert!(outcome.is_ok(), "{held:?}: {outcome:?}");
+            assert_eq!(asked, 1, "{held:?}");
+            assert!(took < OWN_STREAM_GRACE, "{held:?} waited {took:?}");
+        }
+    }
+
+    #[test]
+    fn readers_are_the_customer_anyone_or_an_admin_as_the_view_says() {
+        let principal = |user: &str, roles: &[&str]| Principal {
+            user_id: user.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        };
+        let (alice, admin) = (principal("alice", &[]), principal("root", &["admin"]));
+        assert!(Readers::Anyone.may_read(None));
+        assert!(Readers::Owner(&alice).may_read(Some("alice")));
+        assert!(!Readers::Owner(&alice).may_read(Some("bob")));
+        assert!(!Readers::Owner(&alice).may_read(None));
+        assert!(!Readers::Owner(&admin).may_read(Some("alice")));
+        assert!(Readers::OwnerOrAdmin(&admin).may_read(Some("alice")));
+        assert!(!Readers::OwnerOrAdmin(&alice).may_read(Some("alice ")));
+    }
 }

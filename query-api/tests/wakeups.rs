@@ -9,7 +9,7 @@ use std::time::Duration;
 use platform::consistency::Awaited;
 use platform::problem::Problem;
 use platform::read_models::{CartKeys, CartsApplied};
-use query_api::consistency::{CartWakeups, wait_for};
+use query_api::consistency::{CartWakeups, Held, wait_for};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -105,7 +105,13 @@ fn waiting_read(
                 let view = view.clone();
                 async move {
                     view.checks.fetch_add(1, Ordering::SeqCst);
-                    Ok(view.version.load(Ordering::SeqCst))
+                    // Not vouching for the stream: the store is asked at once (and says
+                    // yes), so only announcements and rechecks wake the read, never the
+                    // end of `OWN_STREAM_GRACE`.
+                    Ok(Held {
+                        version: view.version.load(Ordering::SeqCst),
+                        readable: None,
+                    })
                 }
             },
         )

@@ -9,7 +9,7 @@ use platform::problem::Problem;
 use platform::read_models::{CARTS, serving_version};
 use tracing::Instrument;
 
-use crate::consistency::Readers;
+use crate::consistency::{Held, Readers};
 use crate::docs::{CartList, CartView, ReadHeaders, StatusFilter};
 use crate::params::Params;
 use crate::routes::path_id;
@@ -27,22 +27,30 @@ async fn serving_version_after_token(
         .await
         .map_err(db_problem)?;
     let wakeups = Some((state.cart_wakeups.as_ref(), version));
+    let readers = Readers::Owner(principal);
     consistency::wait_for(
         &awaited,
         CartId::STREAM_TYPE,
         state.consistency_wait,
         wakeups,
-        |wanted| consistency::genuine(&state.store, wanted, Readers::Owner(principal)),
+        |wanted| consistency::genuine(&state.store, wanted, readers),
         |cart| {
             let (mut redis, key) = (state.redis.clone(), state.cart_keys.cart(version, cart));
             async move {
-                let stored: Option<u64> = redis::cmd("HGET")
+                let (stored, owner): (Option<u64>, Option<String>) = redis::cmd("HMGET")
                     .arg(key)
                     .arg("version")
+                    .arg("customer_id")
                     .query_async(&mut redis)
                     .await
                     .map_err(redis_problem)?;
-                Ok(stored.unwrap_or(0))
+                Ok(match (stored, owner) {
+                    (Some(version), Some(owner)) => Held {
+                        version,
+                        readable: Some(readers.may_read(Some(&owner))),
+                    },
+                    _ => Held::NOTHING,
+                })
             }
         },
     )

@@ -65,10 +65,13 @@ async fn serving_schema(
         state,
         headers,
         consistency::Readers::OwnerOrAdmin(principal),
-        ORDERS,
-        OrderId::STREAM_TYPE,
-        "orders",
-        "order_id",
+        consistency::ViewTable {
+            projection: ORDERS,
+            stream_type: OrderId::STREAM_TYPE,
+            table: "orders",
+            id_column: "order_id",
+            customer_column: Some("customer_id"),
+        },
     )
     .await
 }

@@ -59,10 +59,13 @@ async fn serving_schema(state: &AppState, headers: &HeaderMap) -> Result<String,
         state,
         headers,
         consistency::Readers::Anyone,
-        PRODUCTS,
-        ProductId::STREAM_TYPE,
-        "products",
-        "product_id",
+        consistency::ViewTable {
+            projection: PRODUCTS,
+            stream_type: ProductId::STREAM_TYPE,
+            table: "products",
+            id_column: "product_id",
+            customer_column: None,
+        },
     )
     .await
 }
