@@ -142,7 +142,7 @@ pub fn router(state: AppState) -> Router {
 pub fn with_etag(
     request_headers: &HeaderMap,
     etag: String,
-    body: serde_json::Value,
+    body: impl serde::Serialize,
     audience: Audience,
 ) -> Response {
     let headers = [

@@ -108,7 +108,9 @@ pub async fn one(
     if owner != principal.user_id {
         return Err(not_found());
     }
-    let view: serde_json::Value = serde_json::from_str(&view).map_err(|_| not_found())?;
+    // Passed on as stored (checked to be JSON, not parsed into a tree and written out again).
+    let view: Box<serde_json::value::RawValue> =
+        serde_json::from_str(&view).map_err(|_| not_found())?;
     Ok(with_etag(
         &headers,
         format!("\"{stored}\""),
