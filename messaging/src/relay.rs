@@ -437,8 +437,6 @@ impl Relay {
     }
 }
 
-/// Ends the lock session, which releases the advisory lock for the next relay. Bounded: a
-/// database that went away does not answer, and dropping the connection ends the session too.
 /// The confirmed position the checkpoint has not been saved at yet, and when it may be.
 #[derive(Debug)]
 struct Unsaved {
@@ -478,7 +476,8 @@ impl Unsaved {
         }
     }
 
-    /// Resolves when a position is waiting and its interval has passed; never if none waits.
+    /// `Some` once a position is waiting and its interval has passed. With none waiting it is
+    /// `None` at once, which switches its `select!` branch off (rather than firing in a loop).
     async fn due(&self) -> Option<()> {
         self.position?;
         tokio::time::sleep_until(self.saved_at + self.every).await;
@@ -486,6 +485,8 @@ impl Unsaved {
     }
 }
 
+/// Ends the lock session, which releases the advisory lock for the next relay. Bounded: a
+/// database that went away does not answer, and dropping the connection ends the session too.
 async fn release(lock: PgConnection) {
     let _ = tokio::time::timeout(Duration::from_secs(5), lock.close()).await;
 }

@@ -10,13 +10,16 @@
 //! reads poll with a short backoff.
 //!
 //! A token entry is only waited for if it is genuine (see [`genuine`]): a question to the event
-//! store. When the view already holds the stream and names the caller as a reader, that is
-//! asked only if the wait outlasts [`OWN_STREAM_GRACE`]: the usual read-your-writes wait (the
-//! caller's own cart one event behind) then costs the store nothing.
+//! store, asked once per entry. When the view already holds the stream and names the caller as
+//! its customer, it is asked only if the request's wait outlasts [`OWN_STREAM_GRACE`]: the
+//! usual read-your-writes wait (the caller's own cart one event behind) then costs the store
+//! nothing. Every other entry is asked about at once, even when the view has caught up with it,
+//! so another user's stream, a stream that does not exist and a made-up version all cost the
+//! same: one question, no wait.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
 use eventstore::EventStore;
@@ -25,15 +28,16 @@ use platform::identity::Principal;
 use platform::problem::Problem;
 use platform::read_models::{CartKeys, CartsApplied};
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long a read that relies on announcements waits before it checks again anyway (the
 /// default of [`CartWakeups`]).
 pub const ANNOUNCED_RECHECK: Duration = Duration::from_millis(100);
-/// How long a read waits for a stream its view holds and the caller may read before asking
-/// the event store whether the awaited version exists. Only the caller's own token can name
-/// such a stream, so a version from the future costs that caller this much, and nobody else
-/// anything.
+/// How long a request may wait on the view's word that an awaited stream is the caller's own
+/// before the event store is asked whether the awaited versions exist. Counted once per
+/// request, however many entries its token names: a version from the future of one's own
+/// stream costs the caller at most this much, and nobody else anything.
 pub const OWN_STREAM_GRACE: Duration = Duration::from_millis(20);
 /// Polling backoff without announcements: from the first to the last pause.
 const POLL_PAUSES: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(10));
@@ -60,11 +64,22 @@ impl Readers<'_> {
     /// Whether these readers may read a stream whose customer is `customer` (`None`: a stream
     /// with no customer, such as a product).
     pub fn may_read(self, customer: Option<&str>) -> bool {
-        let owns = |principal: &Principal| customer == Some(principal.user_id.as_str());
         match self {
             Readers::Anyone => true,
-            Readers::Owner(principal) => owns(principal),
-            Readers::OwnerOrAdmin(principal) => principal.is_admin() || owns(principal),
+            Readers::Owner(_) => customer.is_some_and(|c| self.is_customer(c)),
+            Readers::OwnerOrAdmin(principal) => {
+                principal.is_admin() || customer.is_some_and(|c| self.is_customer(c))
+            }
+        }
+    }
+
+    /// Whether the caller is `customer` (never for [`Readers::Anyone`]: nobody's own).
+    pub fn is_customer(self, customer: &str) -> bool {
+        match self {
+            Readers::Anyone => false,
+            Readers::Owner(principal) | Readers::OwnerOrAdmin(principal) => {
+                principal.user_id == customer
+            }
         }
     }
 }
@@ -74,16 +89,16 @@ impl Readers<'_> {
 pub struct Held {
     /// The stream's version in the view (0: not there yet).
     pub version: u64,
-    /// Whether the caller may read the stream, as far as the view knows (`None`: the view does
-    /// not hold it).
-    pub readable: Option<bool>,
+    /// Whether the view names the caller as the stream's customer (false when it does not
+    /// hold the stream).
+    pub callers_own: bool,
 }
 
 impl Held {
     /// A stream the view does not hold.
     pub const NOTHING: Held = Held {
         version: 0,
-        readable: None,
+        callers_own: false,
     };
 }
 
@@ -109,11 +124,11 @@ pub async fn genuine(
 }
 
 /// Waits until `current(awaited)` reports a version at or past each awaited one, until
-/// `limit`. `current` says what the view holds of the stream ([`Held`]). An entry the view
-/// does not hold yet is waited for only if `genuine` says so (see [`genuine`]); for a stream the
-/// view holds and the caller may read, that is asked only once the wait has lasted
-/// [`OWN_STREAM_GRACE`]. With `wakeups` (announcements of the projection version the read
-/// serves), a check waits for the stream to be announced; without, it polls.
+/// `limit`. `current` says what the view holds of the stream ([`Held`]). An entry is waited for
+/// only if `genuine` says so (see [`genuine`]); for the caller's own stream that is asked only
+/// once the request has waited [`OWN_STREAM_GRACE`], for any other at once (see the module
+/// docs). With `wakeups` (announcements of the projection version the read serves), a check
+/// waits for the stream to be announced; without, it polls.
 #[tracing::instrument(
     name = "consistency.wait",
     skip_all,
@@ -140,23 +155,26 @@ where
         let mut announcements = wakeups.map(|(w, version)| (w, w.subscribe(), version));
         let mut pause = POLL_PAUSES.0;
         let mut checked = false;
-        let waiting = Instant::now();
         loop {
             let held = current(wanted.id).await?;
-            if held.version >= wanted.version {
+            let reached = held.version >= wanted.version;
+            if reached && (held.callers_own || checked) {
                 break;
             }
             let left = limit.saturating_sub(started.elapsed());
-            let grace = OWN_STREAM_GRACE.saturating_sub(waiting.elapsed());
-            // Someone else's stream, or one the view does not hold, is checked at once; the
-            // caller's own only if the wait goes on (or is about to end).
-            let ask = held.readable != Some(true) || grace.is_zero() || left.is_zero();
+            let grace = OWN_STREAM_GRACE.saturating_sub(started.elapsed());
+            // Anything but the caller's own stream is asked about at once, caught up or not;
+            // the caller's own only once the grace or the whole wait is over.
+            let ask = !held.callers_own || grace.is_zero() || left.is_zero();
             if !checked && ask {
                 if !genuine(wanted.clone()).await? {
                     metrics::counter!("consistency_tokens_ignored_total").increment(1);
                     continue 'streams;
                 }
                 checked = true;
+                if reached {
+                    break;
+                }
             }
             if left.is_zero() {
                 return Err(timed_out(wanted, limit));
@@ -343,7 +361,7 @@ pub async fn serving_schema(
                     .map_err(crate::db_problem)?;
                 Ok(row.map_or(Held::NOTHING, |(version, customer)| Held {
                     version: version as u64,
-                    readable: Some(readers.may_read(customer.as_deref())),
+                    callers_own: customer.is_some_and(|c| readers.is_customer(&c)),
                 }))
             }
         },
@@ -359,19 +377,22 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(3);
 
-    /// Waits for `cart-…@2` (polling, no announcements) with the view reporting `held(n)` at
-    /// its n-th check and the store saying `genuine`: the outcome, how often the store was
-    /// asked, and how long it took.
+    /// Waits for `entries` entries `cart-…@2` (polling, no announcements; on a paused clock)
+    /// with the view reporting `held(n)` at its n-th check and the store saying `genuine`: the
+    /// outcome, how often the store was asked, and how long it took.
     async fn wait(
+        entries: usize,
         held: impl Fn(u32) -> Held,
         genuine: bool,
         limit: Duration,
     ) -> (Result<(), Problem>, u32, Duration) {
-        let awaited = [Awaited {
-            stream_type: "cart".into(),
-            id: uuid::Uuid::new_v4(),
-            version: 2,
-        }];
+        let awaited: Vec<Awaited> = (0..entries)
+            .map(|_| Awaited {
+                stream_type: "cart".into(),
+                id: uuid::Uuid::new_v4(),
+                version: 2,
+            })
+            .collect();
         let (checks, asked) = (AtomicU32::new(0), AtomicU32::new(0));
         let started = Instant::now();
         let outcome = wait_for(
@@ -395,13 +416,20 @@ mod tests {
     fn own(version: u64) -> Held {
         Held {
             version,
-            readable: Some(true),
+            callers_own: true,
         }
     }
 
-    #[tokio::test]
+    fn someone_elses(version: u64) -> Held {
+        Held {
+            version,
+            callers_own: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_callers_own_stream_catching_up_costs_the_store_nothing() {
-        let (outcome, asked, _) = wait(|n| own(if n < 2 { 1 } else { 2 }), true, LIMIT).await;
+        let (outcome, asked, _) = wait(1, |n| own(if n < 2 { 1 } else { 2 }), true, LIMIT).await;
         assert!(outcome.is_ok());
         assert_eq!(
             asked, 0,
@@ -409,48 +437,58 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_version_of_the_callers_own_stream_from_the_future_is_ignored_after_the_grace() {
-        let (outcome, asked, took) = wait(|_| own(1), false, LIMIT).await;
+        let (outcome, asked, took) = wait(1, |_| own(1), false, LIMIT).await;
         assert!(outcome.is_ok(), "ignored, not timed out: {outcome:?}");
         assert_eq!(asked, 1);
         assert!(took >= OWN_STREAM_GRACE, "asked before the grace: {took:?}");
-        assert!(took < LIMIT / 2, "waited out the limit: {took:?}");
+        assert!(took < 2 * OWN_STREAM_GRACE, "waited on: {took:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_is_one_per_request_however_many_entries_the_token_names() {
+        let (outcome, asked, took) = wait(50, |_| own(1), false, LIMIT).await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert_eq!(asked, 50);
+        assert!(took < 2 * OWN_STREAM_GRACE, "fifty entries waited {took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_genuine_version_the_view_never_reaches_times_out() {
         let limit = Duration::from_millis(200);
-        let (outcome, asked, took) = wait(|_| own(1), true, limit).await;
+        let (outcome, asked, took) = wait(1, |_| own(1), true, limit).await;
         let problem = outcome.expect_err("the view never caught up");
         assert_eq!(problem.code(), "consistency-timeout");
         assert_eq!(asked, 1);
         assert!(took >= limit);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_limit_shorter_than_the_grace_still_asks_the_store_before_timing_out() {
-        let (outcome, asked, _) = wait(|_| own(1), false, Duration::from_millis(5)).await;
+        let (outcome, asked, _) = wait(1, |_| own(1), false, Duration::from_millis(5)).await;
         assert!(outcome.is_ok(), "a made-up version is ignored: {outcome:?}");
         assert_eq!(asked, 1);
     }
 
-    #[tokio::test]
-    async fn someone_elses_stream_or_one_the_view_lacks_is_checked_before_any_wait() {
-        let others = Held {
-            version: 1,
-            readable: Some(false),
-        };
-        for held in [others, Held::NOTHING] {
-            let (outcome, asked, took) = wait(|_| held, false, LIMIT).await;
+    /// Someone else's stream, behind or caught up, and a stream the view lacks all cost one
+    /// question to the store and no wait: their answers cannot be told apart by their timing.
+    #[tokio::test(start_paused = true)]
+    async fn anything_but_the_callers_own_stream_is_asked_about_at_once_and_never_waited_for() {
+        for held in [someone_elses(1), someone_elses(2), Held::NOTHING] {
+            let (outcome, asked, took) = wait(1, |_| held, false, LIMIT).await;
             assert!(outcome.is_ok(), "{held:?}: {outcome:?}");
             assert_eq!(asked, 1, "{held:?}");
-            assert!(took < OWN_STREAM_GRACE, "{held:?} waited {took:?}");
+            assert!(took.is_zero(), "{held:?} waited {took:?}");
         }
+        // A reader who may read it (an admin) waits for it once the store says it is genuine.
+        let (outcome, asked, _) = wait(1, |n| someone_elses(n as u64), true, LIMIT).await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert_eq!(asked, 1);
     }
 
     #[test]
-    fn readers_are_the_customer_anyone_or_an_admin_as_the_view_says() {
+    fn readers_are_the_customer_anyone_or_an_admin_and_only_a_customer_owns() {
         let principal = |user: &str, roles: &[&str]| Principal {
             user_id: user.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
@@ -463,5 +501,8 @@ mod tests {
         assert!(!Readers::Owner(&admin).may_read(Some("alice")));
         assert!(Readers::OwnerOrAdmin(&admin).may_read(Some("alice")));
         assert!(!Readers::OwnerOrAdmin(&alice).may_read(Some("alice ")));
+        assert!(Readers::Owner(&alice).is_customer("alice"));
+        assert!(!Readers::OwnerOrAdmin(&admin).is_customer("alice"));
+        assert!(!Readers::Anyone.is_customer("alice"));
     }
 }

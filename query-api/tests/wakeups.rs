@@ -110,7 +110,7 @@ fn waiting_read(
                     // end of `OWN_STREAM_GRACE`.
                     Ok(Held {
                         version: view.version.load(Ordering::SeqCst),
-                        readable: None,
+                        callers_own: false,
                     })
                 }
             },

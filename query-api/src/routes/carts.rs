@@ -47,7 +47,7 @@ async fn serving_version_after_token(
                 Ok(match (stored, owner) {
                     (Some(version), Some(owner)) => Held {
                         version,
-                        readable: Some(readers.may_read(Some(&owner))),
+                        callers_own: readers.is_customer(&owner),
                     },
                     _ => Held::NOTHING,
                 })
