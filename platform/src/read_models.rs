@@ -165,6 +165,10 @@ impl CartsApplied {
     }
 }
 
+/// The Postgres channel a rebuild's switch notifies (with the projection's name) when a new
+/// version starts serving.
+pub const SWITCHED_CHANNEL: &str = "read_projection_switched";
+
 /// Serving version of a projection.
 pub async fn serving_version(
     executor: impl sqlx::PgExecutor<'_>,

@@ -398,6 +398,12 @@ async fn switch(pool: &PgPool, name: &str, version: i32) -> Result<Option<i32>, 
     .bind(version)
     .execute(&mut *tx)
     .await?;
+    // Delivered on commit: query APIs forget the serving version they remembered.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(platform::read_models::SWITCHED_CHANNEL)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     tracing::info!(projection = name, from = old, to = version, "switched");
     Ok((old != version).then_some(old))

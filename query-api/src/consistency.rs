@@ -333,7 +333,9 @@ pub async fn serving_schema(
     view: ViewTable,
 ) -> Result<String, Problem> {
     let awaited = parse(headers)?;
-    let version = platform::read_models::serving_version(&state.pool, view.projection)
+    let version = state
+        .serving
+        .get(&state.pool, view.projection)
         .await
         .map_err(crate::db_problem)?;
     let schema = platform::read_models::schema(view.projection, version);

@@ -5,6 +5,7 @@
 //! - [`routes`]: one module per resource (products, carts, orders; admin: projections, events,
 //!   consumers and dead letters).
 //! - [`consistency`]: read-your-writes with `X-Consistency-Token`.
+//! - [`serving`]: which version of each projection reads come from.
 //! - [`pagination`]: keyset cursors.
 //! - [`docs`]: what the OpenAPI document says beyond each handler's `#[utoipa::path]`;
 //!   [`openapi`] is the read side's part of the document, made from the same route list that
@@ -15,6 +16,7 @@ pub mod docs;
 pub mod pagination;
 pub mod params;
 pub mod routes;
+pub mod serving;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub consistency_wait: Duration,
     /// Wakes reads that wait for a cart write; see [`consistency::CartWakeups`].
     pub cart_wakeups: Arc<consistency::CartWakeups>,
+    /// The projections' serving versions; see [`serving::ServingVersions`].
+    pub serving: Arc<serving::ServingVersions>,
     /// The broker and the names the admin routes on the bus need.
     pub operations: Arc<routes::consumers::Operations>,
 }

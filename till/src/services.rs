@@ -363,6 +363,16 @@ pub async fn start(
                     wakeups.listen(client, keys, stop).await;
                     Ok(())
                 });
+                let serving = Arc::new(query_api::serving::ServingVersions::default());
+                let (versions, url, stop) = (
+                    Arc::clone(&serving),
+                    config.database_url.clone(),
+                    shutdown.clone(),
+                );
+                tasks.spawn(async move {
+                    versions.listen(&url, stop).await;
+                    Ok(())
+                });
                 let state = query_api::AppState {
                     pool: pool.clone().context("needs the database")?,
                     store: store.clone().context("needs the database")?,
@@ -371,6 +381,7 @@ pub async fn start(
                     verifier: Arc::clone(&verifier),
                     consistency_wait: config.consistency_wait,
                     cart_wakeups,
+                    serving,
                     operations: Arc::new(query_api::routes::consumers::Operations {
                         broker: messaging::backlog::BrokerLink::new(
                             config.amqp_url.clone(),

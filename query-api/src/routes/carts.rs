@@ -6,7 +6,7 @@ use axum::response::Response;
 use domain::values::CartId;
 use platform::identity::Principal;
 use platform::problem::Problem;
-use platform::read_models::{CARTS, serving_version};
+use platform::read_models::CARTS;
 use tracing::Instrument;
 
 use crate::consistency::{Held, Readers};
@@ -23,7 +23,9 @@ async fn serving_version_after_token(
     headers: &HeaderMap,
 ) -> Result<i32, Problem> {
     let awaited = consistency::parse(headers)?;
-    let version = serving_version(&state.pool, CARTS)
+    let version = state
+        .serving
+        .get(&state.pool, CARTS)
         .await
         .map_err(db_problem)?;
     let wakeups = Some((state.cart_wakeups.as_ref(), version));
