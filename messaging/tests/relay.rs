@@ -447,14 +447,7 @@ async fn small_batches_save_the_checkpoint_at_most_once_per_interval() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let watched = started.elapsed();
-    assert!(
-        probe
-            .until(Duration::from_secs(10), |p| ids
-                .iter()
-                .all(|id| p.seen.contains_key(id)))
-            .await,
-        "every event published"
-    );
+    probe.until_all(&ids, &db.pool).await;
     // A watch can only miss moves, never see more than there were.
     let most = (watched.as_millis() / interval.as_millis()) as usize + 1;
     assert!(moves >= 2, "the checkpoint moved {moves} times");
@@ -495,13 +488,7 @@ async fn a_stopping_relay_saves_its_checkpoint() {
         handle.wait_for(|s| s.published_total >= 5),
     )
     .await;
-    assert!(
-        probe
-            .until(Duration::from_secs(10), |p| ids
-                .iter()
-                .all(|id| p.seen.contains_key(id)))
-            .await
-    );
+    probe.until_all(&ids, &db.pool).await;
     assert_eq!(
         load_checkpoint(&db.pool, "relay").await.unwrap(),
         None,
