@@ -68,12 +68,18 @@ impl ServingVersions {
     /// listening again after a pause whenever the connection is lost.
     pub async fn listen(&self, database_url: &str, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let listening = async {
-                let mut listener = PgListener::connect(database_url).await?;
-                listener.listen(SWITCHED_CHANNEL).await?;
-                Ok::<_, sqlx::Error>(listener)
-            }
-            .await;
+            // Connecting to a Postgres that is down retries for half a minute: not in the way
+            // of a shutdown.
+            let Some(listening) = shutdown
+                .run_until_cancelled(async {
+                    let mut listener = PgListener::connect(database_url).await?;
+                    listener.listen(SWITCHED_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(listener)
+                })
+                .await
+            else {
+                return;
+            };
             match listening {
                 Ok(mut listener) => {
                     // Anything read before now may predate a switch nobody heard.

@@ -9,29 +9,31 @@ use query_api::serving::ServingVersions;
 use testkit::{TestDatabase, eventually};
 use tokio_util::sync::CancellationToken;
 
-/// Sets the serving version of `products` behind the readers' backs (no notification).
-async fn set_quietly(db: &TestDatabase, version: i32) {
-    sqlx::query("UPDATE read.projections SET serving_version = $1 WHERE name = 'products'")
-        .bind(version)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+/// Sets the serving version of `projection` behind the readers' backs (no notification).
+async fn set_quietly(db: &TestDatabase, projection: &str, version: i32) {
+    set(&db.pool, projection, version).await;
 }
 
 /// Sets it as a rebuild's switch does: with the notification, in the same transaction.
-async fn switch(db: &TestDatabase, version: i32) {
+async fn switch(db: &TestDatabase, projection: &str, version: i32) {
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("UPDATE read.projections SET serving_version = $1 WHERE name = 'products'")
-        .bind(version)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_notify($1, 'products')")
+    set(&mut *tx, projection, version).await;
+    sqlx::query("SELECT pg_notify($1, $2)")
         .bind(SWITCHED_CHANNEL)
+        .bind(projection)
         .execute(&mut *tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
+}
+
+async fn set(executor: impl sqlx::PgExecutor<'_>, projection: &str, version: i32) {
+    sqlx::query("UPDATE read.projections SET serving_version = $2 WHERE name = $1")
+        .bind(projection)
+        .bind(version)
+        .execute(executor)
+        .await
+        .unwrap();
 }
 
 async fn listening(db: &TestDatabase, shutdown: &CancellationToken) -> Arc<ServingVersions> {
@@ -48,10 +50,27 @@ async fn listening(db: &TestDatabase, shutdown: &CancellationToken) -> Arc<Servi
 #[tokio::test]
 async fn without_listening_every_read_asks_postgres() {
     let db = TestDatabase::new().await;
-    let versions = ServingVersions::default();
+    let versions = Arc::new(ServingVersions::default());
+    // Trying to listen where no Postgres answers: it keeps trying, and reads keep asking.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!(
+        "postgres://postgres@{}/nothing",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
+    let shutdown = CancellationToken::new();
+    let (v, stop) = (versions.clone(), shutdown.clone());
+    let trying = tokio::spawn(async move { v.listen(&nowhere, stop).await });
     assert_eq!(versions.get(&db.pool, "products").await.unwrap(), 1);
-    set_quietly(&db, 7).await;
+    set_quietly(&db, "products", 7).await;
     assert_eq!(versions.get(&db.pool, "products").await.unwrap(), 7);
+    assert!(!versions.is_listening());
+    // And it stops when told, even in the middle of trying.
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(5), trying)
+        .await
+        .expect("stopped at once")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -60,16 +79,19 @@ async fn a_remembered_version_holds_until_a_switch_is_heard() {
     let shutdown = CancellationToken::new();
     let versions = listening(&db, &shutdown).await;
     assert_eq!(versions.get(&db.pool, "products").await.unwrap(), 1);
+    assert_eq!(versions.get(&db.pool, "orders").await.unwrap(), 1);
     // Not asked again: a change nobody announced goes unseen.
-    set_quietly(&db, 5).await;
+    set_quietly(&db, "products", 5).await;
+    set_quietly(&db, "orders", 9).await;
     assert_eq!(versions.get(&db.pool, "products").await.unwrap(), 1);
+    assert_eq!(versions.get(&db.pool, "orders").await.unwrap(), 1);
     // A switch is heard, and every projection's version is read afresh.
-    switch(&db, 2).await;
+    switch(&db, "products", 2).await;
     eventually("the switch to be heard", || async {
         versions.get(&db.pool, "products").await.unwrap() == 2
     })
     .await;
-    assert_eq!(versions.get(&db.pool, "orders").await.unwrap(), 1);
+    assert_eq!(versions.get(&db.pool, "orders").await.unwrap(), 9);
     shutdown.cancel();
 }
 
@@ -79,7 +101,7 @@ async fn a_lost_listening_connection_forgets_everything_and_listens_again() {
     let shutdown = CancellationToken::new();
     let versions = listening(&db, &shutdown).await;
     assert_eq!(versions.get(&db.pool, "products").await.unwrap(), 1);
-    set_quietly(&db, 3).await;
+    set_quietly(&db, "products", 3).await;
 
     // The listening session ends (a restart, a network cut): a switch then would go unheard.
     let ended: Vec<bool> = sqlx::query_scalar(
@@ -97,7 +119,7 @@ async fn a_lost_listening_connection_forgets_everything_and_listens_again() {
     // Nothing remembered is trusted now, nor once it listens again.
     assert_eq!(versions.get(&db.pool, "products").await.unwrap(), 3);
     eventually("listening again", || async { versions.is_listening() }).await;
-    set_quietly(&db, 4).await;
+    set_quietly(&db, "products", 4).await;
     assert_eq!(versions.get(&db.pool, "products").await.unwrap(), 4);
     shutdown.cancel();
 }
