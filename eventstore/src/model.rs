@@ -6,6 +6,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use domain::DomainEvent;
+use serde::de::value::BorrowedStrDeserializer;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -265,7 +266,6 @@ impl<'de> serde::de::MapAccess<'de> for Tagged<'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Self::Error> {
-        use serde::de::value::BorrowedStrDeserializer;
         let key = if self.tag.is_some() {
             "type"
         } else if self.data.is_some() {
@@ -282,7 +282,7 @@ impl<'de> serde::de::MapAccess<'de> for Tagged<'de> {
         seed: V,
     ) -> Result<V::Value, Self::Error> {
         if let Some(tag) = self.tag.take() {
-            return seed.deserialize(serde::de::value::BorrowedStrDeserializer::new(tag));
+            return seed.deserialize(BorrowedStrDeserializer::new(tag));
         }
         let data = self
             .data

@@ -469,7 +469,7 @@ impl Unsaved {
 
     /// The position to save if its interval has passed.
     fn take_due(&mut self) -> Option<LogPosition> {
-        if self.saved_at.elapsed() >= self.every {
+        if tokio::time::Instant::now() >= self.due_at() {
             self.take()
         } else {
             None
@@ -480,8 +480,12 @@ impl Unsaved {
     /// `None` at once, which switches its `select!` branch off (rather than firing in a loop).
     async fn due(&self) -> Option<()> {
         self.position?;
-        tokio::time::sleep_until(self.saved_at + self.every).await;
+        tokio::time::sleep_until(self.due_at()).await;
         Some(())
+    }
+
+    fn due_at(&self) -> tokio::time::Instant {
+        self.saved_at + self.every
     }
 }
 

@@ -18,6 +18,34 @@ use tracing::info;
 mod support;
 use support::*;
 
+/// What every relay test starts from: a database of its own, a bus of its own, and a probe
+/// queue bound to every event on it.
+struct Rig {
+    db: TestDatabase,
+    store: EventStore,
+    bus: TestBus,
+    conn: lapin::Connection,
+    probe: Probe,
+}
+
+impl Rig {
+    async fn new() -> Self {
+        init_tracing();
+        let db = TestDatabase::new().await;
+        let store = EventStore::new(db.pool.clone());
+        let bus = TestBus::new();
+        let conn = amqp().await;
+        let probe = Probe::start(&conn, &bus).await;
+        Self {
+            db,
+            store,
+            bus,
+            conn,
+            probe,
+        }
+    }
+}
+
 fn settings(batch_size: i64) -> RelaySettings {
     RelaySettings {
         batch_size,
@@ -47,12 +75,13 @@ async fn wait_active(handle: &RelayHandle) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_event_appended_while_the_relay_runs_is_published_once_in_the_table() {
-    init_tracing();
-    let db = TestDatabase::new().await;
-    let store = EventStore::new(db.pool.clone());
-    let bus = TestBus::new();
-    let conn = amqp().await;
-    let mut probe = Probe::start(&conn, &bus).await;
+    let Rig {
+        db,
+        store,
+        bus,
+        conn,
+        mut probe,
+    } = Rig::new().await;
     let (handle, shutdown, task) = spawn_relay(&store, &bus, settings(500));
     wait_active(&handle).await;
 
@@ -142,12 +171,13 @@ async fn every_event_appended_while_the_relay_runs_is_published_once_in_the_tabl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relays_killed_mid_stream_lose_nothing() {
-    init_tracing();
-    let db = TestDatabase::new().await;
-    let store = EventStore::new(db.pool.clone());
-    let bus = TestBus::new();
-    let conn = amqp().await;
-    let mut probe = Probe::start(&conn, &bus).await;
+    let Rig {
+        db,
+        store,
+        bus,
+        conn,
+        mut probe,
+    } = Rig::new().await;
 
     // Writers keep appending while relays are killed under them.
     let writers = {
@@ -207,12 +237,13 @@ async fn relays_killed_mid_stream_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_relays_of_one_name_never_publish_at_the_same_time() {
-    init_tracing();
-    let db = TestDatabase::new().await;
-    let store = EventStore::new(db.pool.clone());
-    let bus = TestBus::new();
-    let conn = amqp().await;
-    let mut probe = Probe::start(&conn, &bus).await;
+    let Rig {
+        db,
+        store,
+        bus,
+        conn,
+        mut probe,
+    } = Rig::new().await;
 
     let (a, stop_a, task_a) = spawn_relay(&store, &bus, settings(100));
     wait_active(&a).await;
@@ -294,12 +325,13 @@ async fn two_relays_of_one_name_never_publish_at_the_same_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_notification_wakes_the_relay_long_before_its_poll_interval() {
-    init_tracing();
-    let db = TestDatabase::new().await;
-    let store = EventStore::new(db.pool.clone());
-    let bus = TestBus::new();
-    let conn = amqp().await;
-    let mut probe = Probe::start(&conn, &bus).await;
+    let Rig {
+        db,
+        store,
+        bus,
+        conn,
+        mut probe,
+    } = Rig::new().await;
     let (handle, shutdown, task) = spawn_relay(
         &store,
         &bus,
@@ -338,12 +370,13 @@ async fn a_notification_wakes_the_relay_long_before_its_poll_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_relay_survives_the_broker_and_the_database_going_away() {
-    init_tracing();
-    let db = TestDatabase::new().await;
-    let store = EventStore::new(db.pool.clone());
-    let bus = TestBus::new();
-    let conn = amqp().await;
-    let mut probe = Probe::start(&conn, &bus).await;
+    let Rig {
+        db,
+        store,
+        bus,
+        conn,
+        mut probe,
+    } = Rig::new().await;
     let proxy = CuttableProxy::start().await;
     let (handle, shutdown, task) = spawn_relay(
         &store,
@@ -415,12 +448,13 @@ async fn the_relay_survives_the_broker_and_the_database_going_away() {
 /// interval, not once per batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_batches_save_the_checkpoint_at_most_once_per_interval() {
-    init_tracing();
-    let db = TestDatabase::new().await;
-    let store = EventStore::new(db.pool.clone());
-    let bus = TestBus::new();
-    let conn = amqp().await;
-    let mut probe = Probe::start(&conn, &bus).await;
+    let Rig {
+        db,
+        store,
+        bus,
+        conn,
+        mut probe,
+    } = Rig::new().await;
     let interval = Duration::from_millis(500);
     let (handle, shutdown, task) = spawn_relay(
         &store,
@@ -464,12 +498,13 @@ async fn small_batches_save_the_checkpoint_at_most_once_per_interval() {
 /// A relay that stops before its next save is due saves where it got to on the way out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopping_relay_saves_its_checkpoint() {
-    init_tracing();
-    let db = TestDatabase::new().await;
-    let store = EventStore::new(db.pool.clone());
-    let bus = TestBus::new();
-    let conn = amqp().await;
-    let mut probe = Probe::start(&conn, &bus).await;
+    let Rig {
+        db,
+        store,
+        bus,
+        conn,
+        mut probe,
+    } = Rig::new().await;
     let (handle, shutdown, task) = spawn_relay(
         &store,
         &bus,

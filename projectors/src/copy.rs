@@ -24,9 +24,10 @@ pub struct CopyRows {
 }
 
 impl CopyRows {
-    /// An empty set of rows of `fields` columns each, with room for about `bytes` of them.
-    fn new(fields: usize, bytes: usize) -> Self {
-        let mut buffer = Vec::with_capacity(bytes + 32);
+    /// An empty set of rows of `fields` columns each, with room for a chunk and the row that
+    /// overflows it.
+    fn new(fields: usize) -> Self {
+        let mut buffer = Vec::with_capacity(CHUNK + CHUNK / 4);
         buffer.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buffer.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
         buffer.extend_from_slice(&0i32.to_be_bytes()); // no header extension
@@ -112,7 +113,7 @@ impl CopyRows {
         items: &[T],
         mut encode: impl FnMut(&T, &mut CopyRows) -> Result<(), serde_json::Error>,
     ) -> Result<u64, sqlx::Error> {
-        let mut rows = Self::new(fields, CHUNK + CHUNK / 4);
+        let mut rows = Self::new(fields);
         let mut copy = conn
             .copy_in_raw(&format!("COPY {table} FROM STDIN WITH (FORMAT binary)"))
             .await?;
@@ -146,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_row_is_its_field_count_then_each_field_with_its_length() {
-        let mut rows = CopyRows::new(3, 0);
+        let mut rows = CopyRows::new(3);
         rows.row().int8(7).null().text("é");
         let body = &rows.buffer[19..];
         assert_eq!(
@@ -165,7 +166,7 @@ mod tests {
 
     #[test]
     fn timestamps_count_microseconds_from_2000() {
-        let mut rows = CopyRows::new(1, 0);
+        let mut rows = CopyRows::new(1);
         let at = DateTime::parse_from_rfc3339("2000-01-01T00:00:01.000002Z")
             .unwrap()
             .to_utc();
@@ -178,7 +179,7 @@ mod tests {
 
     #[test]
     fn json_is_written_in_place_with_its_length() {
-        let mut rows = CopyRows::new(1, 0);
+        let mut rows = CopyRows::new(1);
         rows.row()
             .json(&serde_json::json!({ "a": [1, 2] }))
             .unwrap();
