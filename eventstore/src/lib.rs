@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: named positions of global-log readers.
 //! - `connections`: the connections appends and stream reads run on (no round trip to hand
 //!   one back).
+//! - [`scan`]: a rebuild's read of one stream type in stream order, as binary `COPY`.
 //! - [`upcast`]: lifting stored events of an older schema version to the current one.
 //! - [`model`] and [`error`]: the types they share.
 //!
@@ -23,6 +24,7 @@ pub mod execute;
 pub mod group;
 pub mod model;
 pub mod multi;
+pub mod scan;
 pub mod store;
 pub mod upcast;
 

@@ -153,7 +153,7 @@ struct EventRow {
 }
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for EventRow {
-    /// By position, in [`EVENT_COLUMNS`]' order (every statement reading events selects
+    /// By position, in [`EVENT_COLUMNS`]' order (every statement read into this row selects
     /// exactly those): looking each column up by name, as the derive does, cost a rebuild's
     /// scan a few percent.
     fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
@@ -620,7 +620,7 @@ impl EventStore {
     /// streams, and this walks the type's own range of the `(stream_id, version)` index, where
     /// the global log visits every row of every type. It reads one snapshot: events committed
     /// after the statement started are not included (a rebuild gets those from the live
-    /// projector).
+    /// projector). The rows come as a binary `COPY` ([`crate::scan`] says why).
     pub async fn scan_streams_of_type<F, Fut>(
         &self,
         stream_type: &str,
@@ -634,34 +634,41 @@ impl EventStore {
         use futures::TryStreamExt;
         use sqlx::{ConnectOptions, Connection};
         let (first, last) = stream_type_range(stream_type);
-        let sql = streams_of_type_sql();
         let mut scan = stream_order_options(&self.pool).connect().await?;
-        let mut rows = sqlx::query_as::<_, EventRow>(&sql)
-            .bind(first)
-            .bind(last)
-            .fetch(&mut scan);
+        let mut chunks = scan
+            .copy_out_raw(&crate::scan::copy_streams_between_sql(&first, &last))
+            .await?;
+        let mut decoder = crate::scan::CopyDecoder::default();
+        let mut decoded = Vec::new();
         let mut batch: Vec<RecordedEvent> = Vec::with_capacity(batch_size);
-        while let Some(row) = rows.try_next().await? {
-            let event = self.upcasters.upcast(row.into())?;
-            let full = batch.len() >= batch_size
-                && (batch
-                    .last()
-                    .is_some_and(|last| last.stream_id != event.stream_id)
-                    || batch.len() >= batch_size.saturating_mul(SCAN_BATCH_CAP));
-            if full
-                && !deliver(std::mem::replace(
-                    &mut batch,
-                    Vec::with_capacity(batch_size),
-                ))
-                .await
-            {
-                // Dropped, not closed: a closing connection would first read the rest of the
-                // scan; dropped, its socket closes and the server stops sending.
-                return Ok(());
+        while let Some(chunk) = chunks.try_next().await? {
+            decoder.feed(&chunk, |event| {
+                decoded.push(event);
+                Ok(())
+            })?;
+            for event in decoded.drain(..) {
+                let event = self.upcasters.upcast(event)?;
+                let full = batch.len() >= batch_size
+                    && (batch
+                        .last()
+                        .is_some_and(|last| last.stream_id != event.stream_id)
+                        || batch.len() >= batch_size.saturating_mul(SCAN_BATCH_CAP));
+                if full
+                    && !deliver(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(batch_size),
+                    ))
+                    .await
+                {
+                    // Dropped, not closed: a closing connection would first read the rest of
+                    // the scan; dropped, its socket closes and the server stops sending.
+                    return Ok(());
+                }
+                batch.push(event);
             }
-            batch.push(event);
         }
-        drop(rows);
+        decoder.finish()?;
+        drop(chunks);
         scan.close().await?;
         if !batch.is_empty() {
             deliver(batch).await;
@@ -726,15 +733,6 @@ pub fn global_log_sql() -> String {
 /// How many times its asked size a batch of [`EventStore::scan_streams_of_type`] grows, at
 /// most, to end at a stream's end.
 pub const SCAN_BATCH_CAP: usize = 4;
-
-/// The statement behind [`EventStore::scan_streams_of_type`] (`$1` and `$2` the start and end
-/// of the type's range of stream ids); public so that a test can check its plan.
-pub fn streams_of_type_sql() -> String {
-    format!(
-        "SELECT {EVENT_COLUMNS} FROM eventstore.events e \
-         WHERE e.stream_id > $1 AND e.stream_id < $2 ORDER BY e.stream_id, e.version"
-    )
-}
 
 /// Connection settings like `pool`'s under which a read of a range of streams in stream order
 /// walks the `(stream_id, version)` index, as [`EventStore::scan_streams_of_type`] means to.

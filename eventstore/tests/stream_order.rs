@@ -137,10 +137,11 @@ async fn stream_ids_compare_in_byte_order_and_the_read_walks_their_index() {
         .connect()
         .await
         .unwrap();
-    let explain = format!("EXPLAIN {}", eventstore::store::streams_of_type_sql());
+    let explain = format!(
+        "EXPLAIN {}",
+        eventstore::scan::streams_between_sql("order-", "order.")
+    );
     let plan = sqlx::query_scalar::<_, String>(&explain)
-        .bind("order-")
-        .bind("order.")
         .fetch_all(&mut scan)
         .await
         .unwrap()
@@ -150,4 +151,57 @@ async fn stream_ids_compare_in_byte_order_and_the_read_walks_their_index() {
         plan.contains("events_stream_version_unique") && !plan.contains("Sort"),
         "the stream-order read does not walk the stream index:\n{plan}"
     );
+}
+
+#[tokio::test]
+async fn a_scanned_event_is_the_event_a_stream_read_returns_field_for_field() {
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let mut streams = Vec::new();
+    for n in 0..3 {
+        let stream = format!("order-{}", Uuid::new_v4());
+        let appended: Vec<NewEvent> = (0..2)
+            .map(|i| NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: format!("Noted{i}"),
+                // Text a copy must carry byte for byte: escapes, quotes, non-ASCII, nesting.
+                data: json!({
+                    "n": n,
+                    "name": "Crème \"brûlée\"\n\\ 🍮",
+                    "lines": [{ "qty": 2, "price": { "amount": 1250, "currency": "EUR" } }],
+                    "none": null,
+                }),
+                metadata: Metadata {
+                    correlation_id: Some(Uuid::now_v7()),
+                    causation_id: Some(Uuid::now_v7()),
+                    actor: Some(format!("customer-{n}")),
+                    idempotency_key: Some("k'1".into()),
+                    traceparent: Some(
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                    ),
+                },
+            })
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::NoStream, &appended)
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+
+    let mut scanned = Vec::new();
+    store
+        .scan_streams_of_type("order", 100, |batch| {
+            scanned.extend(batch);
+            std::future::ready(true)
+        })
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    streams.sort();
+    for stream in &streams {
+        read.extend(store.read_stream(stream, 0).await.unwrap());
+    }
+    assert_eq!(scanned.len(), 6);
+    assert_eq!(scanned, read);
 }
