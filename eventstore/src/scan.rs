@@ -12,9 +12,13 @@ use uuid::Uuid;
 use crate::model::{EventData, Metadata, RecordedEvent};
 
 /// What the scan selects, in this order (the decoder reads fields by position). Binary forms:
-/// `transaction_id` is an xid8 (8 bytes), `recorded_at` microseconds since 2000-01-01.
+/// `transaction_id` is an xid8 (8 bytes), `recorded_at` microseconds since 2000-01-01, a
+/// `jsonb` its format version (1) and its text.
 const SCAN_COLUMNS: &str = "e.position, e.transaction_id, e.stream_id, e.version, e.event_id, \
-e.event_type, e.schema_version, e.data::text, e.metadata::text, e.recorded_at";
+e.event_type, e.schema_version, e.data, e.metadata, e.recorded_at";
+
+/// The version byte before a `jsonb` value's text.
+const JSONB_VERSION: u8 = 1;
 const FIELDS: i16 = 10;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
@@ -212,8 +216,8 @@ impl<'a> Fields<'a> {
             event_id,
             event_type: text(event_type, "event_type")?,
             schema_version: i32::from_be_bytes(fixed(schema_version, "schema_version")?),
-            data: EventData::from_jsonb_text(text(data, "data")?),
-            metadata: serde_json::from_slice::<Metadata>(metadata)
+            data: EventData::from_jsonb_text(text(jsonb(data, "data")?, "data")?),
+            metadata: serde_json::from_slice::<Metadata>(jsonb(metadata, "metadata")?)
                 .map_err(|e| malformed(&format!("metadata: {e}")))?,
             recorded_at,
         }))
@@ -224,6 +228,14 @@ fn fixed<const N: usize>(bytes: &[u8], column: &str) -> Result<[u8; N], sqlx::Er
     bytes
         .try_into()
         .map_err(|_| malformed(&format!("{column} is not {N} bytes")))
+}
+
+/// The text of a `jsonb` value in its binary form.
+fn jsonb<'a>(bytes: &'a [u8], column: &str) -> Result<&'a [u8], sqlx::Error> {
+    match bytes.split_first() {
+        Some((&JSONB_VERSION, text)) => Ok(text),
+        _ => Err(malformed(&format!("{column} is not jsonb of version 1"))),
+    }
 }
 
 fn text(bytes: &[u8], column: &str) -> Result<String, sqlx::Error> {
@@ -268,8 +280,12 @@ mod tests {
                 event.event_id.as_bytes().to_vec(),
                 event.event_type.as_bytes().to_vec(),
                 event.schema_version.to_be_bytes().to_vec(),
-                event.data.as_str().as_bytes().to_vec(),
-                serde_json::to_vec(&event.metadata).unwrap(),
+                [&[JSONB_VERSION], event.data.as_str().as_bytes()].concat(),
+                [
+                    vec![JSONB_VERSION],
+                    serde_json::to_vec(&event.metadata).unwrap(),
+                ]
+                .concat(),
                 (event.recorded_at.timestamp_micros() - POSTGRES_EPOCH_MICROS)
                     .to_be_bytes()
                     .to_vec(),
