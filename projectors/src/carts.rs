@@ -44,6 +44,7 @@ pub struct CartView {
     pub item_count: u32,
     pub total: Option<MoneyView>,
     pub version: u64,
+    #[serde(serialize_with = "crate::timestamps::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 

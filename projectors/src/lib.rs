@@ -33,6 +33,7 @@ pub mod rebuild;
 pub mod requests;
 pub mod status;
 pub mod tables;
+pub mod timestamps;
 
 pub use error::ProjectionError;
 

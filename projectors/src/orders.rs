@@ -44,6 +44,7 @@ pub struct OrderRow {
 #[serde(default)]
 pub struct Fulfilment {
     pub shipment: Option<ShipmentView>,
+    #[serde(serialize_with = "crate::timestamps::optional_rfc3339")]
     pub delivered_at: Option<DateTime<Utc>>,
     /// Every payment attempt, oldest first.
     pub payments: Vec<PaymentView>,
@@ -56,6 +57,7 @@ pub struct Fulfilment {
 pub struct ShipmentView {
     pub carrier: String,
     pub tracking_number: String,
+    #[serde(serialize_with = "crate::timestamps::rfc3339")]
     pub shipped_at: DateTime<Utc>,
 }
 
@@ -73,7 +75,9 @@ pub struct PaymentView {
     /// `pending`, `action_required` (the customer must act at the provider), `captured` or
     /// `declined`.
     pub status: String,
+    #[serde(serialize_with = "crate::timestamps::rfc3339")]
     pub requested_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamps::optional_rfc3339")]
     pub settled_at: Option<DateTime<Utc>>,
     /// Why it was declined.
     pub detail: Option<String>,
@@ -95,7 +99,9 @@ pub struct RefundView {
     /// The provider's id of the refund (a Stripe `re_…`), once given back.
     #[serde(default)]
     pub provider_refund_id: Option<String>,
+    #[serde(serialize_with = "crate::timestamps::rfc3339")]
     pub requested_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamps::optional_rfc3339")]
     pub refunded_at: Option<DateTime<Utc>>,
 }
 
@@ -144,6 +150,7 @@ pub struct HistoryEntry {
     pub status: String,
     pub event: String,
     pub detail: Option<String>,
+    #[serde(serialize_with = "crate::timestamps::rfc3339")]
     pub at: DateTime<Utc>,
 }
 
