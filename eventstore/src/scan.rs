@@ -1,10 +1,10 @@
 //! The rows of a rebuild's scan ([`crate::EventStore::scan_streams_of_type`]), read as one
-//! binary `COPY … TO STDOUT` (PostgreSQL's binary copy format,
-//! <https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4>) instead of a
-//! `SELECT`'s data rows. A rebuild reads millions of events and its process spent a third of
-//! its time in the driver's row machinery (a typed, checked lookup per column, a row object per
-//! event); the copy format is a field count and length-prefixed fields, decoded here straight
-//! into events. Postgres produces the rows with the same send functions either way.
+//! binary `COPY … TO STDOUT` (the "Binary Format" section of
+//! <https://www.postgresql.org/docs/current/sql-copy.html>) instead of a `SELECT`'s data rows. A
+//! rebuild reads millions of events, and its process spent a third of its time in the driver's
+//! row machinery (a typed, checked lookup per column, a row object per event); the copy format is
+//! a field count and length-prefixed fields, decoded here straight into events. The columns are
+//! sent in their binary forms, so Postgres does no text conversion beyond `jsonb`'s own.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -16,18 +16,19 @@ use crate::model::{EventData, Metadata, RecordedEvent};
 /// `jsonb` its format version (1) and its text.
 const SCAN_COLUMNS: &str = "e.position, e.transaction_id, e.stream_id, e.version, e.event_id, \
 e.event_type, e.schema_version, e.data, e.metadata, e.recorded_at";
+const FIELDS: i16 = 10;
 
 /// The version byte before a `jsonb` value's text.
 const JSONB_VERSION: u8 = 1;
-const FIELDS: i16 = 10;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
-/// A field count of -1: the end of the rows.
-const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
+/// Header flags a reader must understand: bit 16 says each row carries OIDs (never sent since
+/// PostgreSQL 12); bits 0-15 are reserved for flags that may be ignored.
+const CRITICAL_FLAGS: u32 = 0xffff_0000;
 
 /// The `SELECT` of the streams whose ids lie strictly between `first` and `last`, in stream
 /// order. The bounds are written into the statement as literals: a `COPY` is a simple query,
@@ -49,9 +50,10 @@ pub(crate) fn copy_streams_between_sql(first: &str, last: &str) -> String {
     )
 }
 
-/// `text` as an SQL string literal (standard-conforming strings: only quotes are special).
+/// `text` as an escape-string literal, `E'…'`: quotes and backslashes doubled, which reads the
+/// same whatever `standard_conforming_strings` says.
 fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// Decodes the copy stream into events, whatever way its messages split it (Postgres sends a
@@ -66,19 +68,19 @@ pub(crate) struct CopyDecoder {
 }
 
 impl CopyDecoder {
-    /// Decodes the rows `chunk` completes, handing each to `row`.
+    /// Decodes the rows `chunk` completes into `events`.
     pub(crate) fn feed(
         &mut self,
         chunk: &[u8],
-        mut row: impl FnMut(RecordedEvent) -> Result<(), sqlx::Error>,
+        events: &mut Vec<RecordedEvent>,
     ) -> Result<(), sqlx::Error> {
         if self.partial.is_empty() {
-            let used = self.decode(chunk, &mut row)?;
+            let used = self.decode(chunk, events)?;
             self.partial.extend_from_slice(&chunk[used..]);
         } else {
             let mut joined = std::mem::take(&mut self.partial);
             joined.extend_from_slice(chunk);
-            let used = self.decode(&joined, &mut row)?;
+            let used = self.decode(&joined, events)?;
             joined.drain(..used);
             self.partial = joined;
         }
@@ -98,14 +100,13 @@ impl CopyDecoder {
     fn decode(
         &mut self,
         bytes: &[u8],
-        row: &mut impl FnMut(RecordedEvent) -> Result<(), sqlx::Error>,
+        events: &mut Vec<RecordedEvent>,
     ) -> Result<usize, sqlx::Error> {
         let mut fields = Fields { bytes, at: 0 };
         if !self.header_read {
-            let Some(header) = fields.header()? else {
+            if fields.header()?.is_none() {
                 return Ok(0);
-            };
-            fields.at = header;
+            }
             self.header_read = true;
         }
         loop {
@@ -116,17 +117,20 @@ impl CopyDecoder {
                     _ => Err(malformed("data after the trailer")),
                 };
             }
-            if fields.rest().starts_with(&TRAILER) {
-                fields.at += TRAILER.len();
-                self.ended = true;
-                continue;
-            }
-            match fields.event()? {
-                Some(event) => row(event)?,
+            match fields.row()? {
+                Some(Row::Event(event)) => events.push(event),
+                Some(Row::Trailer) => self.ended = true,
                 None => return Ok(start),
             }
         }
     }
+}
+
+// Returned and consumed at once, never stored: boxing the event would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Row {
+    Event(RecordedEvent),
+    Trailer,
 }
 
 /// A cursor over copy data; each read returns `None` when the bytes end first.
@@ -150,40 +154,49 @@ impl<'a> Fields<'a> {
         self.take(N).map(|b| b.try_into().expect("N bytes"))
     }
 
-    /// The header's length, once it has all arrived.
-    fn header(&mut self) -> Result<Option<usize>, sqlx::Error> {
+    /// Reads the header, once it has all arrived.
+    fn header(&mut self) -> Result<Option<()>, sqlx::Error> {
         let Some(signature) = self.take(SIGNATURE.len()) else {
             return Ok(None);
         };
         if signature != SIGNATURE {
             return Err(malformed("no binary copy signature"));
         }
-        let Some(_flags) = self.array::<4>() else {
+        let Some(flags) = self.array::<4>().map(u32::from_be_bytes) else {
             return Ok(None);
         };
+        if flags & CRITICAL_FLAGS != 0 {
+            return Err(malformed("a header flag this reader does not know"));
+        }
         let Some(extension) = self.array::<4>().map(i32::from_be_bytes) else {
             return Ok(None);
         };
         let extension =
             usize::try_from(extension).map_err(|_| malformed("negative header extension"))?;
-        Ok(self.take(extension).map(|_| self.at))
+        Ok(self.take(extension).map(|_| ()))
     }
 
-    /// The next row as an event, or `None` if the row has not all arrived (the cursor is then
-    /// left anywhere; the caller restarts from the row's start).
-    fn event(&mut self) -> Result<Option<RecordedEvent>, sqlx::Error> {
+    /// The next row, or `None` if it has not all arrived (the cursor is then left anywhere;
+    /// the caller restarts from the row's start).
+    fn row(&mut self) -> Result<Option<Row>, sqlx::Error> {
         let Some(count) = self.array::<2>().map(i16::from_be_bytes) else {
             return Ok(None);
         };
-        if count != FIELDS {
-            return Err(malformed("a row of the wrong number of fields"));
+        match count {
+            -1 => return Ok(Some(Row::Trailer)),
+            FIELDS => {}
+            _ => return Err(malformed("a row of the wrong number of fields")),
         }
         let mut field = [&[][..]; FIELDS as usize];
         for slot in &mut field {
             let Some(length) = self.array::<4>().map(i32::from_be_bytes) else {
                 return Ok(None);
             };
-            let length = usize::try_from(length).map_err(|_| malformed("a NULL field"))?;
+            let length = match usize::try_from(length) {
+                Ok(length) => length,
+                Err(_) if length == -1 => return Err(malformed("a NULL field")),
+                Err(_) => return Err(malformed("a negative field length")),
+            };
             let Some(bytes) = self.take(length) else {
                 return Ok(None);
             };
@@ -207,7 +220,7 @@ impl<'a> Fields<'a> {
                 .saturating_add(POSTGRES_EPOCH_MICROS),
         )
         .ok_or_else(|| malformed("recorded_at out of range"))?;
-        Ok(Some(RecordedEvent {
+        Ok(Some(Row::Event(RecordedEvent {
             position: i64::from_be_bytes(fixed(position, "position")?),
             transaction_id: u64::from_be_bytes(fixed(transaction_id, "transaction_id")?),
             stream_id: text(stream_id, "stream_id")?,
@@ -220,7 +233,7 @@ impl<'a> Fields<'a> {
             metadata: serde_json::from_slice::<Metadata>(jsonb(metadata, "metadata")?)
                 .map_err(|e| malformed(&format!("metadata: {e}")))?,
             recorded_at,
-        }))
+        })))
     }
 }
 
@@ -250,111 +263,181 @@ fn malformed(what: &str) -> sqlx::Error {
 mod tests {
     use super::*;
 
-    /// A copy of `rows` events (header, rows, trailer) as Postgres writes it.
-    fn copy_of(rows: usize) -> (Vec<u8>, Vec<RecordedEvent>) {
+    fn event(n: usize) -> RecordedEvent {
+        RecordedEvent {
+            position: 10 + n as i64,
+            transaction_id: 700 + n as u64,
+            stream_id: format!("order-{n}"),
+            version: 1,
+            event_id: Uuid::now_v7(),
+            event_type: "OrderPlaced".into(),
+            schema_version: 2,
+            // Spaced as `jsonb` prints it, which a decoder that parsed and rewrote it would lose.
+            data: EventData::from_jsonb_text(format!(r#"{{"n": {n}, "name": "Crème \"x\""}}"#)),
+            metadata: Metadata {
+                actor: Some("customer-1".into()),
+                ..Metadata::default()
+            },
+            recorded_at: DateTime::from_timestamp_micros(1_765_000_000_123_456).unwrap(),
+        }
+    }
+
+    /// An event's fields as Postgres sends them.
+    fn fields_of(event: &RecordedEvent) -> [Vec<u8>; 10] {
+        [
+            event.position.to_be_bytes().to_vec(),
+            event.transaction_id.to_be_bytes().to_vec(),
+            event.stream_id.as_bytes().to_vec(),
+            (event.version as i64).to_be_bytes().to_vec(),
+            event.event_id.as_bytes().to_vec(),
+            event.event_type.as_bytes().to_vec(),
+            event.schema_version.to_be_bytes().to_vec(),
+            [&[JSONB_VERSION], event.data.as_str().as_bytes()].concat(),
+            [
+                vec![JSONB_VERSION],
+                serde_json::to_vec(&event.metadata).unwrap(),
+            ]
+            .concat(),
+            (event.recorded_at.timestamp_micros() - POSTGRES_EPOCH_MICROS)
+                .to_be_bytes()
+                .to_vec(),
+        ]
+    }
+
+    /// A whole copy: header (with `extension`), `rows`, trailer.
+    fn copy_of(extension: &[u8], rows: &[[Vec<u8>; 10]]) -> Vec<u8> {
         let mut bytes = SIGNATURE.to_vec();
         bytes.extend_from_slice(&0i32.to_be_bytes());
-        bytes.extend_from_slice(&0i32.to_be_bytes());
-        let mut events = Vec::new();
-        for n in 0..rows {
-            let event = RecordedEvent {
-                position: 10 + n as i64,
-                transaction_id: 700 + n as u64,
-                stream_id: format!("order-{n}"),
-                version: 1,
-                event_id: Uuid::now_v7(),
-                event_type: "OrderPlaced".into(),
-                schema_version: 2,
-                data: EventData::from_jsonb_text(format!(r#"{{"n": {n}, "name": "Crème"}}"#)),
-                metadata: Metadata {
-                    actor: Some("customer-1".into()),
-                    ..Metadata::default()
-                },
-                recorded_at: DateTime::from_timestamp_micros(1_765_000_000_123_456).unwrap(),
-            };
-            let fields: [Vec<u8>; 10] = [
-                event.position.to_be_bytes().to_vec(),
-                event.transaction_id.to_be_bytes().to_vec(),
-                event.stream_id.as_bytes().to_vec(),
-                (event.version as i64).to_be_bytes().to_vec(),
-                event.event_id.as_bytes().to_vec(),
-                event.event_type.as_bytes().to_vec(),
-                event.schema_version.to_be_bytes().to_vec(),
-                [&[JSONB_VERSION], event.data.as_str().as_bytes()].concat(),
-                [
-                    vec![JSONB_VERSION],
-                    serde_json::to_vec(&event.metadata).unwrap(),
-                ]
-                .concat(),
-                (event.recorded_at.timestamp_micros() - POSTGRES_EPOCH_MICROS)
-                    .to_be_bytes()
-                    .to_vec(),
-            ];
+        bytes.extend_from_slice(&(extension.len() as i32).to_be_bytes());
+        bytes.extend_from_slice(extension);
+        for fields in rows {
             bytes.extend_from_slice(&FIELDS.to_be_bytes());
             for field in fields {
                 bytes.extend_from_slice(&(field.len() as i32).to_be_bytes());
-                bytes.extend_from_slice(&field);
+                bytes.extend_from_slice(field);
             }
-            events.push(event);
         }
-        bytes.extend_from_slice(&TRAILER);
-        (bytes, events)
+        bytes.extend_from_slice(&(-1i16).to_be_bytes()); // the trailer
+        bytes
+    }
+
+    fn copy_of_events(n: usize) -> (Vec<u8>, Vec<RecordedEvent>) {
+        let events: Vec<RecordedEvent> = (0..n).map(event).collect();
+        let rows: Vec<[Vec<u8>; 10]> = events.iter().map(fields_of).collect();
+        (copy_of(&[], &rows), events)
     }
 
     fn decode_in_chunks(bytes: &[u8], chunk: usize) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let mut decoder = CopyDecoder::default();
         let mut events = Vec::new();
         for piece in bytes.chunks(chunk) {
-            decoder.feed(piece, |event| {
-                events.push(event);
-                Ok(())
-            })?;
+            decoder.feed(piece, &mut events)?;
         }
         decoder.finish()?;
         Ok(events)
     }
 
+    /// Changes an event's fields as Postgres sent them.
+    type Spoil = fn(&mut [Vec<u8>; 10]);
+
+    /// The error decoding a copy of one event whose fields `spoil` changed.
+    fn error_with(spoil: Spoil) -> String {
+        let mut fields = fields_of(&event(0));
+        spoil(&mut fields);
+        decode_in_chunks(&copy_of(&[], &[fields]), 64)
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn rows_decode_into_the_events_they_hold_however_the_bytes_are_split() {
-        let (bytes, expected) = copy_of(5);
+        let (bytes, expected) = copy_of_events(5);
         for chunk in [1, 2, 7, 19, 100, bytes.len()] {
-            assert_eq!(
-                decode_in_chunks(&bytes, chunk).unwrap(),
-                expected,
-                "chunks of {chunk}"
-            );
+            let decoded = decode_in_chunks(&bytes, chunk).unwrap();
+            assert_eq!(decoded, expected, "chunks of {chunk}");
+            for (decoded, expected) in decoded.iter().zip(&expected) {
+                assert_eq!(decoded.data.as_str(), expected.data.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_extension_is_skipped_and_no_rows_is_no_events() {
+        let rows = [fields_of(&event(0))];
+        for chunk in [1, 5, 1000] {
+            let decoded = decode_in_chunks(&copy_of(b"future", &rows), chunk).unwrap();
+            assert_eq!(decoded.len(), 1, "chunks of {chunk}");
+            assert_eq!(decode_in_chunks(&copy_of(&[], &[]), chunk).unwrap(), []);
         }
     }
 
     #[test]
     fn a_copy_cut_short_or_followed_by_more_is_an_error() {
-        let (bytes, _) = copy_of(2);
+        let (bytes, _) = copy_of_events(2);
         let cut = decode_in_chunks(&bytes[..bytes.len() - 5], 64).unwrap_err();
         assert!(cut.to_string().contains("before its trailer"), "{cut}");
         let mut longer = bytes.clone();
         longer.push(0);
-        let extra = decode_in_chunks(&longer, 64).unwrap_err();
-        assert!(extra.to_string().contains("after the trailer"), "{extra}");
+        for chunk in [64, bytes.len()] {
+            // The extra byte in the trailer's chunk, and in a chunk of its own.
+            let extra = decode_in_chunks(&longer, chunk).unwrap_err();
+            assert!(extra.to_string().contains("after the trailer"), "{extra}");
+        }
+    }
+
+    #[test]
+    fn a_header_of_another_format_is_an_error() {
+        let (mut bytes, _) = copy_of_events(1);
+        bytes[0] = b'X';
+        let unsigned = decode_in_chunks(&bytes, 64).unwrap_err();
+        assert!(unsigned.to_string().contains("signature"), "{unsigned}");
+        let (mut bytes, _) = copy_of_events(1);
+        bytes[11..15].copy_from_slice(&(1u32 << 16).to_be_bytes()); // rows with OIDs
+        let oids = decode_in_chunks(&bytes, 64).unwrap_err();
+        assert!(oids.to_string().contains("flag"), "{oids}");
     }
 
     #[test]
     fn a_null_or_a_row_of_other_columns_is_an_error() {
-        let (mut bytes, _) = copy_of(1);
+        let (mut bytes, _) = copy_of_events(1);
         // The first field's length (after the 19-byte header and the field count).
         bytes[21..25].copy_from_slice(&(-1i32).to_be_bytes());
         let null = decode_in_chunks(&bytes, 64).unwrap_err();
         assert!(null.to_string().contains("NULL"), "{null}");
 
-        let (mut bytes, _) = copy_of(1);
+        let (mut bytes, _) = copy_of_events(1);
         bytes[19..21].copy_from_slice(&9i16.to_be_bytes());
         let narrow = decode_in_chunks(&bytes, 64).unwrap_err();
         assert!(narrow.to_string().contains("number of fields"), "{narrow}");
     }
 
     #[test]
-    fn bounds_are_quoted_as_literals() {
+    fn a_field_that_is_not_its_column_s_binary_form_is_an_error() {
+        let cases: [(&str, Spoil); 6] = [
+            ("position is not 8 bytes", |f| f[0].truncate(4)),
+            ("stream_id is not UTF-8", |f| f[2] = vec![0xff, 0xfe]),
+            ("a negative version", |f| {
+                f[3] = (-1i64).to_be_bytes().to_vec()
+            }),
+            ("event_id", |f| f[4].truncate(15)),
+            ("data is not jsonb of version 1", |f| f[7][0] = 2),
+            // Postgres' `infinity`.
+            ("recorded_at out of range", |f| {
+                f[9] = i64::MAX.to_be_bytes().to_vec()
+            }),
+        ];
+        for (expected, spoil) in cases {
+            let error = error_with(spoil);
+            assert!(error.contains(expected), "{expected}: {error}");
+        }
+    }
+
+    #[test]
+    fn bounds_are_written_as_escape_string_literals() {
+        let sql = streams_between_sql("o'x\\-", "o'x\\.");
         assert!(
-            streams_between_sql("o'x-", "o'x.").contains("> 'o''x-' AND e.stream_id < 'o''x.'")
+            sql.contains(r"> E'o''x\\-' AND e.stream_id < E'o''x\\.'"),
+            "{sql}"
         );
     }
 }

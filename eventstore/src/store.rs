@@ -642,10 +642,7 @@ impl EventStore {
         let mut decoded = Vec::new();
         let mut batch: Vec<RecordedEvent> = Vec::with_capacity(batch_size);
         while let Some(chunk) = chunks.try_next().await? {
-            decoder.feed(&chunk, |event| {
-                decoded.push(event);
-                Ok(())
-            })?;
+            decoder.feed(&chunk, &mut decoded)?;
             for event in decoded.drain(..) {
                 let event = self.upcasters.upcast(event)?;
                 let full = batch.len() >= batch_size

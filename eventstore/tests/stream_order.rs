@@ -204,4 +204,19 @@ async fn a_scanned_event_is_the_event_a_stream_read_returns_field_for_field() {
     }
     assert_eq!(scanned.len(), 6);
     assert_eq!(scanned, read);
+    // Event data compares as JSON; its text must be the stored text itself.
+    for (scanned, read) in scanned.iter().zip(&read) {
+        assert_eq!(scanned.data.as_str(), read.data.as_str());
+    }
+
+    // A type without streams: a copy of no rows, and no batch.
+    let mut batches = 0;
+    store
+        .scan_streams_of_type("invoice", 100, |_| {
+            batches += 1;
+            std::future::ready(true)
+        })
+        .await
+        .unwrap();
+    assert_eq!(batches, 0);
 }
