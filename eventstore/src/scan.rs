@@ -21,10 +21,12 @@ const FIELDS: i16 = 10;
 /// The version byte before a `jsonb` value's text.
 const JSONB_VERSION: u8 = 1;
 
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
-const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC): a binary
+/// `timestamptz` counts from there. Public for the projectors' `COPY` in.
+pub const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+/// How a binary copy starts, either way.
+pub const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
 /// Header flags a reader must understand: bit 16 says each row carries OIDs (never sent since
 /// PostgreSQL 12); bits 0-15 are reserved for flags that may be ignored.

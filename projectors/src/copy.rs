@@ -6,12 +6,10 @@
 //! that are not stored yet; [`crate::tables::fill`] falls back to the checked upsert when one is.
 
 use chrono::{DateTime, Utc};
+use eventstore::scan::{POSTGRES_EPOCH_MICROS, SIGNATURE};
 use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
-const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// Bytes of rows gathered before they are sent.
 const CHUNK: usize = 128 * 1024;
@@ -28,7 +26,7 @@ impl CopyRows {
     /// overflows it.
     fn new(fields: usize) -> Self {
         let mut buffer = Vec::with_capacity(CHUNK + CHUNK / 4);
-        buffer.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buffer.extend_from_slice(SIGNATURE);
         buffer.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
         buffer.extend_from_slice(&0i32.to_be_bytes()); // no header extension
         Self {

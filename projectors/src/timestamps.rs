@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serializer;
 
 pub fn rfc3339<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    serializer.serialize_str(&text(at))
 }
 
 pub fn optional_rfc3339<S: Serializer>(
@@ -19,9 +19,14 @@ pub fn optional_rfc3339<S: Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     match at {
-        Some(at) => serializer.serialize_some(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        Some(at) => serializer.serialize_some(&text(at)),
         None => serializer.serialize_none(),
     }
+}
+
+/// The arguments chrono's `Serialize` passes to the same formatter.
+fn text(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 #[cfg(test)]
