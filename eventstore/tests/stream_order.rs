@@ -220,3 +220,63 @@ async fn a_scanned_event_is_the_event_a_stream_read_returns_field_for_field() {
         .unwrap();
     assert_eq!(batches, 0);
 }
+
+/// A scan whose connection dies half-way fails: a rebuild must never take the events it got as
+/// all there are.
+#[tokio::test]
+async fn a_scan_whose_connection_is_lost_midway_fails_instead_of_ending_early() {
+    let db = TestDatabase::new().await;
+    let store = EventStore::new(db.pool.clone());
+    // About 25 MB on the wire: more than the sockets between Postgres and us can hold, so the
+    // server is still sending when its backend is terminated.
+    let padding = "x".repeat(1_500);
+    let (streams, per_stream) = (40, 400);
+    for _ in 0..streams {
+        let appended: Vec<NewEvent> = (0..per_stream)
+            .map(|i| NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: "Noted".into(),
+                data: json!({ "n": i, "padding": padding }),
+                metadata: Metadata::default(),
+            })
+            .collect();
+        store
+            .append(
+                &format!("order-{}", Uuid::new_v4()),
+                ExpectedVersion::NoStream,
+                &appended,
+            )
+            .await
+            .unwrap();
+    }
+
+    let mut delivered = 0;
+    let pool = db.pool.clone();
+    let scanned = store
+        .scan_streams_of_type("order", 10, |batch| {
+            let first = delivered == 0;
+            delivered += batch.len();
+            let pool = pool.clone();
+            async move {
+                if first {
+                    let terminated: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+                         FROM pg_stat_activity \
+                         WHERE datname = current_database() AND query LIKE 'COPY (SELECT%'",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    assert_eq!(terminated, 1, "the scan's backend");
+                }
+                true
+            }
+        })
+        .await;
+    assert!(
+        scanned.is_err(),
+        "the scan ended without an error after {delivered} of {} events",
+        streams * per_stream
+    );
+    assert!(delivered < streams * per_stream);
+}
