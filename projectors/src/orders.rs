@@ -38,17 +38,27 @@ pub struct OrderRow {
     pub fulfilment: Json<Fulfilment>,
 }
 
-/// What became of an order after checkout, as the API shows it. Rows written before this
-/// existed hold `{}`, read as empty.
+/// What became of an order after checkout, as the API shows it. A part that is empty (no
+/// shipment yet, no payments) is left out of the stored document, which the query API and this
+/// projector read as empty. Most orders are stored before anything is fulfilled, and 62 bytes
+/// less per row is a sixth fewer pages for a rebuild to write where it tips a row under a
+/// page's sixth (the bench's four-line orders: six rows to a page instead of five). Rows written
+/// before fulfilment was projected hold `{}`, read the same way.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Fulfilment {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shipment: Option<ShipmentView>,
-    #[serde(serialize_with = "crate::timestamps::optional_rfc3339")]
+    #[serde(
+        serialize_with = "crate::timestamps::optional_rfc3339",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delivered_at: Option<DateTime<Utc>>,
     /// Every payment attempt, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub payments: Vec<PaymentView>,
     /// Every refund, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refunds: Vec<RefundView>,
 }
 

@@ -436,20 +436,20 @@ async fn views_match_the_domain_after_one_clean_pass() {
             (status.as_str(), stored as u64, history as u64),
             (d.status.as_str(), version, version)
         );
-        let refunded: i64 = fulfilment["refunds"]
-            .as_array()
-            .unwrap()
+        // An empty part is left out of the stored document.
+        let part = |name: &str| fulfilment[name].as_array().cloned().unwrap_or_default();
+        let refunded: i64 = part("refunds")
             .iter()
             .filter(|r| r["status"] == "refunded")
             .map(|r| r["amount"]["amount"].as_i64().unwrap())
             .sum();
         assert_eq!(refunded, d.refunded.amount, "{fulfilment}");
         assert_eq!(
-            fulfilment["payments"].as_array().unwrap().len(),
+            part("payments").len(),
             usize::from(d.payment.is_some() || d.status == OrderStatus::PaymentDeclined),
             "{fulfilment}"
         );
-        if let Some(payment) = fulfilment["payments"].as_array().unwrap().first() {
+        if let Some(payment) = part("payments").first() {
             assert_eq!(payment["provider"], "stripe", "{fulfilment}");
         }
         if d.status == OrderStatus::Shipped {

@@ -126,9 +126,18 @@ async fn happy_path_to_paid_and_shipped() {
         .unwrap();
     assert_eq!(first.status(), StatusCode::OK);
 
-    system
+    let unpaid = system
         .order_becomes("alice", &order, "awaiting_payment")
         .await;
+    // Nothing fulfilled yet: every part is there, empty (the stored document leaves them out).
+    for (part, empty) in [
+        ("shipment", Value::Null),
+        ("delivered_at", Value::Null),
+        ("payments", json!([])),
+        ("refunds", json!([])),
+    ] {
+        assert_eq!(unpaid.get(part), Some(&empty), "{part} in {unpaid}");
+    }
     wait_for_available(&system, &product, 3).await;
     assert_eq!(
         pay(&system, "alice", &order, "tok_ok").await.status,

@@ -1,6 +1,7 @@
 //! `till bench rebuild`: seeds N events (default 1,000,000), then rebuilds each projection from
 //! the store and prints its events/s next to the raw scan rate of the same events (a streamed
 //! `SELECT` of their rows in the rebuild's order), measured just before and just after it.
+//! `--runs N` rebuilds each projection N times on the same seeded store and adds the medians.
 
 use clap::Args;
 use std::time::Instant;
@@ -22,6 +23,10 @@ pub struct RebuildBenchArgs {
     /// Rebuild only these projections (repeatable); all of them by default.
     #[arg(long = "projection", value_name = "NAME")]
     pub projections: Vec<String>,
+    /// Rebuilds of each projection, one after another on the same seeded store (each beside
+    /// its own raw scan), to see the spread without seeding again.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
 }
 
 pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
@@ -67,35 +72,25 @@ pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
                 args.projections.is_empty() || args.projections.iter().any(|p| p == name)
             })
     {
-        // Baseline: the rows alone, scanned just before and just after the rebuild, so that the
-        // machine drifting during the run (it does, by a fifth and more) moves both sides.
-        let scan_before = raw_scan_rate(&scratch.pool, stream_type).await?;
-        let done = rebuild(&store, &mut redis, &keys, name, BATCH, |_| {}, || false)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the rebuild was interrupted"))?;
-        let scan_after = raw_scan_rate(&scratch.pool, stream_type).await?;
-        let scan_rate = (scan_before + scan_after) / 2.0;
-        // Issue 20 asks the orders rebuild for 200k events/s and 60% of its raw scan; the
-        // others keep their first targets.
-        let (target, share) = match name {
-            "carts" => (150_000.0, None),
-            "orders" => (200_000.0, Some(0.60)),
-            _ => (100_000.0, None),
-        };
-        let of_scan = done.per_second() / scan_rate.max(f64::EPSILON);
-        println!(
-            "{name:<9} rebuilt {:>8} events in {:>6.2} s = {:>8.0} events/s   raw scan {scan_rate:>8.0} rows/s (before {scan_before:.0}, after {scan_after:.0}) ({:.0}%)   target >= {target:.0} {}{}",
-            done.events,
-            done.elapsed.as_secs_f64(),
-            done.per_second(),
-            100.0 * of_scan,
-            verdict(done.per_second() >= target),
-            share.map_or(String::new(), |share| format!(
-                "   >= {:.0}% of the scan {}",
-                share * 100.0,
-                verdict(of_scan >= share)
-            )),
-        );
+        let mut runs = Vec::new();
+        for _ in 0..args.runs {
+            runs.push(
+                rebuild_beside_scan(&scratch.pool, &store, &mut redis, &keys, name, stream_type)
+                    .await?,
+            );
+        }
+        if runs.len() > 1 {
+            let median = |mut values: Vec<f64>| {
+                values.sort_by(f64::total_cmp);
+                values[values.len() / 2]
+            };
+            println!(
+                "{name:<9} median of {} runs: {:.0} events/s, {:.0}% of the scan",
+                runs.len(),
+                median(runs.iter().map(|(rate, _)| *rate).collect()),
+                100.0 * median(runs.iter().map(|(_, share)| *share).collect()),
+            );
+        }
     }
     let keys_left: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:*", keys.prefix))
@@ -109,6 +104,48 @@ pub async fn run(args: RebuildBenchArgs) -> anyhow::Result<()> {
     }
     scratch.drop_database().await;
     Ok(())
+}
+
+/// One rebuild of `name`, printed beside the raw scan of its events; returns its events/s and
+/// their share of the scan's rate.
+async fn rebuild_beside_scan(
+    pool: &sqlx::PgPool,
+    store: &EventStore,
+    redis: &mut redis::aio::ConnectionManager,
+    keys: &CartKeys,
+    name: &str,
+    stream_type: &str,
+) -> anyhow::Result<(f64, f64)> {
+    // Baseline: the rows alone, scanned just before and just after the rebuild, so that the
+    // machine drifting during the run (it does, by a fifth and more) moves both sides.
+    let scan_before = raw_scan_rate(pool, stream_type).await?;
+    let done = rebuild(store, redis, keys, name, BATCH, |_| {}, || false)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the rebuild was interrupted"))?;
+    let scan_after = raw_scan_rate(pool, stream_type).await?;
+    let scan_rate = (scan_before + scan_after) / 2.0;
+    // Issue 20 asks the orders rebuild for 200k events/s and 60% of its raw scan; the
+    // others keep their first targets.
+    let (target, share) = match name {
+        "carts" => (150_000.0, None),
+        "orders" => (200_000.0, Some(0.60)),
+        _ => (100_000.0, None),
+    };
+    let of_scan = done.per_second() / scan_rate.max(f64::EPSILON);
+    println!(
+        "{name:<9} rebuilt {:>8} events in {:>6.2} s = {:>8.0} events/s   raw scan {scan_rate:>8.0} rows/s (before {scan_before:.0}, after {scan_after:.0}) ({:.0}%)   target >= {target:.0} {}{}",
+        done.events,
+        done.elapsed.as_secs_f64(),
+        done.per_second(),
+        100.0 * of_scan,
+        verdict(done.per_second() >= target),
+        share.map_or(String::new(), |share| format!(
+            "   >= {:.0}% of the scan {}",
+            share * 100.0,
+            verdict(of_scan >= share)
+        )),
+    );
+    Ok((done.per_second(), of_scan))
 }
 
 /// The baseline: the rows of `stream_type` alone (their data as text, not decoded), streamed in
