@@ -526,3 +526,40 @@ impl PgProjection for Orders {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unfulfilled_order_stores_no_parts_and_reads_back_the_same() {
+        let stored = serde_json::to_string(&Fulfilment::default()).unwrap();
+        assert_eq!(stored, "{}");
+        let read: Fulfilment = serde_json::from_str(&stored).unwrap();
+        assert_eq!(read, Fulfilment::default());
+    }
+
+    #[test]
+    fn a_fulfilled_part_is_stored_and_the_empty_ones_are_not() {
+        let at = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let fulfilment = Fulfilment {
+            shipment: Some(ShipmentView {
+                carrier: "DHL".into(),
+                tracking_number: "JD0001".into(),
+                shipped_at: at,
+            }),
+            ..Fulfilment::default()
+        };
+        let stored = serde_json::to_value(&fulfilment).unwrap();
+        assert_eq!(
+            stored,
+            serde_json::json!({"shipment": {
+                "carrier": "DHL", "tracking_number": "JD0001", "shipped_at": "2026-12-07T10:00:00Z"
+            }})
+        );
+        let read: Fulfilment = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, fulfilment);
+    }
+}
