@@ -139,8 +139,9 @@ struct OrderDetailRow {
     fulfilment: Value,
 }
 
-/// The fulfilment document's parts, and what an order without one shows (rows written before
-/// fulfilment was projected hold `{}`).
+/// The fulfilment document's parts, and what an order shows for a part its stored document
+/// leaves out: the projector stores only the parts that are not empty, and rows written before
+/// fulfilment was projected hold `{}`.
 const FULFILMENT: [(&str, Value); 4] = [
     ("shipment", Value::Null),
     ("delivered_at", Value::Null),
