@@ -109,15 +109,7 @@ async fn reading_one_stream_type_in_stream_order_returns_exactly_its_events() {
     assert!(of_long.len() >= 2, "{of_long:?}");
 
     // A consumer that has had enough stops the read.
-    let mut batches = 0;
-    store
-        .scan_streams_of_type("order", 2, |_| {
-            batches += 1;
-            std::future::ready(false)
-        })
-        .await
-        .unwrap();
-    assert_eq!(batches, 1);
+    assert_eq!(batches_handed_over(&store, "order", 2, false).await, 1);
 }
 
 #[tokio::test]
@@ -210,15 +202,7 @@ async fn a_scanned_event_is_the_event_a_stream_read_returns_field_for_field() {
     }
 
     // A type without streams: a copy of no rows, and no batch.
-    let mut batches = 0;
-    store
-        .scan_streams_of_type("invoice", 100, |_| {
-            batches += 1;
-            std::future::ready(true)
-        })
-        .await
-        .unwrap();
-    assert_eq!(batches, 0);
+    assert_eq!(batches_handed_over(&store, "invoice", 100, true).await, 0);
 }
 
 /// A scan whose connection dies half-way fails: a rebuild must never take the events it got as
@@ -279,4 +263,22 @@ async fn a_scan_whose_connection_is_lost_midway_fails_instead_of_ending_early() 
         streams * per_stream
     );
     assert!(delivered < streams * per_stream);
+}
+
+/// How many batches a scan of `stream_type` hands to a consumer that answers `go_on` to each.
+async fn batches_handed_over(
+    store: &EventStore,
+    stream_type: &str,
+    batch_size: usize,
+    go_on: bool,
+) -> usize {
+    let mut batches = 0;
+    store
+        .scan_streams_of_type(stream_type, batch_size, |_| {
+            batches += 1;
+            std::future::ready(go_on)
+        })
+        .await
+        .unwrap();
+    batches
 }
