@@ -212,7 +212,8 @@ pub fn router_with(
     let request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
         .route("/v1/{*path}", any(forward))
-        .with_state(gateway)
+        // One reference count per request, not a copy of every part of the state.
+        .with_state(Arc::new(gateway))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(axum::middleware::map_request(drop_unusable_request_id));
@@ -323,7 +324,7 @@ fn anonymous_allowed(method: &Method, path: &str) -> bool {
 }
 
 async fn forward(
-    State(gateway): State<Gateway>,
+    State(gateway): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
@@ -344,27 +345,33 @@ async fn forward(
 /// The API route template (from the OpenAPI document) that `path` matches, the one with the
 /// fewest parameters when several do; `None` for a path the API does not have.
 fn route_template(path: &str) -> Option<&'static str> {
-    static TEMPLATES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    /// Each template with its segments and its number of parameters, split once.
+    static TEMPLATES: std::sync::OnceLock<Vec<(&'static str, Vec<&'static str>, usize)>> =
+        std::sync::OnceLock::new();
     let templates = TEMPLATES.get_or_init(|| {
         docs::document()
             .paths
             .paths
             .into_keys()
-            .map(|t| &*Box::leak(t.into_boxed_str()))
+            .map(|t| {
+                let template: &'static str = Box::leak(t.into_boxed_str());
+                let parts: Vec<&'static str> = template.split('/').collect();
+                let parameters = parts.iter().filter(|p| p.starts_with('{')).count();
+                (template, parts, parameters)
+            })
             .collect()
     });
-    let segments: Vec<&str> = path.split('/').collect();
+    let segments = path.split('/').count();
     templates
         .iter()
-        .filter(|template| {
-            let parts: Vec<&str> = template.split('/').collect();
-            parts.len() == segments.len()
-                && parts.iter().zip(&segments).all(|(part, segment)| {
-                    part == segment || (part.starts_with('{') && !segment.is_empty())
+        .filter(|(_, parts, _)| {
+            parts.len() == segments
+                && parts.iter().zip(path.split('/')).all(|(part, segment)| {
+                    *part == segment || (part.starts_with('{') && !segment.is_empty())
                 })
         })
-        .min_by_key(|template| template.matches('{').count())
-        .copied()
+        .min_by_key(|(_, _, parameters)| *parameters)
+        .map(|(template, _, _)| *template)
 }
 
 async fn forward_inner(

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use opentelemetry::Context;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, ShouldSample};
@@ -355,15 +355,20 @@ pub fn link_to(span: &Span, traceparent: &str) {
     }
 }
 
-/// The W3C `traceparent` of `span`, if it is traced.
+/// The W3C `traceparent` of `span`, if it is traced: written here as the propagator writes it
+/// (version 00, only the sampled flag), without its map of headers, as every request needs it.
 pub fn traceparent_of(span: &Span) -> Option<String> {
     let context = span.context();
-    if !context.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = std::collections::HashMap::new();
-    TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    carrier.remove("traceparent")
+    let ids = context.span().span_context().clone();
+    ids.is_valid().then(|| {
+        let flags = ids.trace_flags() & TraceFlags::SAMPLED;
+        format!(
+            "00-{}-{}-{:02x}",
+            ids.trace_id(),
+            ids.span_id(),
+            flags.to_u8()
+        )
+    })
 }
 
 /// The `traceparent` of the current span, if it is traced.
@@ -438,6 +443,20 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_traceparent_is_written_as_the_w3c_propagator_writes_it() {
+        let _telemetry = init("off", "test");
+        let span = tracing::info_span!("work");
+        continue_trace(
+            &span,
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let mut carrier = std::collections::HashMap::new();
+        TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+        assert_eq!(traceparent_of(&span), carrier.remove("traceparent"));
+        assert_eq!(traceparent_of(&tracing::Span::none()), None);
     }
 
     #[test]
