@@ -104,7 +104,6 @@ impl GatewaySettings {
 /// The pooled HTTP/1 client the gateway forwards with.
 type Upstream = Client<HttpConnector, Full<Bytes>>;
 
-#[derive(Clone)]
 struct Gateway {
     settings: Arc<GatewaySettings>,
     verifier: Arc<JwtVerifier>,
@@ -345,8 +344,8 @@ async fn forward(
 /// The API route template (from the OpenAPI document) that `path` matches, the one with the
 /// fewest parameters when several do; `None` for a path the API does not have.
 fn route_template(path: &str) -> Option<&'static str> {
-    /// Each template with its segments and its number of parameters, split once.
-    static TEMPLATES: std::sync::OnceLock<Vec<(&'static str, Vec<&'static str>, usize)>> =
+    /// Each template with its segments, split once.
+    static TEMPLATES: std::sync::OnceLock<Vec<(&'static str, Vec<&'static str>)>> =
         std::sync::OnceLock::new();
     let templates = TEMPLATES.get_or_init(|| {
         docs::document()
@@ -355,23 +354,21 @@ fn route_template(path: &str) -> Option<&'static str> {
             .into_keys()
             .map(|t| {
                 let template: &'static str = Box::leak(t.into_boxed_str());
-                let parts: Vec<&'static str> = template.split('/').collect();
-                let parameters = parts.iter().filter(|p| p.starts_with('{')).count();
-                (template, parts, parameters)
+                (template, template.split('/').collect())
             })
             .collect()
     });
     let segments = path.split('/').count();
     templates
         .iter()
-        .filter(|(_, parts, _)| {
+        .filter(|(_, parts)| {
             parts.len() == segments
                 && parts.iter().zip(path.split('/')).all(|(part, segment)| {
                     *part == segment || (part.starts_with('{') && !segment.is_empty())
                 })
         })
-        .min_by_key(|(_, _, parameters)| *parameters)
-        .map(|(template, _, _)| *template)
+        .min_by_key(|(template, _)| template.matches('{').count())
+        .map(|(template, _)| *template)
 }
 
 async fn forward_inner(
